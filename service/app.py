@@ -1,0 +1,63 @@
+"""The application factory: ``create_app(config=None)``.
+
+Per-process resources (the database engine, the corpus store) hang off
+``app.extensions["privtext"]``; there is no module-level app and no process-global state
+that would differ between gunicorn workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import Engine
+
+from service import errors, observability
+from service.config import Settings
+from service.corpus.store import SnapshotStore
+from service.db import init_db, make_engine
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    corpus: SnapshotStore
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then ``PRIVTEXT_*`` environment, then ``config``."""
+    settings = Settings.load(config)
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["TESTING"] = settings.testing
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    app.extensions["privtext"] = Services(
+        settings=settings, engine=engine, corpus=SnapshotStore(settings.data_dir)
+    )
+
+    observability.configure_logging(settings.log_level)
+    observability.init_app(app)
+    errors.register_error_handlers(app)
+
+    from service import health, snapshots, whoami
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(whoami.bp)
+    app.register_blueprint(snapshots.bp)
+    return app
+
+
+def services(app: Flask | None = None) -> Services:
+    from flask import current_app
+
+    return (app or current_app).extensions["privtext"]  # type: ignore[no-any-return]

@@ -1,0 +1,198 @@
+"""API keys and roles.
+
+A key is ``ptk_<key id>_<secret>``: the key id finds the row, the secret (256 random bits)
+is checked against ``sha256(salt || secret)`` in constant time. Keys are stored only as salted
+hashes. A slow password hash is not needed because the secret is a random 256-bit value, not a
+human-chosen password (the same reasoning as GitHub's and Stripe's tokens), and a fast check
+keeps authentication off the latency budget of every request.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from flask import current_app, g, request
+from sqlalchemy import Engine, insert, select, update
+
+from service.db import api_keys, principals
+from service.errors import APIError
+
+ROLES = ("admin", "analyst")
+TOKEN_PREFIX = "ptk"
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: str
+    name: str
+    role: str
+    key_id: str
+
+
+def _hash_secret(salt: str, secret: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + secret.encode()).hexdigest()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_principal(engine: Engine, *, name: str, role: str, principal_id: str | None = None) -> str:
+    """Create a principal (admin or analyst) and return its id."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
+    pid = principal_id or f"{role[:2]}_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as conn:
+        conn.execute(
+            insert(principals).values(
+                id=pid, name=name, role=role, disabled=False, created_at=_now()
+            )
+        )
+    return pid
+
+
+def issue_key(engine: Engine, principal_id: str, *, token: str | None = None) -> str:
+    """Issue a new API key for ``principal_id``; the token is returned once and never stored.
+
+    ``token`` lets an operator supply a pre-generated admin key (``PRIVTEXT_ADMIN_KEY``); it
+    must have the ``ptk_<id>_<secret>`` shape.
+    """
+    if token is not None:
+        key_id, secret = parse_token(token)
+    else:
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    salt = secrets.token_hex(16)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(api_keys).values(
+                id=key_id,
+                principal_id=principal_id,
+                salt=salt,
+                secret_hash=_hash_secret(salt, secret),
+                created_at=_now(),
+                revoked_at=None,
+            )
+        )
+    return f"{TOKEN_PREFIX}_{key_id}_{secret}"
+
+
+def revoke_key(engine: Engine, key_id: str) -> bool:
+    with engine.begin() as conn:
+        res = conn.execute(
+            update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=_now())
+        )
+    return res.rowcount > 0
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != TOKEN_PREFIX or not parts[1] or not parts[2]:
+        raise ValueError("malformed API key")
+    if not all(c in "0123456789abcdef" for c in parts[1]) or len(parts[1]) > 32:
+        raise ValueError("malformed API key")
+    return parts[1], parts[2]
+
+
+def authenticate(engine: Engine, token: str) -> Principal | None:
+    """The principal holding ``token``, or None when it is unknown, revoked or disabled."""
+    try:
+        key_id, secret = parse_token(token)
+    except ValueError:
+        return None
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(
+                api_keys.c.salt,
+                api_keys.c.secret_hash,
+                api_keys.c.revoked_at,
+                principals.c.id,
+                principals.c.name,
+                principals.c.role,
+                principals.c.disabled,
+            )
+            .join(principals, principals.c.id == api_keys.c.principal_id)
+            .where(api_keys.c.id == key_id)
+        ).first()
+    if row is None:
+        # Spend the same hashing work so that timing does not tell unknown ids apart.
+        _hash_secret("00" * 16, secret)
+        return None
+    ok = hmac.compare_digest(_hash_secret(row.salt, secret), row.secret_hash)
+    if not ok or row.revoked_at is not None or row.disabled:
+        return None
+    return Principal(id=row.id, name=row.name, role=row.role, key_id=key_id)
+
+
+def has_admin(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(api_keys.c.id)
+            .join(principals, principals.c.id == api_keys.c.principal_id)
+            .where(principals.c.role == "admin", api_keys.c.revoked_at.is_(None))
+            .limit(1)
+        ).first()
+    return row is not None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def require(*roles: str) -> Callable[[F], F]:
+    """Declare the roles that may call a view: 401 without a valid key, 403 for another role."""
+    for role in roles:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}")
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            principal = current_principal()
+            if principal.role not in roles:
+                raise APIError(403, "forbidden", "This key's role may not call this endpoint.")
+            return view(*args, **kwargs)
+
+        wrapper.required_roles = roles  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def public(view: F) -> F:
+    """Declare a view that needs no key (health, readiness, metrics, the spec)."""
+    view.required_roles = ()  # type: ignore[attr-defined]
+    return view
+
+
+def current_principal() -> Principal:
+    principal = g.get("principal")
+    if principal is not None:
+        return principal
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise APIError(
+            401,
+            "unauthorized",
+            "A valid API key is required: Authorization: Bearer <key>.",
+            headers={"WWW-Authenticate": 'Bearer realm="privtext"'},
+        )
+    principal = authenticate(current_app.extensions["privtext"].engine, token.strip())
+    if principal is None:
+        raise APIError(
+            401,
+            "unauthorized",
+            "The API key is unknown, revoked or disabled.",
+            headers={"WWW-Authenticate": 'Bearer realm="privtext", error="invalid_token"'},
+        )
+    g.principal = principal
+    return principal

@@ -1,0 +1,186 @@
+"""The ``privtext`` command: ingest corpora, manage keys and snapshots, serve.
+
+Every command reads the same settings as the app (``PRIVTEXT_*`` environment variables);
+``--data-dir`` overrides ``PRIVTEXT_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from service.config import Settings
+from service.db import init_db, make_engine
+
+
+class Context:
+    def __init__(self, data_dir: str | None) -> None:
+        overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
+        self.settings = Settings.load(overrides)
+        self._engine = None
+
+    @property
+    def engine(self):  # type: ignore[no-untyped-def]
+        if self._engine is None:
+            os.makedirs(self.settings.data_dir, exist_ok=True)
+            self._engine = make_engine(self.settings.resolved_database_url)
+            init_db(self._engine)
+        return self._engine
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.option("--data-dir", envvar="PRIVTEXT_DATA_DIR", default=None, help="State directory.")
+@click.pass_context
+def main(ctx: click.Context, data_dir: str | None) -> None:
+    """privtext: differentially private analytics over a chat corpus."""
+    ctx.obj = Context(data_dir)
+
+
+@main.command()
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--demo", is_flag=True, help="Ingest the bundled chitchat-dataset corpus.")
+@click.option("--if-missing", is_flag=True, help="Do nothing when a snapshot is already live.")
+@click.option("--workers", type=int, default=None, help="Processes for feature extraction.")
+@pass_ctx
+def ingest(ctx: Context, path: str | None, demo: bool, if_missing: bool, workers: int | None) -> None:
+    """Ingest PATH (JSONL or CSV) or the demo corpus as a new snapshot, then make it live."""
+    from service.corpus.ingest import IngestError, ingest_demo, ingest_file
+    from service.corpus.store import SnapshotStore
+
+    if demo == (path is not None):
+        raise click.UsageError("give either PATH or --demo")
+    if if_missing:
+        live = SnapshotStore(ctx.settings.data_dir).live()
+        if live is not None:
+            click.echo(f"snapshot {live.id} is live; nothing to do")
+            return
+    progress = sys.stderr.isatty()
+    try:
+        if demo:
+            info = ingest_demo(ctx.settings.data_dir, progress=progress, workers=workers)
+        else:
+            assert path is not None
+            info = ingest_file(path, ctx.settings.data_dir, progress=progress, workers=workers)
+    except IngestError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"snapshot {info.id} is live")
+
+
+@main.group()
+def snapshots() -> None:
+    """List and switch corpus snapshots."""
+
+
+@snapshots.command("list")
+@pass_ctx
+def snapshots_list(ctx: Context) -> None:
+    from service.corpus.store import SnapshotStore
+
+    store = SnapshotStore(ctx.settings.data_dir)
+    live = store.live()
+    for snap in store.list():
+        mark = "*" if live is not None and snap.id == live.id else " "
+        click.echo(f"{mark} {snap.id}  {snap.created_at}  {snap.source}")
+
+
+@snapshots.command("activate")
+@click.argument("snapshot_id")
+@pass_ctx
+def snapshots_activate(ctx: Context, snapshot_id: str) -> None:
+    from service.corpus.store import SnapshotStore
+
+    try:
+        SnapshotStore(ctx.settings.data_dir).activate(snapshot_id)
+    except (KeyError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"unknown snapshot {snapshot_id}") from exc
+    click.echo(f"snapshot {snapshot_id} is live")
+
+
+@main.group()
+def keys() -> None:
+    """Mint and revoke API keys."""
+
+
+@keys.command("create")
+@click.option("--role", type=click.Choice(["analyst", "admin"]), required=True)
+@click.option("--name", default=None, help="A human name for the new principal.")
+@click.option("--principal", "principal_id", default=None, help="Add a key to this principal.")
+@pass_ctx
+def keys_create(ctx: Context, role: str, name: str | None, principal_id: str | None) -> None:
+    """Create a principal (or use --principal) and print its new key once."""
+    from service.auth import create_principal, issue_key
+
+    if principal_id is None:
+        principal_id = create_principal(ctx.engine, name=name or role, role=role)
+    token = issue_key(ctx.engine, principal_id)
+    click.echo(f"principal: {principal_id}", err=True)
+    click.echo(token)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@pass_ctx
+def keys_revoke(ctx: Context, key_id: str) -> None:
+    from service.auth import revoke_key
+
+    if not revoke_key(ctx.engine, key_id):
+        raise click.ClickException(f"no active key {key_id}")
+    click.echo(f"revoked {key_id}")
+
+
+@main.command("ensure-admin")
+@pass_ctx
+def ensure_admin(ctx: Context) -> None:
+    """Make sure an admin key exists: take PRIVTEXT_ADMIN_KEY, or mint one and print it once."""
+    from service.auth import create_principal, has_admin, issue_key
+
+    given = os.environ.get("PRIVTEXT_ADMIN_KEY")
+    if has_admin(ctx.engine):
+        if given:
+            from service.auth import authenticate
+
+            if authenticate(ctx.engine, given) is None:
+                click.echo("warning: PRIVTEXT_ADMIN_KEY is not a valid key here", err=True)
+        click.echo("an admin key already exists")
+        return
+    pid = create_principal(ctx.engine, name="admin", role="admin")
+    if given:
+        try:
+            issue_key(ctx.engine, pid, token=given)
+        except ValueError as exc:
+            raise click.ClickException("PRIVTEXT_ADMIN_KEY must look like ptk_<hex id>_<secret>") from exc
+        click.echo("admin key taken from PRIVTEXT_ADMIN_KEY")
+        return
+    token = issue_key(ctx.engine, pid)
+    key_file = os.path.join(ctx.settings.data_dir, "admin-key.txt")
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    click.echo("")
+    click.echo("  Admin API key (shown once; also saved with mode 0600 to")
+    click.echo(f"  {key_file} -- move it somewhere safe and delete that file):")
+    click.echo(f"  {token}")
+    click.echo("")
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True)
+@click.option("--workers", type=int, default=None, help="gunicorn workers (default: config).")
+def serve(bind: str, workers: int | None) -> None:
+    """Run the service under gunicorn with gunicorn.conf.py."""
+    args = ["gunicorn", "--config", "python:service.gunicorn_conf", "--bind", bind]
+    if workers:
+        args += ["--workers", str(workers)]
+    args.append("service.wsgi:app")
+    os.execvp(args[0], args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,68 @@
+"""Configuration: defaults, then environment (``PRIVTEXT_*``), then an explicit mapping.
+
+Every setting lives here so that ``create_app`` and the CLI read the same values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+def _default_data_dir() -> str:
+    return os.environ.get("PRIVTEXT_DATA_DIR", str(Path.cwd() / "data"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service settings. Environment variable names are ``PRIVTEXT_`` + the upper-cased field."""
+
+    data_dir: str = field(default_factory=_default_data_dir)
+    # SQLAlchemy URL of the state store (analysts, keys, ledger, audit log).
+    # Empty means SQLite in the data directory; set a postgresql+psycopg:// URL to scale out.
+    database_url: str = ""
+    # huey queue: empty means SQLite in the data directory; a redis:// URL to scale out.
+    queue_url: str = ""
+    max_request_bytes: int = 64 * 1024
+    log_level: str = "INFO"
+    testing: bool = False
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir) / 'state.db'}"
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None) -> Settings:
+        """Defaults, then ``PRIVTEXT_*`` environment variables, then ``overrides``."""
+        settings = cls()
+        env: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"PRIVTEXT_{f.name.upper()}")
+            if raw is None:
+                continue
+            env[f.name] = _coerce(f.type, raw, f.name)
+        settings = replace(settings, **env)
+        if overrides:
+            known = {f.name for f in fields(cls)}
+            unknown = set(overrides) - known
+            if unknown:
+                raise ValueError(f"unknown settings: {sorted(unknown)}")
+            settings = replace(settings, **dict(overrides))
+        return settings
+
+
+def _coerce(type_name: Any, raw: str, name: str) -> Any:
+    t = str(type_name)
+    if t in ("int", "<class 'int'>"):
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise ValueError(f"PRIVTEXT_{name.upper()} must be an integer") from exc
+    if t in ("bool", "<class 'bool'>"):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return raw

@@ -1,0 +1,42 @@
+"""gunicorn settings (``gunicorn --config python:service.gunicorn_conf service.wsgi:app``).
+
+Each value can be overridden with the usual gunicorn flags or ``GUNICORN_*`` variables here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+bind = os.environ.get("PRIVTEXT_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("PRIVTEXT_WORKERS", "2"))
+threads = int(os.environ.get("PRIVTEXT_THREADS", "1"))
+worker_class = "sync"
+timeout = int(os.environ.get("PRIVTEXT_WORKER_TIMEOUT", "60"))
+graceful_timeout = 20
+keepalive = 5
+max_requests = 2000
+max_requests_jitter = 200
+limit_request_line = 8190
+limit_request_fields = 64
+accesslog = None  # the app writes one structured JSON line per request itself
+errorlog = "-"
+loglevel = os.environ.get("PRIVTEXT_LOG_LEVEL", "info").lower()
+preload_app = False  # each worker builds its own engine and corpus connection
+
+# Prometheus multiprocess mode: each worker writes its samples here; /metrics merges them.
+_prom_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"privtext-prom-{os.getpid()}")
+)
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    shutil.rmtree(_prom_dir, ignore_errors=True)
+    os.makedirs(_prom_dir, exist_ok=True)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,66 @@
+"""Operations endpoints: liveness, readiness, metrics, the spec, and the request log line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import yaml
+
+
+def test_healthz(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+
+
+def test_readyz_ready_with_a_snapshot(client) -> None:  # type: ignore[no-untyped-def]
+    resp = client.get("/readyz")
+    assert resp.status_code == 200
+    assert resp.get_json()["checks"] == {"state_store": True, "corpus": True}
+
+
+def test_readyz_not_ready_without_a_snapshot(empty_app) -> None:  # type: ignore[no-untyped-def]
+    resp = empty_app.test_client().get("/readyz")
+    assert resp.status_code == 503
+    body = resp.get_json()
+    assert body["code"] == "not_ready"
+    assert body["errors"]["checks"] == {"state_store": True, "corpus": False}
+
+
+def test_metrics_count_requests_by_route(client) -> None:  # type: ignore[no-untyped-def]
+    client.get("/healthz")
+    client.get("/healthz")
+    text = client.get("/metrics").get_data(as_text=True)
+    line = next(
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("privtext_http_requests_total{")
+        and 'route="/healthz"' in ln
+        and 'status="200"' in ln
+    )
+    assert float(line.rsplit(" ", 1)[1]) == 2.0
+
+
+def test_openapi_is_served_and_is_31(client) -> None:  # type: ignore[no-untyped-def]
+    resp = client.get("/openapi.yaml")
+    assert resp.status_code == 200
+    assert yaml.safe_load(resp.get_data(as_text=True))["openapi"].startswith("3.1")
+
+
+def test_one_json_log_line_per_request_without_text(client, analyst_token, caplog) -> None:  # type: ignore[no-untyped-def]
+    logger = logging.getLogger("privtext.access")
+    logger.propagate = True
+    try:
+        with caplog.at_level(logging.INFO, logger="privtext.access"):
+            client.get("/v1/me?q=secret-text", headers={"Authorization": f"Bearer {analyst_token}"})
+    finally:
+        logger.propagate = False
+    records = [r for r in caplog.records if r.name == "privtext.access"]
+    assert len(records) == 1
+    rec = records[0]
+    assert rec.route == "/v1/me" and rec.status == 200 and rec.principal.startswith("an_")
+    assert rec.request_id and rec.latency_ms >= 0
+    from service.observability import JsonFormatter
+
+    line = json.loads(JsonFormatter().format(rec))
+    assert "secret-text" not in json.dumps(line)
+    assert {"request_id", "principal", "route", "status", "latency_ms"} <= set(line)
