@@ -1,0 +1,265 @@
+"""Immutable, versioned corpus snapshots on disk, and read-only DuckDB access to them.
+
+Layout under ``data_dir``::
+
+    corpus/
+      LIVE                         the id of the live snapshot (replaced atomically)
+      snapshots/<id>/messages.parquet
+      snapshots/<id>/manifest.json
+      tmp/<unique>/                 ingests in progress (never read by queries)
+
+A snapshot is written in a unique directory under ``tmp/``, fsynced, renamed into
+``snapshots/<id>`` and only then made live, so a reader never sees a half-written snapshot
+and a failed ingest leaves the live one untouched. Snapshots are never modified afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+MESSAGES_FILE = "messages.parquet"
+MANIFEST_FILE = "manifest.json"
+_ID_RE = re.compile(r"^snap-\d{8}T\d{6}Z-[0-9a-f]{8}(?:-\d+)?$")
+
+
+class SnapshotNotFound(KeyError):
+    """No snapshot with the given id exists (or no snapshot is live)."""
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """Public description of one snapshot: safe to report with every answer.
+
+    It deliberately holds no message or sender counts.
+    """
+
+    id: str
+    created_at: datetime
+    source: str
+    metadata_columns: list[str] = field(default_factory=list)
+    path: Path = Path()
+
+    @property
+    def messages_path(self) -> Path:
+        """The snapshot's parquet file."""
+        return self.path / MESSAGES_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (``path`` omitted: it is an operator detail)."""
+        return {
+            "id": self.id,
+            "created_at": self.created_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "source": self.source,
+            "metadata_columns": list(self.metadata_columns),
+        }
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or directory (best effort for directories on odd file systems)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
+
+
+class SnapshotStore:
+    """The snapshots of one data directory.
+
+    Thread- and process-safe for reading; concurrent ingests each write their own temporary
+    directory. The live pointer is last-writer-wins.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "corpus"
+        self.snapshots_dir = self.root / "snapshots"
+        self.tmp_dir = self.root / "tmp"
+        self.live_file = self.root / "LIVE"
+        self._lock = threading.Lock()
+        self._cache: dict[str, duckdb.DuckDBPyConnection] = {}
+        self._cache_pid = os.getpid()
+
+    # -- reading -------------------------------------------------------------------------
+    def get(self, snapshot_id: str) -> SnapshotInfo:
+        """Return the snapshot ``snapshot_id``; raise :class:`SnapshotNotFound` if absent."""
+        if not _ID_RE.match(snapshot_id):
+            raise SnapshotNotFound(snapshot_id)
+        path = self.snapshots_dir / snapshot_id
+        try:
+            manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
+        except (FileNotFoundError, NotADirectoryError):
+            raise SnapshotNotFound(snapshot_id) from None
+        return SnapshotInfo(
+            id=manifest["id"],
+            created_at=datetime.fromisoformat(manifest["created_at"]),
+            source=manifest["source"],
+            metadata_columns=list(manifest["metadata_columns"]),
+            path=path,
+        )
+
+    def list(self) -> list[SnapshotInfo]:
+        """All complete snapshots, oldest first."""
+        if not self.snapshots_dir.is_dir():
+            return []
+        infos = []
+        for entry in self.snapshots_dir.iterdir():
+            try:
+                infos.append(self.get(entry.name))
+            except SnapshotNotFound:
+                continue
+        return sorted(infos, key=lambda s: (s.created_at, s.id))
+
+    def live(self) -> SnapshotInfo | None:
+        """The live snapshot, or ``None`` before the first ingest."""
+        try:
+            snapshot_id = self.live_file.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+        return self.get(snapshot_id)
+
+    def is_reachable(self) -> bool:
+        """Readiness: a snapshot is live and its parquet file can be read."""
+        try:
+            info = self.live()
+        except (OSError, SnapshotNotFound, ValueError, KeyError):
+            return False
+        return info is not None and os.access(info.messages_path, os.R_OK)
+
+    # -- switching -----------------------------------------------------------------------
+    def activate(self, snapshot_id: str) -> SnapshotInfo:
+        """Make ``snapshot_id`` the live snapshot (atomic replace of the LIVE file)."""
+        info = self.get(snapshot_id)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".LIVE-", dir=self.root)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(info.id + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_name, self.live_file)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        _fsync_path(self.root)
+        return info
+
+    # -- writing (used by ingest) --------------------------------------------------------
+    def new_tmp_dir(self) -> Path:
+        """A fresh, unique working directory for one ingest."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="ingest-", dir=self.tmp_dir))
+
+    def discard_tmp_dir(self, tmp: Path) -> None:
+        """Remove an ingest's working directory (after a failure)."""
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def publish(
+        self, tmp: Path, manifest: dict[str, Any], *, activate: bool = True
+    ) -> SnapshotInfo:
+        """Seal ``tmp`` (which holds ``messages.parquet``) as snapshot ``manifest['id']``.
+
+        Writes the manifest, fsyncs, renames into ``snapshots/`` and, if ``activate``, flips
+        LIVE. On any failure ``tmp`` is removed and LIVE is untouched.
+        """
+        try:
+            snapshot_id = manifest["id"]
+            if not _ID_RE.match(snapshot_id):
+                raise ValueError(f"invalid snapshot id {snapshot_id!r}")
+            with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as fh:
+                json.dump(manifest, fh, indent=2, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            for name in (MESSAGES_FILE, MANIFEST_FILE):
+                _fsync_path(tmp / name)
+                os.chmod(tmp / name, 0o444)
+            _fsync_path(tmp)
+            self.snapshots_dir.mkdir(parents=True, exist_ok=True)
+            target = self.snapshots_dir / snapshot_id
+            # os.rename onto an existing non-empty directory fails: no snapshot is overwritten.
+            os.rename(tmp, target)
+            _fsync_path(self.snapshots_dir)
+        except BaseException:
+            self.discard_tmp_dir(tmp)
+            raise
+        return self.activate(snapshot_id) if activate else self.get(snapshot_id)
+
+    # -- querying ------------------------------------------------------------------------
+    def connect(self, snapshot: str | SnapshotInfo | None = None) -> duckdb.DuckDBPyConnection:
+        """A new DuckDB connection with a read-only view ``messages`` over one snapshot.
+
+        ``snapshot`` is an id, a :class:`SnapshotInfo` or ``None`` for the live snapshot.
+        The session time zone is UTC, and file access is locked to that snapshot's parquet
+        file (no other file can be read or written; the configuration cannot be changed).
+        A DuckDB connection is not thread-safe: create one per process (see
+        :meth:`cursor`) and give each thread its own ``conn.cursor()``.
+        """
+        if snapshot is None:
+            info = self.live()
+            if info is None:
+                raise SnapshotNotFound("no live snapshot")
+        elif isinstance(snapshot, SnapshotInfo):
+            info = snapshot
+        else:
+            info = self.get(snapshot)
+        parquet = str(info.messages_path.resolve())
+        quoted = parquet.replace("'", "''")
+        conn = duckdb.connect(":memory:")
+        try:
+            conn.execute("SET TimeZone = 'UTC'")
+            conn.execute(f"CREATE VIEW messages AS SELECT * FROM read_parquet('{quoted}')")
+            conn.execute(f"SET allowed_paths = ['{quoted}']")
+            conn.execute("SET enable_external_access = false")
+            conn.execute("SET lock_configuration = true")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def cursor(
+        self, snapshot: str | SnapshotInfo | None = None
+    ) -> tuple[SnapshotInfo, duckdb.DuckDBPyConnection]:
+        """Per-process cached access: ``(snapshot info, fresh cursor)`` for the calling thread.
+
+        One base connection per snapshot is cached for this process (re-created after a fork);
+        each call returns a new cursor on it, which the caller uses from one thread and closes.
+        With ``snapshot=None`` the LIVE pointer is re-read on every call, so a switch takes
+        effect on the next request.
+        """
+        if snapshot is None:
+            info = self.live()
+            if info is None:
+                raise SnapshotNotFound("no live snapshot")
+        elif isinstance(snapshot, SnapshotInfo):
+            info = snapshot
+        else:
+            info = self.get(snapshot)
+        with self._lock:
+            if self._cache_pid != os.getpid():
+                self._cache = {}  # connections do not survive a fork
+                self._cache_pid = os.getpid()
+            conn = self._cache.get(info.id)
+            if conn is None:
+                conn = self._cache[info.id] = self.connect(info)
+            return info, conn.cursor()
+
+    def close(self) -> None:
+        """Close this process's cached connections."""
+        with self._lock:
+            for conn in self._cache.values():
+                conn.close()
+            self._cache = {}
