@@ -192,7 +192,7 @@ def ingest_file(
     )
 
 
-def read_demo(limit: int | None = None) -> Records:
+def read_demo(limit: int | None = None, *, progress: bool = False) -> Records:
     """The chitchat-dataset corpus as records (the first ``limit`` utterances if given).
 
     Each utterance is a message: sender = its ``sender`` UUID, conversation = the conversation
@@ -206,7 +206,7 @@ def read_demo(limit: int | None = None) -> Records:
         data = json.load(fh)
     records = Records(metadata={name: [] for name in DEMO_METADATA})
     file = str(path)
-    for conv_key, conv in data.items():
+    for conv_key, conv in tqdm(data.items(), desc="reading", unit="conv", disable=not progress):
         ratings = conv.get("ratings") or {}
         meta = {
             "prompt": conv.get("prompt"),
@@ -231,6 +231,6 @@ def ingest_demo(
 ) -> SnapshotInfo:
     """Ingest the chitchat-dataset corpus (258,145 utterances; ``limit`` for tests)."""
     version = importlib_metadata.version("chitchat-dataset")
-    records = read_demo(limit)
+    records = read_demo(limit, progress=progress)
     source = f"demo:chitchat-dataset {version}" + (f" (first {limit})" if limit else "")
     return build_snapshot(records, data_dir, source=source, progress=progress, workers=workers)

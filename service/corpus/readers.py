@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -198,7 +199,7 @@ def read_csv(path: Path, records: Records, bar: tqdm) -> None:
             raise IngestError(file, start, f"malformed CSV ({exc})") from None
 
 
-def read_file(path: str | Path, *, progress: bool = False) -> Records:
+def read_file(path: str | os.PathLike[str], *, progress: bool = False) -> Records:
     """Read and validate a JSONL or CSV corpus file (format chosen by extension)."""
     path = Path(path)
     file = str(path)

@@ -15,12 +15,14 @@ and a failed ingest leaves the live one untouched. Snapshots are never modified 
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -167,6 +169,23 @@ class SnapshotStore:
     def discard_tmp_dir(self, tmp: Path) -> None:
         """Remove an ingest's working directory (after a failure)."""
         shutil.rmtree(tmp, ignore_errors=True)
+
+    def clean_stale_tmp(self, older_than_s: float = 24 * 3600) -> builtins.list[Path]:
+        """Remove ingest working directories untouched for ``older_than_s`` seconds.
+
+        They are left only by an ingest that was killed (a failing ingest cleans up after
+        itself). A younger directory may belong to an ingest still running, so it is kept.
+        Returns the directories removed.
+        """
+        if not self.tmp_dir.is_dir():
+            return []
+        cutoff = time.time() - older_than_s
+        removed = []
+        for entry in self.tmp_dir.iterdir():
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        return removed
 
     def publish(
         self, tmp: Path, manifest: dict[str, Any], *, activate: bool = True

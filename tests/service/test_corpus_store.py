@@ -144,3 +144,14 @@ def test_concurrent_ingests_do_not_collide(tmp_path: Path) -> None:
     assert sorted(count(store, i.id) for i in infos) == [10, 11, 12, 13]
     assert store.live() in infos
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_clean_stale_tmp(tmp_path: Path) -> None:
+    import os
+
+    store = SnapshotStore(tmp_path)
+    old, young = store.new_tmp_dir(), store.new_tmp_dir()
+    (old / "messages.parquet").write_bytes(b"partial")
+    os.utime(old, (0, 0))
+    assert store.clean_stale_tmp(older_than_s=3600) == [old]
+    assert list(store.tmp_dir.iterdir()) == [young]
