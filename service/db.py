@@ -81,4 +81,6 @@ def make_engine(url: str) -> Engine:
 
 def init_db(engine: Engine) -> None:
     """Create every table that does not exist yet (idempotent)."""
+    import service.ledger.tables  # noqa: F401 - adds the ledger and audit tables
+
     metadata.create_all(engine)

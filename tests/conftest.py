@@ -68,3 +68,7 @@ def analyst_token(app: Flask) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# The ledger's fixtures (backends, a loopback PostgreSQL) live in their own module.
+pytest_plugins = ["tests.service.conftest_ledger"]

@@ -1,0 +1,102 @@
+"""Tables of the ledger and the audit log, added to ``service.db.metadata``.
+
+``budgets`` holds one row per analyst (the budget and the running spend), ``corpus_cap`` one
+row (id 1) for the corpus-wide cap and spend, ``ledger_entries`` one row per reservation, and
+``audit_log`` one row per query answered (append-only: triggers refuse UPDATE and DELETE on
+SQLite and PostgreSQL).
+
+Spends are stored as JSON text (``mechanisms.ledger.Spend.to_dict``): the additive RDP vector
+at the accountant's fixed orders, the sum of pure epsilons and the count of non-pure events.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    DDL,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    event,
+)
+
+from service.db import metadata
+
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("principal_id", String(64), ForeignKey("principals.id"), primary_key=True),
+    Column("epsilon", Float, nullable=False),
+    Column("delta", Float, nullable=False),
+    Column("spend", Text, nullable=False, default="{}"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+corpus_cap = Table(
+    "corpus_cap",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("epsilon", Float, nullable=True),  # NULL: no cap set (spend is still tracked)
+    Column("delta", Float, nullable=True),
+    Column("spend", Text, nullable=False, default="{}"),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("principal_id", String(64), ForeignKey("principals.id"), nullable=False),
+    Column("event", Text, nullable=False),  # PrivacyEvent.to_dict() as JSON
+    Column("status", String(16), nullable=False),  # reserved | committed | refunded
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("settled_at", DateTime(timezone=True), nullable=True),
+    Index("ix_ledger_entries_principal_created", "principal_id", "created_at"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("principal_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # released | replay | failed | refused
+    Column("snapshot_id", String(128), nullable=False),
+    Column("query_hash", String(64), nullable=False),
+    Column("query", Text, nullable=False),  # normalised query, canonical JSON
+    Column("cost", Text, nullable=False),  # JSON: the event and its epsilon
+    Column("released", Text, nullable=True),  # JSON: what was released (NULL when nothing)
+    Column("reservation_id", String(64), nullable=True),
+    Index("ix_audit_replay", "principal_id", "snapshot_id", "query_hash"),
+    Index("ix_audit_created", "created_at"),
+)
+
+_SQLITE_GUARDS = [
+    DDL(
+        f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{op.lower()} BEFORE {op} ON audit_log "
+        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
+    )
+    for op in ("UPDATE", "DELETE")
+]
+_PG_GUARDS = [
+    DDL(
+        "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
+        "BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$ LANGUAGE plpgsql"
+    ),
+    DDL(
+        "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()"
+    ),
+]
+for _ddl in _SQLITE_GUARDS:
+    event.listen(audit_log, "after_create", _ddl.execute_if(dialect="sqlite"))
+for _ddl in _PG_GUARDS:
+    event.listen(audit_log, "after_create", _ddl.execute_if(dialect="postgresql"))

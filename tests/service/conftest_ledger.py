@@ -1,0 +1,119 @@
+"""Fixtures of the ledger tests: backends (memory, SQLite, PostgreSQL) and a fresh database each.
+
+PostgreSQL comes from ``PRIVTEXT_TEST_POSTGRES_URL`` (set by ``scripts/test-services.sh``, which
+``make test`` sources). When it is unset, the session starts a throwaway cluster itself with that
+script; postgres-marked tests are skipped only when neither works.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from mechanisms.ledger import Ledger
+from mechanisms.ledger_memory import InMemoryLedger
+from service.auth import create_principal
+from service.db import init_db, make_engine
+from service.ledger.sql import SqlLedger
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "test-services.sh"
+
+
+def _stop(datadir: str) -> None:
+    subprocess.run(["bash", str(SCRIPT), "stop", datadir], check=False, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A superuser URL of a loopback PostgreSQL; the cluster is stopped at the end if ours."""
+    url = os.environ.get("PRIVTEXT_TEST_POSTGRES_URL")
+    datadir = os.environ.get("PRIVTEXT_TEST_POSTGRES_DATADIR")
+    if not url:
+        if os.environ.get("PRIVTEXT_TEST_NO_AUTOSTART") or not SCRIPT.exists():
+            pytest.skip("PRIVTEXT_TEST_POSTGRES_URL is not set")
+        proc = subprocess.run(
+            ["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=600
+        )
+        found = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in proc.stdout.splitlines()
+            if line.startswith("export ")
+        )
+        if proc.returncode != 0 or "PRIVTEXT_TEST_POSTGRES_URL" not in found:
+            pytest.skip(f"could not start PostgreSQL: {proc.stderr.strip()[-300:]}")
+        url, datadir = found["PRIVTEXT_TEST_POSTGRES_URL"], found["PRIVTEXT_TEST_POSTGRES_DATADIR"]
+        os.environ["PRIVTEXT_TEST_POSTGRES_URL"] = url  # for subprocesses of this session
+    yield url
+    if datadir:
+        _stop(datadir)
+
+
+@pytest.fixture
+def pg_database_url(postgres_url: str) -> Iterator[str]:
+    """A fresh, empty database on the test cluster, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def _url(request: pytest.FixtureRequest, kind: str) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{request.getfixturevalue('tmp_path') / 'state.db'}"
+    return str(request.getfixturevalue("pg_database_url"))
+
+
+@pytest.fixture(params=BACKENDS)
+def state_url(request: pytest.FixtureRequest) -> str:
+    """A database URL of each real backend (SQLite file, fresh PostgreSQL database)."""
+    return _url(request, request.param)
+
+
+def _engine(request: pytest.FixtureRequest, url: str) -> Engine:
+    engine = make_engine(url)
+    init_db(engine)
+    request.addfinalizer(engine.dispose)
+    return engine
+
+
+@pytest.fixture
+def state_engine(request: pytest.FixtureRequest, state_url: str) -> Engine:
+    return _engine(request, state_url)
+
+
+@pytest.fixture(params=["memory", *BACKENDS])
+def any_ledger(request: pytest.FixtureRequest) -> Ledger:
+    """Every ledger backend: in memory, and SQL over each real database."""
+    if request.param == "memory":
+        return InMemoryLedger()
+    return SqlLedger(_engine(request, _url(request, request.param)))
+
+
+@pytest.fixture
+def make_analyst(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Create an analyst principal where the ledger needs one (SQL backends)."""
+
+    def _make(ledger: Ledger, name: str = "ana") -> str:
+        if isinstance(ledger, SqlLedger):
+            return create_principal(ledger.engine, name=name, role="analyst")
+        return f"an_{uuid.uuid4().hex[:12]}"
+
+    return _make
