@@ -25,7 +25,7 @@ def live() -> Response:
     return jsonify(
         {
             "id": snap.id,
-            "created_at": snap.created_at,
+            "created_at": snap.to_dict()["created_at"],
             "metadata_columns": list(snap.metadata_columns),
             "features": FEATURES,
         }
