@@ -54,6 +54,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(whoami.bp)
     app.register_blueprint(snapshots.bp)
+
+    from service.queries import views as queries
+
+    app.register_blueprint(queries.bp)
     return app
 
 

@@ -1,0 +1,1 @@
+"""Private statistics and sentiment queries: schema -> plan -> price -> compute -> noise."""

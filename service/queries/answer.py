@@ -1,0 +1,398 @@
+"""Turn private aggregates into a released answer: noise, intervals, bias notes.
+
+Called only from inside ``run_charged``'s compute step, i.e. after the cost is reserved.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from service.queries.compute import AUTO_CAP_BUCKETS, CorpusQuery
+from service.queries.plan import Plan
+from service.queries.release import (
+    GROUPS_PER_SENDER,
+    Part,
+    Priced,
+    half_width,
+    noisy,
+    parts_for,
+    rescale,
+)
+
+MAX_CAP = 10_000
+
+
+def choose_cap(q: CorpusQuery, part: Part, main: Part, plan: Plan) -> int:
+    """Choose the per-sender cap privately from a noisy histogram of sender activity.
+
+    Each sender adds 1 to the bucket of its message count (sensitivity 1), noised by
+    ``part``. The cap is the power of two that minimises (messages the cap would drop,
+    estimated from the noisy histogram) + (the 95% noise half-width of a count released at
+    ``main``'s cost with that cap). Everything after the noise is post-processing.
+    """
+    hist = np.maximum(noisy(part, q.sender_activity()), 0.0)
+    best, best_err = 1, math.inf
+    for j in range(AUTO_CAP_BUCKETS):
+        cap = 2**j
+        # bucket b holds senders with [2^b, 2^(b+1)) messages: take 1.5 * 2^b as typical
+        dropped = sum(hist[b] * max(0.0, 1.5 * 2**b - cap) for b in range(AUTO_CAP_BUCKETS))
+        probe = Part("probe", main.sensitivity, 1.0, main.mechanism)
+        rescale(probe, plan, float(cap))
+        err = dropped + half_width(probe, 0.95)
+        if err < best_err:
+            best, best_err = cap, err
+    return min(best, MAX_CAP)
+
+
+def _interval(value: float, hw: float) -> list[float]:
+    return [value - hw, value + hw]
+
+
+def _ratio_box(num: float, hn: float, den: float, hd: float, lo: float, hi: float) -> list[float]:
+    """Range of num/den over the box [num +/- hn] x [den +/- hd], clipped to [lo, hi]."""
+    if den - hd <= 0:
+        return [lo, hi]
+    corners = [(num + a * hn) / (den + b * hd) for a in (-1, 1) for b in (-1, 1)]
+    return [max(lo, min(corners)), min(hi, max(corners))]
+
+
+def build_answer(plan: Plan, priced: Priced, q: CorpusQuery) -> dict[str, Any]:
+    """Compute the private aggregates of ``plan``, add noise, and shape the answer."""
+    level = plan.level
+    bias: list[str] = []
+    cap_info: dict[str, Any]
+    if plan.max_messages is None:
+        assert priced.cap_part is not None
+        main = next(p for n, p in priced.parts.items() if n != "selection")
+        m = choose_cap(q, priced.cap_part, main, plan)
+        cap_info = {"value": m, "chosen": "auto", "cost_share": priced.cap_part.share}
+    else:
+        m = plan.max_messages
+        cap_info = {"value": m, "chosen": "fixed"}
+    # Sensitivities follow from the cap; costs (epsilon or rho per part) do not change.
+    for fresh in parts_for(plan, m):
+        part = priced.parts[fresh.name]
+        if part.sensitivity != fresh.sensitivity:
+            rescale(part, plan, fresh.sensitivity)
+
+    keys: list[Any] | None = None
+    selection: dict[Any, float] = {}
+    if plan.groups is not None:
+        if plan.groups.keys is None:
+            counts = q.group_sender_counts(GROUPS_PER_SENDER)
+            part = priced.parts["selection"]
+            names = list(counts)
+            noisy_counts = noisy(part, [counts[k] for k in names]) if names else np.array([])
+            assert priced.threshold is not None
+            selection = {
+                k: float(v)
+                for k, v in zip(names, noisy_counts, strict=True)
+                if v > priced.threshold
+            }
+            keys = sorted(selection, key=str)
+            bias.append(
+                f"Groups are released only when their noisy number of distinct senders exceeds "
+                f"{priced.threshold:.1f}; each sender counted toward at most {GROUPS_PER_SENDER} "
+                "groups in that selection, so small groups are missing."
+            )
+        else:
+            keys = list(plan.groups.keys)
+
+    result = _dispatch(plan, priced, q, m, keys, selection, level, bias)
+    if plan.kind not in ("count",) or plan.of != "senders":
+        bias.append(
+            f"At most {m} messages per sender count (those of smallest random rank); "
+            "messages beyond the cap are left out, which lowers counts and sums and weights "
+            "means toward lighter senders."
+        )
+    if plan.grid is not None and plan.kind != "histogram":
+        bias.append(
+            f"Values are clamped to [{plan.grid.lower}, {plan.grid.upper}] and rounded to "
+            f"multiples of {plan.grid.step}."
+        )
+    mech = {
+        "name": plan.mechanism,
+        "noise": {
+            name: {
+                "sensitivity": p.sensitivity,
+                ("scale" if plan.mechanism == "laplace" else "sigma"): _scale(p),
+            }
+            for name, p in priced.parts.items()
+        },
+    }
+    return {
+        **result,
+        "confidence_level": level,
+        "mechanism": mech,
+        "max_messages_per_sender": cap_info,
+        "bias": bias,
+    }
+
+
+def _scale(part: Part) -> float:
+    mech = part.mechanism
+    return float(getattr(mech, "scale", None) or getattr(mech, "sigma", 0.0))
+
+
+def _keyed(keys: list[Any] | None, values: dict[Any, Any], default: Any) -> list[tuple[Any, Any]]:
+    if keys is None:
+        return [(None, values.get(None, default))]
+    return [(k, values.get(k, default)) for k in keys]
+
+
+def _pack(keys: list[Any] | None, rows: list[tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
+    if keys is None:
+        return {"result": rows[0][1]}
+    return {"groups": [{"key": k, **v} for k, v in rows]}
+
+
+def _dispatch(
+    plan: Plan,
+    priced: Priced,
+    q: CorpusQuery,
+    m: int,
+    keys: list[Any] | None,
+    selection: dict[Any, float],
+    level: float,
+    bias: list[str],
+) -> dict[str, Any]:
+    P = priced.parts
+    kind = plan.kind
+    if kind == "count":
+        if plan.groups is not None and plan.groups.keys is None and plan.of == "senders":
+            hw = half_width(P["selection"], level)
+            rows = [
+                (k, {"value": selection[k], "interval": _interval(selection[k], hw)})
+                for k in keys or []
+            ]
+            return _pack(keys, rows)
+        raw = _keyed(keys, q.counts(m), 0)
+        vals = noisy(P["count"], [v for _, v in raw])
+        hw = half_width(P["count"], level)
+        rows = [
+            (k, {"value": float(v), "interval": _interval(float(v), hw)})
+            for (k, _), v in zip(raw, vals, strict=True)
+        ]
+        return _pack(keys, rows)
+    if kind == "top_terms":
+        return _top_terms(plan, priced, q, m, level, bias)
+    if kind in ("histogram", "quantiles"):
+        return _binned(plan, priced, q, m, keys, level)
+    grid = plan.grid
+    assert grid is not None
+    step = grid.step
+    if kind == "sentiment":
+        raw = _keyed(keys, q.sentiment(m), (0, 0, 0, 0))
+        cls = noisy(P["classes"], [list(v[:3]) for _, v in raw]).reshape(len(raw), 3)
+        sums = noisy(P["sum"], [v[3] for _, v in raw])
+        hc, hs = half_width(P["classes"], level), half_width(P["sum"], level)
+        rows = []
+        for (k, _), c, s in zip(raw, cls, sums, strict=True):
+            c = np.maximum(c, 0.0)
+            total = float(c.sum())
+            htot = 3 * hc
+            shares = {
+                name: {
+                    "value": float(c[i] / total) if total > 0 else None,
+                    "interval": _ratio_box(float(c[i]), hc, total, htot, 0.0, 1.0),
+                }
+                for i, name in enumerate(("positive", "neutral", "negative"))
+            }
+            mean = float(s) / total * step if total > 0 else None
+            rows.append(
+                (
+                    k,
+                    {
+                        "mean_compound": {
+                            "value": None if mean is None else max(-1.0, min(1.0, mean)),
+                            "interval": _ratio_box(
+                                float(s) * step, hs * step, total, htot, -1.0, 1.0
+                            ),
+                        },
+                        "shares": shares,
+                    },
+                )
+            )
+        bias.append(
+            "Intervals of means and shares are conservative boxes over the noisy sums "
+            "and counts (approximate, not exact)."
+        )
+        return _pack(keys, rows)
+    raw = _keyed(keys, q.moments(m), (0, 0, 0, 0))
+    off = grid.offset_q
+    if kind == "sum":
+        vals = noisy(P["sum"], [v[3] for _, v in raw])
+        hw = half_width(P["sum"], level) * step
+        rows = [
+            (k, {"value": float(v) * step, "interval": _interval(float(v) * step, hw)})
+            for (k, _), v in zip(raw, vals, strict=True)
+        ]
+        return _pack(keys, rows)
+    counts = noisy(P["count"], [v[0] for _, v in raw])
+    sums = noisy(P["sum"], [v[1] for _, v in raw])
+    hc, hs = half_width(P["count"], level), half_width(P["sum"], level)
+    rows = []
+    if kind == "mean":
+        for (k, _), c, s in zip(raw, counts, sums, strict=True):
+            value = (off + s / c) * step if c >= 1 else None
+            lo_hi = _ratio_box(float(s), hs, float(c), hc, grid.lower_q - off, grid.upper_q - off)
+            value = None if value is None else min(grid.upper, max(grid.lower, value))
+            rows.append(
+                (
+                    k,
+                    {
+                        "value": value,
+                        "interval": [(off + lo_hi[0]) * step, (off + lo_hi[1]) * step],
+                    },
+                )
+            )
+        bias.append(
+            "The mean is a noisy sum over a noisy count; its interval is a conservative "
+            "box over both (approximate)."
+        )
+        return _pack(keys, rows)
+    # variance
+    sq = noisy(P["sumsq"], [v[2] for _, v in raw])
+    hq = half_width(P["sumsq"], level)
+    span = (grid.upper - grid.lower) ** 2 / 4
+    for (k, _), c, s, qq in zip(raw, counts, sums, sq, strict=True):
+        if c < 2:
+            rows.append((k, {"value": None, "interval": [0.0, span]}))
+            continue
+        var = max(0.0, (qq / c - (s / c) ** 2)) * step * step
+        cmin, cmax = c - hc, c + hc
+        if cmin <= 0:
+            interval = [0.0, span]
+        else:
+            smax2 = max((s - hs) ** 2, (s + hs) ** 2)
+            smin2 = 0.0 if (s - hs) <= 0 <= (s + hs) else min((s - hs) ** 2, (s + hs) ** 2)
+            lo = (qq - hq) / cmax - smax2 / cmin**2
+            hi = (qq + hq) / cmin - smin2 / cmax**2
+            interval = [max(0.0, lo * step * step), min(span, hi * step * step)]
+        rows.append((k, {"value": min(var, span), "interval": interval}))
+    bias.append(
+        "The variance comes from a noisy count, sum and sum of squares; its interval is a "
+        "conservative box over them (approximate)."
+    )
+    return _pack(keys, rows)
+
+
+def _binned(
+    plan: Plan, priced: Priced, q: CorpusQuery, m: int, keys: list[Any] | None, level: float
+) -> dict[str, Any]:
+    from service.queries.plan import QUANTILE_BINS
+
+    grid = plan.grid
+    assert grid is not None
+    if plan.kind == "histogram":
+        edges = plan.bins
+    else:
+        edges = tuple(np.linspace(grid.lower, grid.upper, QUANTILE_BINS + 1).tolist())
+    nb = len(edges) - 1
+    raw = _keyed(keys, q.bin_counts(edges, m), [0] * nb)
+    part = priced.parts["bins"]
+    vals = noisy(part, [v for _, v in raw]).reshape(len(raw), nb)
+    hw = half_width(part, level)
+    if plan.kind == "histogram":
+        rows = [
+            (
+                k,
+                {
+                    "bins": [
+                        {
+                            "lower": edges[i],
+                            "upper": edges[i + 1],
+                            "value": float(v[i]),
+                            "interval": _interval(float(v[i]), hw),
+                        }
+                        for i in range(nb)
+                    ]
+                },
+            )
+            for (k, _), v in zip(raw, vals, strict=True)
+        ]
+        return _pack(keys, rows)
+    v = np.maximum(vals[0], 0.0)
+    sims = np.maximum(v + simulate_noise(part, (BOOTSTRAP, nb)), 0.0)
+    alpha = (1.0 - level) / 2.0
+    out = []
+    for qv in plan.quantiles:
+        boot = [_cdf_quantile(sim, edges, qv) for sim in sims]
+        out.append(
+            {
+                "quantile": qv,
+                "value": _cdf_quantile(v, edges, qv),
+                "interval": [
+                    float(np.quantile(boot, alpha)),
+                    float(np.quantile(boot, 1.0 - alpha)),
+                ],
+            }
+        )
+    return {
+        "result": {"quantiles": out},
+        "interval_note": f"Quantile intervals are a parametric bootstrap ({BOOTSTRAP} re-noised "
+        "copies of the released histogram): approximate, not exact.",
+    }
+
+
+BOOTSTRAP = 200
+
+
+def simulate_noise(part: Part, shape: tuple[int, ...]) -> np.ndarray:
+    """Fresh draws of ``part``'s noise distribution, for post-processing only (bootstrap
+    intervals of released values); it protects nothing, so a fast non-secret generator is
+    used."""
+    from mechanisms.samplers import discrete_gaussian, discrete_laplace
+
+    rng = np.random.default_rng()
+    size = int(np.prod(shape))
+    mech = part.mechanism
+    if hasattr(mech, "sigma"):
+        draws = discrete_gaussian(float(mech.sigma), size, rng=rng)
+    else:
+        draws = discrete_laplace(float(mech.scale), size, rng=rng)
+    return np.asarray(draws, dtype=np.float64).reshape(shape)
+
+
+def _cdf_quantile(hist: np.ndarray, edges: tuple[float, ...], qv: float) -> float:
+    total = float(hist.sum())
+    if total <= 0:
+        return float((edges[0] + edges[-1]) / 2)
+    cum = np.cumsum(hist) / total
+    i = int(np.searchsorted(cum, qv))
+    i = min(i, len(hist) - 1)
+    prev = cum[i - 1] if i > 0 else 0.0
+    frac = 0.0 if hist[i] <= 0 else (qv - prev) / (cum[i] - prev)
+    return float(edges[i] + min(1.0, max(0.0, frac)) * (edges[i + 1] - edges[i]))
+
+
+def _top_terms(
+    plan: Plan, priced: Priced, q: CorpusQuery, m: int, level: float, bias: list[str]
+) -> dict[str, Any]:
+    counts = q.term_sender_counts(m)
+    part = priced.parts["senders"]
+    hw = half_width(part, level)
+    if plan.terms:
+        vals = noisy(part, [counts.get(t, 0) for t in plan.terms])
+        rows = [
+            {"term": t, "senders": float(v), "interval": _interval(float(v), hw)}
+            for t, v in zip(plan.terms, vals, strict=True)
+        ]
+        rows.sort(key=lambda r: -r["senders"])
+        return {"result": {"terms": rows[: plan.k] if plan.k else rows}}
+    names = list(counts)
+    vals = noisy(part, [counts[t] for t in names]) if names else np.array([])
+    assert priced.threshold is not None
+    kept = [(t, float(v)) for t, v in zip(names, vals, strict=True) if v > priced.threshold]
+    kept.sort(key=lambda tv: -tv[1])
+    bias.append(
+        f"Terms are released only when their noisy number of distinct senders exceeds "
+        f"{priced.threshold:.1f}; each sender counted toward at most "
+        f"{plan.max_terms_per_sender} of its terms (chosen at random), and common function "
+        "words are left out."
+    )
+    rows = [{"term": t, "senders": v, "interval": _interval(v, hw)} for t, v in kept[: plan.k]]
+    return {"result": {"terms": rows}}

@@ -1,0 +1,249 @@
+"""The corpus store's side of a query: exact bounded aggregates over the live snapshot.
+
+Everything here is private (raw, un-noised) and never leaves the process except through
+``release.py``, which adds noise. Per-sender bounding happens here, in SQL, from public
+rules only: at most ``m`` messages per sender (the ``m`` of smallest random rank, a rank
+drawn once at ingest independently of content), values clamped to declared bounds and put
+on a power-of-two grid so that sums are exact integers, at most ``K`` terms per sender.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import defaultdict
+from typing import Any
+
+import duckdb
+
+from service.queries.plan import NEGATIVE_AT, POSITIVE_AT, Plan
+
+#: Tokens as in service.corpus.features.tokenize (letters/digits with inner apostrophes).
+TOKEN_SQL_RE = r"[\p{L}\p{N}]+(?:['\x{2019}][\p{L}\p{N}]+)*"
+#: A small public list of function words left out of discovered top terms.
+STOPWORDS = tuple(
+    """a an the and or but if of to in on at for with from by about as is am are was were be
+    been being it its it's this that these those i i'm me my you you're your he him his she her
+    we our they them their what which who whom do does did doing have has had having not no so
+    than too very can will just don't i'll i've that's there here then out up down all any
+    some would could should into over also""".split()
+)
+AUTO_CAP_BUCKETS = 15  # per-sender message counts in [2^j, 2^(j+1)), j = 0..14
+
+
+def _quote(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'
+
+
+def _group_expr(plan: Plan) -> str | None:
+    g = plan.groups
+    if g is None:
+        return None
+    if g.kind == "metadata":
+        return _quote(g.column)
+    return {
+        "hour_of_day": "hour(ts)",
+        "weekday": "isodow(ts) - 1",
+        "day": "strftime(date_trunc('day', ts), '%Y-%m-%d')",
+        "week": "strftime(date_trunc('week', ts), '%Y-%m-%d')",
+        "month": "strftime(date_trunc('month', ts), '%Y-%m-%d')",
+    }[g.column]
+
+
+class CorpusQuery:
+    """Builds and runs the bounded SQL for one plan on one DuckDB cursor."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+        self.cur = cursor
+        self.plan = plan
+        self._where, self._params = self._filters()
+        self.group = _group_expr(plan)
+
+    # -- building blocks -------------------------------------------------------------
+    def _filters(self) -> tuple[list[str], list[Any]]:
+        p = self.plan
+        where: list[str] = []
+        params: list[Any] = []
+        if p.time_range:
+            where.append("ts >= ? AND ts < ?")
+            params += [p.time_range[0], p.time_range[1]]
+        if p.keywords:
+            joiner = " OR " if p.keywords_match == "any" else " AND "
+            where.append("(" + joiner.join("contains(lower(text), ?)" for _ in p.keywords) + ")")
+            params += list(p.keywords)
+        for col, values in p.metadata_filter:
+            where.append(f"{_quote(col)} IN ({', '.join('?' for _ in values)})")
+            params += list(values)
+        g = p.groups
+        if g is not None and g.range is not None:
+            where.append("ts >= ? AND ts < ?")
+            params += [g.range[0], g.range[1]]
+        if g is not None and g.kind == "metadata" and g.keys is not None:
+            where.append(f"{_quote(g.column)} IN ({', '.join('?' for _ in g.keys)})")
+            params += list(g.keys)
+        elif g is not None and g.kind == "metadata":
+            where.append(f"{_quote(g.column)} IS NOT NULL")
+        return where, params
+
+    def filtered(self, columns: str) -> tuple[str, list[Any]]:
+        """SQL for the filtered messages (no cap)."""
+        where = " AND ".join(self._where) or "TRUE"
+        return f"SELECT {columns} FROM messages WHERE {where}", list(self._params)
+
+    def capped(self, columns: str, max_messages: int) -> tuple[str, list[Any]]:
+        """SQL for the filtered messages, at most ``max_messages`` per sender.
+
+        Without filters the cap is the plain filter ``msg_rank < m``; with filters, the m
+        filtered messages of smallest random rank (a window over the filtered rows only).
+        """
+        if not self._where:
+            return f"SELECT {columns} FROM messages WHERE msg_rank < ?", [max_messages]
+        where = " AND ".join(self._where)
+        sql = (
+            f"SELECT {columns} FROM (SELECT *, row_number() OVER "
+            f"(PARTITION BY sender_id ORDER BY msg_rank) AS _rn FROM messages WHERE {where}) "
+            "WHERE _rn <= ?"
+        )
+        return sql, [*self._params, max_messages]
+
+    def _value_q(self) -> str:
+        grid = self.plan.grid
+        assert grid is not None and self.plan.feature is not None
+        col = _quote(self.plan.feature)
+        return (
+            f"CAST(round(least(greatest({col}, {grid.lower!r}), {grid.upper!r}) "
+            f"/ {grid.step!r}) AS BIGINT) - {grid.offset_q}"
+        )
+
+    def _grouped(self, select: str, source: tuple[str, list[Any]]) -> dict[Any, tuple[Any, ...]]:
+        sql, params = source
+        if self.group is None:
+            row = self.cur.execute(f"SELECT {select} FROM ({sql})", params).fetchone()
+            return {None: tuple(row) if row else ()}
+        rows = self.cur.execute(f"SELECT _g, {select} FROM ({sql}) GROUP BY _g", params).fetchall()
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    def _cols(self, *cols: str) -> str:
+        parts = list(cols)
+        if self.group is not None:
+            parts.append(f"{self.group} AS _g")
+        return ", ".join(parts)
+
+    # -- aggregates (private) --------------------------------------------------------
+    def counts(self, max_messages: int) -> dict[Any, int]:
+        """Messages, distinct senders or distinct conversations, per group."""
+        of = self.plan.of
+        if of == "senders":
+            src = self.filtered(self._cols("sender_id"))
+            res = self._grouped("count(DISTINCT sender_id)", src)
+        elif of == "conversations":
+            src = self.capped(self._cols("conversation_id"), max_messages)
+            res = self._grouped("count(DISTINCT conversation_id)", src)
+        else:
+            src = self.capped(self._cols("1 AS one"), max_messages)
+            res = self._grouped("count(*)", src)
+        return {k: int(v[0] or 0) for k, v in res.items()}
+
+    def moments(self, max_messages: int) -> dict[Any, tuple[int, int, int, int]]:
+        """(count, centred grid sum, centred grid sum of squares, grid sum) per group.
+
+        Exact integers in grid units; "centred" is around the grid's integer offset."""
+        assert self.plan.grid is not None
+        off = self.plan.grid.offset_q
+        src = self.capped(self._cols(f"{self._value_q()} AS v"), max_messages)
+        res = self._grouped(
+            f"count(*), sum(v)::HUGEINT, sum(v * v)::HUGEINT, sum(v + {off})::HUGEINT", src
+        )
+        return {k: tuple(int(x or 0) for x in v) for k, v in res.items()}  # type: ignore[misc]
+
+    def bin_counts(self, edges: tuple[float, ...], max_messages: int) -> dict[Any, list[int]]:
+        """Counts per bin; values outside the edges are clamped into the first or last bin."""
+        assert self.plan.feature is not None
+        col = _quote(self.plan.feature)
+        nbins = len(edges) - 1
+        cases = " ".join(f"WHEN {col} < {e!r} THEN {i}" for i, e in enumerate(edges[1:-1]))
+        expr = f"CASE {cases} ELSE {nbins - 1} END" if cases else "0"
+        src = self.capped(self._cols(f"{expr} AS b"), max_messages)
+        sql, params = src
+        out: dict[Any, list[int]] = defaultdict(lambda: [0] * nbins)
+        gsel = "_g, " if self.group is not None else "NULL AS _g, "
+        gby = "_g, b" if self.group is not None else "b"
+        for row in self.cur.execute(
+            f"SELECT {gsel} b, count(*) FROM ({sql}) GROUP BY {gby}", params
+        ).fetchall():
+            out[row[0]][int(row[1])] = int(row[2])
+        return dict(out)
+
+    def sentiment(self, max_messages: int) -> dict[Any, tuple[int, int, int, int]]:
+        """(positive, neutral, negative, centred grid sum of compound) per group."""
+        v = self._value_q()
+        src = self.capped(self._cols("sentiment_compound AS c", f"{v} AS v"), max_messages)
+        res = self._grouped(
+            f"count(*) FILTER (WHERE c >= {POSITIVE_AT!r}), "
+            f"count(*) FILTER (WHERE c > {NEGATIVE_AT!r} AND c < {POSITIVE_AT!r}), "
+            f"count(*) FILTER (WHERE c <= {NEGATIVE_AT!r}), sum(v)::HUGEINT",
+            src,
+        )
+        return {k: tuple(int(x or 0) for x in v) for k, v in res.items()}  # type: ignore[misc]
+
+    def group_sender_counts(self, max_groups: int) -> dict[Any, int]:
+        """Distinct senders per undeclared group key, each sender in at most ``max_groups``
+        keys (those of its smallest random message rank): for partition selection."""
+        assert self.group is not None
+        sql, params = self.filtered(f"sender_id, msg_rank, {self.group} AS _g")
+        rows = self.cur.execute(
+            "SELECT _g, count(*) FROM (SELECT sender_id, _g, row_number() OVER "
+            "(PARTITION BY sender_id ORDER BY min(msg_rank)) AS _r "
+            f"FROM ({sql}) GROUP BY sender_id, _g) WHERE _r <= ? GROUP BY _g",
+            [*params, max_groups],
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def term_sender_counts(self, max_messages: int) -> dict[str, int]:
+        """Distinct senders per term among capped messages, each sender limited to
+        ``max_terms_per_sender`` terms chosen by a fresh random salt (a public rule)."""
+        p = self.plan
+        regex = TOKEN_SQL_RE.replace("'", "''")  # a SQL string literal
+        sql, params = self.capped(
+            f"sender_id, regexp_extract_all(lower(text), '{regex}') AS toks", max_messages
+        )
+        want_bigrams = p.bigrams or any(" " in t for t in p.terms)
+        unigram = "SELECT sender_id, unnest(toks) AS term FROM m"
+        bigram = (
+            "SELECT sender_id, unnest(list_transform(range(1, len(toks)), "
+            "i -> toks[i] || ' ' || toks[i + 1])) AS term FROM m"
+        )
+        terms_sql = unigram + (f" UNION ALL {bigram}" if want_bigrams else "")
+        extra: list[Any] = []
+        if p.terms:
+            term_filter = f"term IN ({', '.join('?' for _ in p.terms)})"
+            extra += list(p.terms)
+        else:
+            term_filter = (
+                f"term NOT IN ({', '.join('?' for _ in STOPWORDS)}) "
+                "AND NOT regexp_full_match(term, '[0-9]+')"
+            )
+            extra += list(STOPWORDS)
+        salt = secrets.token_hex(8)
+        rows = self.cur.execute(
+            f"WITH m AS ({sql}), t AS (SELECT DISTINCT sender_id, term FROM ({terms_sql}) "
+            f"WHERE {term_filter}), r AS (SELECT term, row_number() OVER (PARTITION BY "
+            "sender_id ORDER BY hash(term || ?)) AS _r FROM t) "
+            "SELECT term, count(*) FROM r WHERE _r <= ? GROUP BY term",
+            [*params, *extra, salt, p.max_terms_per_sender],
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def sender_activity(self) -> list[int]:
+        """Senders per bucket of their filtered message count, bucket j = [2^j, 2^(j+1)).
+
+        Each sender is in exactly one bucket: sensitivity 1. Used to choose the cap."""
+        sql, params = self.filtered("sender_id")
+        rows = self.cur.execute(
+            "SELECT least(floor(log2(n))::INTEGER, ?) AS b, count(*) FROM "
+            f"(SELECT sender_id, count(*) AS n FROM ({sql}) GROUP BY sender_id) GROUP BY b",
+            [AUTO_CAP_BUCKETS - 1, *params],
+        ).fetchall()
+        out = [0] * AUTO_CAP_BUCKETS
+        for b, n in rows:
+            out[int(b)] = int(n)
+        return out

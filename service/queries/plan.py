@@ -1,0 +1,314 @@
+"""A query plan: the validated request with every default resolved, and nothing from the data.
+
+The plan is what is priced, what the corpus store computes, and (normalised) what the audit
+log records and replay matches on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from service.errors import APIError
+
+#: Public default bounds per feature (an analyst can declare others).
+DEFAULT_BOUNDS = {
+    "chars": (0.0, 300.0),
+    "tokens": (0.0, 60.0),
+    "sentiment_compound": (-1.0, 1.0),
+    "sentiment_pos": (0.0, 1.0),
+    "sentiment_neu": (0.0, 1.0),
+    "sentiment_neg": (0.0, 1.0),
+}
+DEFAULT_MAX_MESSAGES = 100
+DEFAULT_EPSILON = 1.0
+DEFAULT_DELTA = 1e-7
+DEFAULT_TOP_K = 10
+DEFAULT_TERMS_PER_SENDER = 10
+QUANTILE_BINS = 256
+AUTO_CAP_SHARE = 0.1  # of the query's cost, spent choosing the per-sender cap
+GRID_STEPS = 1024  # a real feature's bound range is cut into about this many grid steps
+MAX_TIME_BUCKETS = 1000
+#: VADER's usual thresholds on the compound score.
+POSITIVE_AT = 0.05
+NEGATIVE_AT = -0.05
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Values are clamped to [lower, upper] and rounded to multiples of ``step`` (a power of
+    two); sums are then exact integers in units of ``step``."""
+
+    lower: float
+    upper: float
+    step: float
+
+    @property
+    def lower_q(self) -> int:
+        return round(self.lower / self.step)
+
+    @property
+    def upper_q(self) -> int:
+        return round(self.upper / self.step)
+
+    @property
+    def offset_q(self) -> int:
+        """The integer centre that sums are taken around (halves their sensitivity)."""
+        return (self.lower_q + self.upper_q) // 2
+
+    @property
+    def max_dev_q(self) -> int:
+        return max(abs(self.upper_q - self.offset_q), abs(self.lower_q - self.offset_q))
+
+
+def make_grid(feature: str, lower: float, upper: float) -> Grid:
+    if feature in ("chars", "tokens") and float(lower).is_integer() and float(upper).is_integer():
+        step = 1.0
+        span = upper - lower
+        while span / step > 4 * GRID_STEPS:
+            step *= 2
+    else:
+        step = 2.0 ** math.floor(math.log2((upper - lower) / GRID_STEPS))
+    return Grid(lower=lower, upper=upper, step=step)
+
+
+@dataclass(frozen=True)
+class Groups:
+    """Declared group keys (public), or ``selected`` (keys found by partition selection)."""
+
+    column: str  # "hour_of_day", "weekday", "day", "week", "month" or a metadata column
+    kind: str  # "time" or "metadata"
+    keys: tuple[Any, ...] | None  # None: undeclared metadata values, partition selection
+    range: tuple[datetime, datetime] | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str
+    of: str
+    feature: str | None
+    grid: Grid | None
+    quantiles: tuple[float, ...]
+    bins: tuple[float, ...]
+    k: int
+    terms: tuple[str, ...]
+    bigrams: bool
+    max_terms_per_sender: int
+    groups: Groups | None
+    time_range: tuple[datetime, datetime] | None
+    keywords: tuple[str, ...]
+    keywords_match: str
+    metadata_filter: tuple[tuple[str, tuple[str, ...]], ...]
+    mechanism: str
+    epsilon: float | None
+    delta: float
+    accuracy: tuple[float, float] | None
+    max_messages: int | None  # None: chosen privately ("auto")
+    level: float
+    dry_run: bool
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def needs_partition_selection(self) -> bool:
+        return (self.kind == "top_terms" and not self.terms) or (
+            self.groups is not None and self.groups.keys is None
+        )
+
+    def normalised(self) -> dict[str, Any]:
+        """The plan as canonical JSON-able data: what the audit log and replay key on."""
+        d: dict[str, Any] = {
+            "kind": self.kind,
+            "of": self.of,
+            "feature": self.feature,
+            "bounds": [self.grid.lower, self.grid.upper] if self.grid else None,
+            "quantiles": list(self.quantiles),
+            "bins": list(self.bins),
+            "k": self.k,
+            "terms": list(self.terms),
+            "bigrams": self.bigrams,
+            "max_terms_per_sender": self.max_terms_per_sender,
+            "group_by": None,
+            "filters": {
+                "time_range": _iso_range(self.time_range),
+                "keywords": list(self.keywords),
+                "match": self.keywords_match,
+                "metadata": {k: list(v) for k, v in self.metadata_filter},
+            },
+            "privacy": {
+                "mechanism": self.mechanism,
+                "epsilon": self.epsilon,
+                "delta": self.delta,
+                "accuracy": list(self.accuracy) if self.accuracy else None,
+            },
+            "max_messages_per_sender": self.max_messages if self.max_messages else "auto",
+            "confidence_level": self.level,
+        }
+        if self.groups is not None:
+            d["group_by"] = {
+                "column": self.groups.column,
+                "kind": self.groups.kind,
+                "values": [str(k) for k in self.groups.keys] if self.groups.keys else None,
+                "range": _iso_range(self.groups.range),
+            }
+        return d
+
+
+def _iso_range(r: tuple[datetime, datetime] | None) -> list[str] | None:
+    return [r[0].astimezone(UTC).isoformat(), r[1].astimezone(UTC).isoformat()] if r else None
+
+
+def build_plan(req: dict[str, Any], *, metadata_columns: list[str]) -> Plan:
+    """Resolve defaults and check what the schema cannot (the snapshot's metadata columns)."""
+    kind = req["kind"]
+    feature = req.get("feature")
+    if kind == "sentiment":
+        feature = "sentiment_compound"
+    grid = None
+    if feature is not None:
+        b = req.get("bounds")
+        lower, upper = (b["lower"], b["upper"]) if b else DEFAULT_BOUNDS[feature]
+        if kind == "sentiment":
+            lower, upper = DEFAULT_BOUNDS[feature]
+        grid = make_grid(feature, lower, upper)
+    elif req.get("bounds"):
+        raise APIError(
+            422, "validation_error", "bounds go with a feature", {"bounds": ["unexpected"]}
+        )
+    bins: tuple[float, ...] = tuple(req.get("bins") or ())
+    if bins and grid is not None and not req.get("bounds"):
+        grid = make_grid(feature or "", bins[0], bins[-1])  # type: ignore[arg-type]
+
+    filters = req.get("filters") or {}
+    meta_filter = tuple(
+        sorted((k, tuple(sorted(set(v)))) for k, v in (filters.get("metadata") or {}).items())
+    )
+    for col, _ in meta_filter:
+        _check_metadata_column(col, metadata_columns, "filters.metadata")
+    tr = filters.get("time_range")
+    kw = filters.get("keywords") or {}
+
+    groups = None
+    gb = req.get("group_by")
+    if gb:
+        if "time" in gb:
+            rng = (gb["range"]["start"], gb["range"]["end"]) if "range" in gb else None
+            groups = Groups(
+                column=gb["time"], kind="time", keys=_time_keys(gb["time"], rng), range=rng
+            )
+        else:
+            _check_metadata_column(gb["metadata"], metadata_columns, "group_by.metadata")
+            values = tuple(sorted(set(gb["values"]))) if gb.get("values") else None
+            groups = Groups(column=gb["metadata"], kind="metadata", keys=values)
+
+    privacy = req.get("privacy") or {}
+    mechanism = privacy.get("mechanism", "laplace")
+    accuracy = privacy.get("accuracy")
+    epsilon = privacy.get("epsilon")
+    if epsilon is None and accuracy is None:
+        epsilon = DEFAULT_EPSILON
+    delta = privacy.get("delta", DEFAULT_DELTA)
+
+    cap = req.get("max_messages_per_sender")
+    max_messages = None if cap == "auto" else (cap or DEFAULT_MAX_MESSAGES)
+
+    plan = Plan(
+        kind=kind,
+        of=req.get("of", "messages"),
+        feature=feature,
+        grid=grid,
+        quantiles=tuple(req.get("quantiles") or ()),
+        bins=bins,
+        k=req.get("k", DEFAULT_TOP_K),
+        terms=tuple(dict.fromkeys(t.lower() for t in req.get("terms") or ())),
+        bigrams=bool(req.get("bigrams")),
+        max_terms_per_sender=req.get("max_terms_per_sender", DEFAULT_TERMS_PER_SENDER),
+        groups=groups,
+        time_range=(tr["start"], tr["end"]) if tr else None,
+        keywords=tuple(sorted({t.lower() for t in kw.get("terms", ())})),
+        keywords_match=kw.get("match", "any"),
+        metadata_filter=meta_filter,
+        mechanism=mechanism,
+        epsilon=epsilon,
+        delta=delta,
+        accuracy=(accuracy["half_width"], accuracy["level"]) if accuracy else None,
+        max_messages=max_messages,
+        level=req.get("confidence_level", 0.95),
+        dry_run=req.get("dry_run", False),
+    )
+    if plan.accuracy is not None and kind not in ("count", "sum", "histogram", "top_terms"):
+        raise APIError(
+            422,
+            "validation_error",
+            "An accuracy target is supported for count, sum, histogram and top_terms; "
+            "give privacy.epsilon for this kind.",
+            {"privacy": {"accuracy": ["not supported for this kind"]}},
+        )
+    if plan.accuracy is not None and max_messages is None:
+        raise APIError(
+            422,
+            "validation_error",
+            "An accuracy target needs a fixed max_messages_per_sender.",
+            {"max_messages_per_sender": ['"auto" cannot be combined with an accuracy target']},
+        )
+    if mechanism == "laplace" and "delta" in privacy and not plan.needs_partition_selection:
+        raise APIError(
+            422,
+            "validation_error",
+            "The Laplace mechanism takes a delta only for queries over undeclared keys "
+            "(top terms without a term list, group-by metadata without values).",
+            {"privacy": {"delta": ["not used by this query"]}},
+        )
+    if plan.kind == "top_terms" and plan.bigrams and plan.terms:
+        raise APIError(
+            422,
+            "validation_error",
+            "bigrams goes with discovered terms, not a declared list",
+            {"bigrams": ["not with terms"]},
+        )
+    return plan
+
+
+def _check_metadata_column(col: str, columns: list[str], where: str) -> None:
+    if col not in columns:
+        raise APIError(
+            422,
+            "validation_error",
+            f"Unknown metadata column in {where}.",
+            {where: [f"declared metadata columns: {sorted(columns)}"]},
+        )
+
+
+def _time_keys(unit: str, rng: tuple[datetime, datetime] | None) -> tuple[Any, ...]:
+    """The public keys of a time grouping: hours 0-23, weekdays 0-6 (Monday 0), or the
+    ISO dates of the day, week (Monday) or month starts that the declared range touches."""
+    if unit == "hour_of_day":
+        return tuple(range(24))
+    if unit == "weekday":
+        return tuple(range(7))
+    assert rng is not None
+    start = rng[0].astimezone(UTC).date()
+    end = rng[1].astimezone(UTC)
+    if unit == "week":
+        start -= timedelta(days=start.weekday())
+    elif unit == "month":
+        start = start.replace(day=1)
+    keys: list[str] = []
+    cur = start
+    while datetime(cur.year, cur.month, cur.day, tzinfo=UTC) < end:
+        keys.append(cur.isoformat())
+        if len(keys) > MAX_TIME_BUCKETS:
+            raise APIError(
+                422,
+                "validation_error",
+                f"The range holds more than {MAX_TIME_BUCKETS} {unit} buckets.",
+                {"group_by": {"range": ["too many buckets"]}},
+            )
+        if unit == "day":
+            cur += timedelta(days=1)
+        elif unit == "week":
+            cur += timedelta(days=7)
+        else:
+            cur = (cur.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return tuple(keys)

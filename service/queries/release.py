@@ -1,0 +1,241 @@
+"""Pricing and releasing: from a plan to mechanisms, a privacy event and noisy answers.
+
+``price(plan)`` decides every noise scale from public facts only (the plan's bounds, cap and
+requested cost or accuracy); ``release(plan, priced, query)`` then reads the private
+aggregates, adds exact discrete noise and builds the answer. All noise arithmetic lives in
+``mechanisms/``; this module only splits the cost and post-processes noisy values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mechanisms.accountant import PrivacyEvent
+from mechanisms.errors import InvalidParameterError
+from service.queries.plan import AUTO_CAP_SHARE, Plan
+
+Mechanism = Any  # mechanisms.laplace.LaplaceMechanism | mechanisms.gaussian.GaussianMechanism
+
+
+@dataclass
+class Part:
+    """One noisy release inside a query: its name, L1/L2 sensitivity (in grid units) and
+    share of the query's cost."""
+
+    name: str
+    sensitivity: float
+    share: float
+    mechanism: Mechanism = None
+
+
+@dataclass
+class Priced:
+    event: PrivacyEvent
+    parts: dict[str, Part]
+    epsilon: float | None  # the pure or (approximate) epsilon of the whole query
+    delta: float
+    cap_part: Part | None = None
+    threshold: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _rho_for(epsilon: float, delta: float) -> float:
+    """The largest rho whose RDP conversion gives at most (epsilon, delta)."""
+    from mechanisms.gaussian import GaussianMechanism
+
+    return float(GaussianMechanism(sensitivity=1.0, epsilon=epsilon, delta=delta).rho)
+
+
+def _laplace(sensitivity: float, epsilon: float) -> Mechanism:
+    from mechanisms.laplace import LaplaceMechanism
+
+    return LaplaceMechanism(sensitivity=sensitivity, epsilon=epsilon)
+
+
+def _gaussian(sensitivity: float, rho: float) -> Mechanism:
+    from mechanisms.gaussian import GaussianMechanism
+
+    return GaussianMechanism(sensitivity=sensitivity, rho=rho)
+
+
+def _from_accuracy(
+    mechanism: str, sensitivity: float, half_width: float, level: float
+) -> Mechanism:
+    from mechanisms.gaussian import GaussianMechanism
+    from mechanisms.laplace import LaplaceMechanism
+
+    cls = LaplaceMechanism if mechanism == "laplace" else GaussianMechanism
+    return cls.from_accuracy(sensitivity=sensitivity, half_width=half_width, level=level)
+
+
+def parts_for(plan: Plan, max_messages: int) -> list[Part]:
+    """The noisy releases a plan needs, with their sensitivities for a cap of ``max_messages``.
+
+    A group-by over undeclared keys first selects keys (distinct senders per key, each
+    sender in at most ``GROUPS_PER_SENDER`` keys) with ``SELECTION_SHARE`` of the cost.
+    """
+    if plan.groups is not None and plan.groups.keys is None:
+        if plan.kind == "count" and plan.of == "senders":
+            # The selection's noisy distinct-sender counts are the answer itself.
+            return [Part("selection", float(GROUPS_PER_SENDER), 1.0)]
+        parts = _value_parts(plan, max_messages)
+        for p in parts:
+            p.share *= 1.0 - SELECTION_SHARE
+        parts.insert(0, Part("selection", float(GROUPS_PER_SENDER), SELECTION_SHARE))
+        return parts
+    return _value_parts(plan, max_messages)
+
+
+def _value_parts(plan: Plan, max_messages: int) -> list[Part]:
+    """The value releases of a plan.
+
+    L1 and L2 sensitivities coincide for every part below except a sender count per group
+    and term counts, where one sender touches several cells (their L2 is the square root).
+    """
+    m = max_messages
+    gauss = plan.mechanism == "gaussian"
+    grid = plan.grid
+    n_groups = len(plan.groups.keys) if plan.groups and plan.groups.keys else 1
+    if plan.kind == "count":
+        if plan.of == "senders":
+            sens = math.sqrt(n_groups) if gauss else float(n_groups)
+            return [Part("count", sens, 1.0)]
+        return [Part("count", float(m), 1.0)]
+    if plan.kind == "top_terms":
+        k = plan.max_terms_per_sender
+        return [Part("senders", math.sqrt(k) if gauss else float(k), 1.0)]
+    if plan.kind in ("histogram", "quantiles"):
+        return [Part("bins", float(m), 1.0)]
+    assert grid is not None
+    dev = float(grid.max_dev_q)
+    if plan.kind == "sum":
+        return [Part("sum", float(m * max(abs(grid.lower_q), abs(grid.upper_q))), 1.0)]
+    if plan.kind == "mean":
+        return [Part("count", float(m), 0.5), Part("sum", m * dev, 0.5)]
+    if plan.kind == "variance":
+        third = 1.0 / 3.0
+        return [
+            Part("count", float(m), third),
+            Part("sum", m * dev, third),
+            Part("sumsq", m * dev * dev, third),
+        ]
+    if plan.kind == "sentiment":
+        return [Part("classes", float(m), 0.5), Part("sum", m * dev, 0.5)]
+    raise InvalidParameterError(f"unknown query kind {plan.kind}")
+
+
+def price(plan: Plan, *, max_messages: int | None) -> Priced:
+    """Choose every mechanism of ``plan`` and the privacy event to charge.
+
+    ``max_messages`` is the per-sender cap when fixed; ``None`` means it will be chosen
+    privately at release, with ``AUTO_CAP_SHARE`` of the cost set aside for that choice
+    (the parts are then priced for a provisional cap and re-scaled at release, keeping
+    their cost, since cost depends only on epsilon or rho, not on the cap).
+    """
+    selection = plan.needs_partition_selection
+    if plan.mechanism == "gaussian" and selection:
+        raise InvalidParameterError(
+            "queries over undeclared keys (partition selection) use the Laplace mechanism"
+        )
+    provisional = max_messages or 1
+    parts = {p.name: p for p in parts_for(plan, provisional)}
+    cap_part = Part("auto_cap", 1.0, AUTO_CAP_SHARE) if max_messages is None else None
+    main_share = 1.0 - (AUTO_CAP_SHARE if cap_part else 0.0)
+
+    if plan.accuracy is not None:
+        # One part only (count, sum, histogram, top_terms): the cheapest noise that delivers
+        # the requested half-width at the requested level.
+        (part,) = parts.values()
+        half_width, level = plan.accuracy
+        unit = plan.grid.step if plan.kind == "sum" and plan.grid else 1.0
+        part.mechanism = _from_accuracy(plan.mechanism, part.sensitivity, half_width / unit, level)
+        if plan.mechanism == "laplace":
+            epsilon = float(part.mechanism.epsilon)
+            event = PrivacyEvent.laplace(epsilon)
+        else:
+            rho = float(part.mechanism.rho)
+            event = PrivacyEvent.gaussian(1.0 / math.sqrt(2.0 * rho))
+            epsilon = None
+        priced = Priced(
+            event=event,
+            parts=parts,
+            epsilon=epsilon,
+            delta=plan.delta if plan.mechanism == "gaussian" else 0.0,
+        )
+    elif plan.mechanism == "laplace":
+        assert plan.epsilon is not None
+        eps = plan.epsilon
+        for part in parts.values():
+            part.mechanism = _laplace(part.sensitivity, eps * main_share * part.share)
+        if cap_part:
+            cap_part.mechanism = _laplace(cap_part.sensitivity, eps * cap_part.share)
+        if selection:
+            event = PrivacyEvent.approx_dp(eps, plan.delta)
+            priced = Priced(
+                event=event, parts=parts, epsilon=eps, delta=plan.delta, cap_part=cap_part
+            )
+        else:
+            event = PrivacyEvent.laplace(eps)
+            priced = Priced(event=event, parts=parts, epsilon=eps, delta=0.0, cap_part=cap_part)
+    else:
+        assert plan.epsilon is not None
+        rho = _rho_for(plan.epsilon, plan.delta)
+        for part in parts.values():
+            part.mechanism = _gaussian(part.sensitivity, rho * main_share * part.share)
+        if cap_part:
+            cap_part.mechanism = _gaussian(cap_part.sensitivity, rho * cap_part.share)
+        # Gaussian releases compose exactly: the whole query is one Gaussian whose rho is the
+        # sum of the parts' (each rounded up a little).
+        spent_rho = sum(p.mechanism.rho for p in _all(parts, cap_part))
+        event = PrivacyEvent.gaussian(1.0 / math.sqrt(2.0 * spent_rho))
+        priced = Priced(
+            event=event, parts=parts, epsilon=plan.epsilon, delta=plan.delta, cap_part=cap_part
+        )
+    priced.cap_part = cap_part
+    if selection:
+        priced.threshold = _threshold(plan, parts)
+    return priced
+
+
+def _all(parts: dict[str, Part], cap_part: Part | None) -> list[Part]:
+    return [*parts.values(), *([cap_part] if cap_part else [])]
+
+
+def _threshold(plan: Plan, parts: dict[str, Part]) -> float:
+    from mechanisms.bounding import partition_threshold
+
+    if plan.kind == "top_terms":
+        max_keys = plan.max_terms_per_sender
+        eps = parts["senders"].mechanism.epsilon
+    else:
+        max_keys = GROUPS_PER_SENDER
+        eps = parts["selection"].mechanism.epsilon
+    return float(partition_threshold(epsilon=eps, delta=plan.delta, max_keys=max_keys))
+
+
+#: For group-by over undeclared keys: each sender counts toward at most this many keys when
+#: keys are selected, and this share of the cost pays for the selection.
+GROUPS_PER_SENDER = 4
+SELECTION_SHARE = 0.5
+
+
+def rescale(part: Part, plan: Plan, sensitivity: float) -> None:
+    """Re-build ``part``'s mechanism for a new sensitivity at the same cost."""
+    part.sensitivity = sensitivity
+    if plan.mechanism == "laplace":
+        part.mechanism = _laplace(sensitivity, float(part.mechanism.epsilon))
+    else:
+        part.mechanism = _gaussian(sensitivity, float(part.mechanism.rho))
+
+
+def half_width(part: Part, level: float) -> float:
+    return float(part.mechanism.confidence_interval(level))
+
+
+def noisy(part: Part, values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.int64)
+    return np.asarray(part.mechanism.randomise(arr), dtype=np.float64)

@@ -1,0 +1,70 @@
+"""``POST /v1/queries``: one endpoint for every statistics and sentiment query.
+
+validate (schema) -> plan -> price -> [run_charged: replay | dry run | reserve -> compute
+(read the corpus, add noise) -> audit -> commit]. No data is read before the reservation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from service.auth import current_principal, require
+from service.charging import run_charged
+from service.errors import APIError
+from service.queries.answer import build_answer
+from service.queries.compute import CorpusQuery
+from service.queries.plan import build_plan
+from service.queries.release import half_width, price
+from service.queries.schemas import QuerySchema
+
+bp = Blueprint("queries", __name__)
+_schema = QuerySchema()
+
+
+def _json_body() -> dict[str, Any]:
+    if not request.is_json:
+        raise APIError(415, "unsupported_media_type", "Send the query as application/json.")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise APIError(400, "bad_request", "The body must be a JSON object.")
+    return body
+
+
+@bp.post("/v1/queries")
+@require("analyst")
+def create_query() -> Response:
+    principal = current_principal()
+    req = _schema.load(_json_body())
+    store = current_app.extensions["privtext"].corpus
+    snapshot = store.live()
+    if snapshot is None:
+        raise APIError(503, "no_snapshot", "No corpus snapshot is live yet.")
+    plan = build_plan(req, metadata_columns=list(snapshot.metadata_columns))
+    priced = price(plan, max_messages=plan.max_messages)
+    predicted = {
+        name: {"half_width": half_width(p, plan.level), "sensitivity": p.sensitivity}
+        for name, p in priced.parts.items()
+    }
+    if plan.max_messages is None:
+        predicted["note"] = "with the automatic cap, half-widths are known only after it is chosen"
+
+    def compute() -> dict[str, Any]:
+        info, cur = store.cursor(snapshot.id)
+        try:
+            answer = build_answer(plan, priced, CorpusQuery(cur, plan))
+        finally:
+            cur.close()
+        return {"kind": plan.kind, **answer}
+
+    result = run_charged(
+        principal,
+        query=plan.normalised(),
+        snapshot_id=snapshot.id,
+        event=priced.event,
+        compute=compute,
+        dry_run=plan.dry_run,
+        predicted={"confidence_level": plan.level, "parts": predicted},
+    )
+    return jsonify(result)
