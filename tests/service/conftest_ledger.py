@@ -117,3 +117,21 @@ def make_analyst(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def
         return f"an_{uuid.uuid4().hex[:12]}"
 
     return _make
+
+
+@pytest.fixture
+def backend_app(request: pytest.FixtureRequest, state_url: str, data_dir: Path, ingested):  # type: ignore[no-untyped-def]
+    """The app over each real state store (SQLite in the data directory, or PostgreSQL)."""
+    from service.app import create_app
+
+    app = create_app({"data_dir": str(data_dir), "database_url": state_url, "testing": True})
+    yield app
+    app.extensions["privtext"].engine.dispose()
+
+
+@pytest.fixture
+def backend_admin_token(backend_app) -> str:  # type: ignore[no-untyped-def]
+    from service.auth import issue_key
+
+    engine = backend_app.extensions["privtext"].engine
+    return issue_key(engine, create_principal(engine, name="root", role="admin"))

@@ -1,0 +1,154 @@
+"""The audit log: one append-only row per query answered (released, replayed or failed).
+
+Each row holds who asked, when, the normalised query (canonical JSON) and its hash, the corpus
+snapshot, the cost, and what was released. Rows are only ever inserted (triggers in
+``service.ledger.tables`` refuse UPDATE and DELETE). The log also answers replays: the last
+released answer to the same normalised query by the same principal on the same snapshot.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select
+
+from service.ledger.tables import audit_log
+
+STATUSES = ("released", "replay", "failed", "refused")
+CSV_FIELDS = (
+    "id",
+    "created_at",
+    "principal_id",
+    "status",
+    "snapshot_id",
+    "query_hash",
+    "query",
+    "cost",
+    "released",
+    "reservation_id",
+)
+
+
+def normalise_query(query: Mapping[str, Any]) -> str:
+    """Canonical JSON of a query: sorted keys, no whitespace, UTF-8 kept as is."""
+    return json.dumps(
+        query, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def query_hash(normalised: str) -> str:
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
+
+
+def record(
+    engine: Engine,
+    *,
+    principal_id: str,
+    status: str,
+    snapshot_id: str,
+    normalised_query: str,
+    cost: Mapping[str, Any],
+    released: Mapping[str, Any] | None,
+    reservation_id: str | None = None,
+) -> int:
+    """Append one row and return its id."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}")
+    with engine.begin() as conn:
+        res = conn.execute(
+            insert(audit_log).values(
+                created_at=datetime.now(UTC),
+                principal_id=principal_id,
+                status=status,
+                snapshot_id=snapshot_id,
+                query_hash=query_hash(normalised_query),
+                query=normalised_query,
+                cost=json.dumps(cost, sort_keys=True),
+                released=json.dumps(released, sort_keys=True) if released is not None else None,
+                reservation_id=reservation_id,
+            )
+        )
+    return int(res.inserted_primary_key[0])  # type: ignore[index]
+
+
+def find_replay(
+    engine: Engine, *, principal_id: str, snapshot_id: str, qhash: str
+) -> dict[str, Any] | None:
+    """The last answer released for this (principal, snapshot, query hash), or None."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(audit_log.c.released)
+            .where(
+                audit_log.c.principal_id == principal_id,
+                audit_log.c.snapshot_id == snapshot_id,
+                audit_log.c.query_hash == qhash,
+                audit_log.c.status == "released",
+            )
+            .order_by(audit_log.c.id.desc())
+            .limit(1)
+        ).first()
+    if row is None or row.released is None:
+        return None
+    return json.loads(row.released)  # type: ignore[no-any-return]
+
+
+def _row(r: Any) -> dict[str, Any]:
+    created = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
+    return {
+        "id": r.id,
+        "created_at": created.isoformat(),
+        "principal_id": r.principal_id,
+        "status": r.status,
+        "snapshot_id": r.snapshot_id,
+        "query_hash": r.query_hash,
+        "query": json.loads(r.query),
+        "cost": json.loads(r.cost),
+        "released": json.loads(r.released) if r.released is not None else None,
+        "reservation_id": r.reservation_id,
+    }
+
+
+def entries(
+    engine: Engine,
+    *,
+    principal_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    after_id: int = 0,
+) -> list[dict[str, Any]]:
+    """Audit rows in id order (oldest first), filtered; page with ``after_id`` (keyset)."""
+    q = select(audit_log).where(audit_log.c.id > after_id).order_by(audit_log.c.id).limit(limit)
+    if principal_id is not None:
+        q = q.where(audit_log.c.principal_id == principal_id)
+    if since is not None:
+        q = q.where(audit_log.c.created_at >= since)
+    if until is not None:
+        q = q.where(audit_log.c.created_at < until)
+    with engine.connect() as conn:
+        return [_row(r) for r in conn.execute(q)]
+
+
+def to_json(rows: Iterable[Mapping[str, Any]]) -> str:
+    return json.dumps(list(rows), sort_keys=True)
+
+
+def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
+    """CSV with one row per entry; the JSON-valued columns are written as JSON text."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(
+            {
+                k: json.dumps(r[k], sort_keys=True) if k in ("query", "cost", "released") else r[k]
+                for k in CSV_FIELDS
+            }
+        )
+    return buf.getvalue()

@@ -1,0 +1,136 @@
+"""``run_charged``: charge before release, replay, dry run, refund, exhausted budget, audit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from mechanisms.errors import BudgetExhaustedError
+from mechanisms.events import PrivacyEvent
+from mechanisms.ledger import Budget
+from service.auth import create_principal
+from service.charging import get_ledger, run_charged
+from service.ledger import audit
+from service.ledger.tables import audit_log
+
+EVENT = PrivacyEvent.laplace(0.3)
+QUERY = {"kind": "count", "filters": {"channel": "web"}, "level": 0.95}
+
+
+class Compute:
+    """A compute step that records its calls and checks it runs after the reservation."""
+
+    def __init__(self, app: Flask, pid: str, fail: bool = False) -> None:
+        self.app, self.pid, self.fail, self.calls = app, pid, fail, 0
+
+    def __call__(self) -> dict[str, Any]:
+        self.calls += 1
+        rem = get_ledger().remaining(self.pid, tight=False)
+        assert rem.reserved == 1, "compute ran before the reservation"
+        if self.fail:
+            raise RuntimeError("corpus unavailable")
+        return {"kind": "count", "value": 41 + self.calls, "interval": [30, 52]}
+
+
+@pytest.fixture
+def analyst(backend_app: Flask) -> str:
+    engine = backend_app.extensions["privtext"].engine
+    pid = create_principal(engine, name="ana", role="analyst")
+    with backend_app.app_context():
+        get_ledger().set_budget(pid, Budget(1.0, 0.0))
+    return pid
+
+
+def _run(app: Flask, pid: str, compute: Compute, **kw: Any) -> dict[str, Any]:
+    kw.setdefault("query", QUERY)
+    kw.setdefault("snapshot_id", "snap-1")
+    kw.setdefault("event", EVENT)
+    with app.app_context():
+        return run_charged(pid, compute=compute, **kw)
+
+
+def _audit(app: Flask) -> list[str]:
+    with app.extensions["privtext"].engine.connect() as conn:
+        return [r.status for r in conn.execute(select(audit_log.c.status).order_by(audit_log.c.id))]
+
+
+def test_release_is_charged_committed_and_audited(backend_app: Flask, analyst: str) -> None:
+    compute = Compute(backend_app, analyst)
+    out = _run(backend_app, analyst, compute)
+    assert compute.calls == 1
+    assert out["value"] == 42 and out["replay"] is False and out["dry_run"] is False
+    assert out["cost"]["epsilon"] == pytest.approx(0.3)
+    assert out["budget"]["remaining_epsilon"] == pytest.approx(0.7)
+    with backend_app.app_context():
+        rem = get_ledger().remaining(analyst)
+        assert (rem.reserved, rem.committed) == (0, 1)
+    rows = audit.entries(backend_app.extensions["privtext"].engine, principal_id=analyst)
+    assert [r["status"] for r in rows] == ["released"]
+    assert rows[0]["query"] == QUERY and rows[0]["released"]["value"] == 42
+    assert rows[0]["cost"]["epsilon"] == pytest.approx(0.3)
+
+
+def test_identical_query_is_replayed_free(backend_app: Flask, analyst: str) -> None:
+    compute = Compute(backend_app, analyst)
+    first = _run(backend_app, analyst, compute)
+    reordered = {"level": 0.95, "filters": {"channel": "web"}, "kind": "count"}
+    again = _run(backend_app, analyst, compute, query=reordered)
+    assert compute.calls == 1
+    assert again["replay"] is True and again["cost"]["epsilon"] == 0.0
+    assert again["value"] == first["value"]
+    assert again["budget"]["remaining_epsilon"] == pytest.approx(0.7)
+    assert _audit(backend_app) == ["released", "replay"]
+    # any change to the query, or another snapshot, is a new query and is charged
+    _run(backend_app, analyst, compute, query={**QUERY, "level": 0.9})
+    _run(backend_app, analyst, compute, snapshot_id="snap-2")
+    assert compute.calls == 3
+
+
+def test_replays_are_per_analyst(backend_app: Flask, analyst: str) -> None:
+    engine = backend_app.extensions["privtext"].engine
+    other = create_principal(engine, name="bob", role="analyst")
+    with backend_app.app_context():
+        get_ledger().set_budget(other, Budget(1.0, 0.0))
+    _run(backend_app, analyst, Compute(backend_app, analyst))
+    out = _run(backend_app, other, Compute(backend_app, other))
+    assert out["replay"] is False and out["cost"]["epsilon"] > 0
+
+
+def test_dry_run_prices_without_charging_or_computing(backend_app: Flask, analyst: str) -> None:
+    compute = Compute(backend_app, analyst)
+    out = _run(backend_app, analyst, compute, dry_run=True, predicted={"half_width": 9.9})
+    assert compute.calls == 0
+    assert out["dry_run"] is True and out["affordable"] is True
+    assert out["cost"]["epsilon"] == pytest.approx(0.3)
+    assert out["predicted"] == {"half_width": 9.9}
+    with backend_app.app_context():
+        assert get_ledger().history(analyst) == []
+    assert _audit(backend_app) == []
+
+
+def test_exhausted_budget_refuses_before_computing(backend_app: Flask, analyst: str) -> None:
+    compute = Compute(backend_app, analyst)
+    for level in (0.9, 0.95, 0.99):
+        _run(backend_app, analyst, compute, query={**QUERY, "level": level})
+    with pytest.raises(BudgetExhaustedError) as exc:
+        _run(backend_app, analyst, compute, query={**QUERY, "level": 0.5})
+    assert compute.calls == 3
+    assert exc.value.remaining_epsilon == pytest.approx(0.1)
+    assert _audit(backend_app)[-1] == "refused"
+    assert not _run(backend_app, analyst, compute, dry_run=True, query={"x": 1})["affordable"]
+
+
+def test_compute_failure_refunds_and_reraises(backend_app: Flask, analyst: str) -> None:
+    with pytest.raises(RuntimeError, match="corpus unavailable"):
+        _run(backend_app, analyst, Compute(backend_app, analyst, fail=True))
+    with backend_app.app_context():
+        rem = get_ledger().remaining(analyst)
+        assert rem.remaining_epsilon == pytest.approx(1.0)
+        assert [e.status for e in get_ledger().history(analyst)] == ["refunded"]
+    assert _audit(backend_app) == ["failed"]
+    # a failed query is not a replay source
+    out = _run(backend_app, analyst, Compute(backend_app, analyst))
+    assert out["replay"] is False
