@@ -90,11 +90,11 @@ def build_answer(plan: Plan, priced: Priced, q: CorpusQuery) -> dict[str, Any]:
             selection = {
                 k: float(v)
                 for k, v in zip(names, noisy_counts, strict=True)
-                if v > priced.threshold
+                if v >= priced.threshold
             }
             keys = sorted(selection, key=str)
             bias.append(
-                f"Groups are released only when their noisy number of distinct senders exceeds "
+                f"Groups are released only when their noisy number of distinct senders reaches "
                 f"{priced.threshold:.1f}; each sender counted toward at most {GROUPS_PER_SENDER} "
                 "groups in that selection, so small groups are missing."
             )
@@ -386,10 +386,10 @@ def _top_terms(
     names = list(counts)
     vals = noisy(part, [counts[t] for t in names]) if names else np.array([])
     assert priced.threshold is not None
-    kept = [(t, float(v)) for t, v in zip(names, vals, strict=True) if v > priced.threshold]
+    kept = [(t, float(v)) for t, v in zip(names, vals, strict=True) if v >= priced.threshold]
     kept.sort(key=lambda tv: -tv[1])
     bias.append(
-        f"Terms are released only when their noisy number of distinct senders exceeds "
+        f"Terms are released only when their noisy number of distinct senders reaches "
         f"{priced.threshold:.1f}; each sender counted toward at most "
         f"{plan.max_terms_per_sender} of its terms (chosen at random), and common function "
         "words are left out."

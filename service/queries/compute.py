@@ -227,7 +227,7 @@ class CorpusQuery:
         rows = self.cur.execute(
             f"WITH m AS ({sql}), t AS (SELECT DISTINCT sender_id, term FROM ({terms_sql}) "
             f"WHERE {term_filter}), r AS (SELECT term, row_number() OVER (PARTITION BY "
-            "sender_id ORDER BY hash(term || ?)) AS _r FROM t) "
+            "sender_id ORDER BY hash(term, sender_id, ?)) AS _r FROM t) "
             "SELECT term, count(*) FROM r WHERE _r <= ? GROUP BY term",
             [*params, *extra, salt, p.max_terms_per_sender],
         ).fetchall()

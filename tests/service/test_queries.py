@@ -195,8 +195,8 @@ def test_admins_cannot_query(client: FlaskClient, admin_token: str) -> None:
 def heavy_app(tmp_path: Path):  # type: ignore[no-untyped-def]
     """300 light senders who all say 'pizza', and one heavy sender who repeats a secret."""
     rows = make_messages(n_senders=300, per_sender=4, seed=3)
-    for r in rows:
-        r["text"] = "pizza " + r["text"]
+    for i, r in enumerate(rows):
+        r["text"] = f"pizza {('ok', 'fine', 'great')[i % 3]}"
     rows += [
         {"sender": "heavy", "conversation": "c-heavy", "timestamp": "2024-01-05T10:00:00+00:00",
          "text": "zzsecretphrase again", "channel": "web"}
