@@ -155,7 +155,7 @@ class Accountant:
         counts = Counter(events)
         approx = [e for e in counts if e.kind != "laplace"]
         share = delta / sum(counts[e] for e in approx) if approx else 0.0
-        total = math.fsum(e.epsilon * n for e, n in counts.items() if e.kind == "laplace")
+        total = math.fsum((e.epsilon or 0.0) * n for e, n in counts.items() if e.kind == "laplace")
         for event in approx:
             total += counts[event] * float(_event_pld(event).get_epsilon_for_delta(share))
         return total

@@ -33,7 +33,7 @@ def _quantile(sigma: float, level: float) -> int:
 
         return max(0, math.ceil(norm.ppf((1 + level) / 2) * sigma - 0.5))
     cdf = _abs_cdf(sigma)
-    return int(min(np.searchsorted(cdf, level * (1 - 1e-15)), cdf.size - 1))
+    return min(int(np.searchsorted(cdf, level * (1 - 1e-15))), cdf.size - 1)
 
 
 def _rho_for(epsilon: float, delta: float) -> float:

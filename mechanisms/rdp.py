@@ -85,7 +85,7 @@ def rdp_vector(event: PrivacyEvent) -> list[float]:
     return list(_rdp_cached(event))
 
 
-def epsilon_from_rdp(rdp: Sequence[float], delta: float) -> float:
+def epsilon_from_rdp(rdp: Sequence[float] | np.ndarray, delta: float) -> float:
     """Sound epsilon at ``delta`` for a summed RDP vector at :data:`ORDERS`.
 
     Uses dp-accounting's conversion (Canonne, Kamath, Steinke 2020 / Asoodeh et al. 2020):

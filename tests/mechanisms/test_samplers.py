@@ -115,3 +115,26 @@ def test_invalid_size_and_rng_raise() -> None:
         discrete_laplace(1.0, -1)
     with pytest.raises(InvalidParameterError):
         discrete_laplace(1.0, 3, rng=42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sampler, param, pmf", [
+    (discrete_laplace, 3.0, discrete_laplace_pmf), (discrete_gaussian, 3.0, discrete_gaussian_pmf)
+])
+def test_small_batches_use_exact_path_and_match_pmf(sampler, param, pmf, rng) -> None:
+    """Requests of <= 32 draws take the Python-integer path; it must fit the pmf too."""
+    samples = np.concatenate([sampler(param, 10, rng=rng) for _ in range(2000)])
+    assert samples.dtype == np.int64 and samples.size == 20_000
+    assert chi_square_pvalue(samples, lambda k: pmf(param, k)) > SIGNIFICANCE
+
+
+def test_mechanisms_import_no_web_or_ml_frameworks() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mechanisms.samplers, mechanisms.laplace, mechanisms.gaussian, "
+        "mechanisms.bounding, mechanisms.accountant\n"
+        "bad = {'flask', 'marshmallow', 'werkzeug', 'torch', 'opacus'} & set(sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
