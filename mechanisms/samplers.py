@@ -37,7 +37,8 @@ __all__ = [
 
 MAX_SCALE = 2.0**40  # largest scale or sigma accepted
 _LIMIT = 1 << 62
-_I63 = (1 << 63) - 1
+_I63 = (1 << 63) - 1  # fast-path overflow limit (tests lower it to exercise the slow lanes)
+_INT64_MAX = (1 << 63) - 1
 
 
 def _dyadic_ceil(x: Fraction, limit: int = _LIMIT) -> Fraction:
@@ -147,18 +148,18 @@ def _dlap_batch(t: int, s: int, count: int, rng: np.random.Generator | None) -> 
     safe = v <= np.uint64((_I63 - t) // t)
     x = u + np.uint64(t) * np.where(safe, v, 0)
     y = (x // np.uint64(s)).astype(np.int64)
+    if not safe.all():
+        # astronomically rare: finish these same lanes in Python integers, in place, so that
+        # neither the values nor their order depend on which lanes overflowed
+        for i in np.nonzero(~safe)[0]:
+            y[i] = _to_int64([(int(u[i]) + t * int(v[i])) // s])[0]
     negative = random_bits(u.size, rng)
-    keep = ~(negative & (y == 0)) & safe
-    out = np.where(negative, -y, y)[keep]
-    if not safe.all():  # astronomically rare: redo those lanes in Python integers
-        redo = int((~safe).sum())
-        extra = [_exact_scalar.discrete_laplace(Fraction(t, s), rng) for _ in range(redo)]
-        out = np.concatenate([out, _to_int64(extra)])
-    return out
+    keep = ~(negative & (y == 0))
+    return np.where(negative, -y, y)[keep]
 
 
 def _to_int64(values: list[int]) -> np.ndarray:
-    if any(abs(v) > _I63 for v in values):
+    if any(abs(v) > _INT64_MAX for v in values):
         raise OverflowError("a noise draw does not fit in 64 bits")
     return np.array(values, dtype=np.int64)
 
@@ -229,12 +230,12 @@ def _dgauss_batch(sigma2: Fraction, count: int, rng: np.random.Generator | None)
     rem -= extra * np.uint64(den)
     dens = np.full(y.size, den, dtype=np.uint64)
     accept = _bern_exp(np.where(fits, whole, 0), np.where(fits, rem, 0), dens, rng)
-    out = y[accept & fits]
-    slow = int((~fits).sum())
-    if slow:
-        extra_draws = [_exact_scalar.discrete_gaussian(sigma2, rng) for _ in range(slow)]
-        out = np.concatenate([out, _to_int64(extra_draws)])
-    return out
+    for i in np.nonzero(~fits)[0]:
+        # the same candidate's acceptance test in Python integers (rare for sigma < 3e4);
+        # decided in place so that the accepted values and their order stay unbiased
+        gamma = (abs(int(y[i])) - sigma2 / t) ** 2 / (2 * sigma2)
+        accept[i] = _exact_scalar.bernoulli_exp(gamma, rng)
+    return y[accept]
 
 
 def discrete_gaussian(

@@ -138,3 +138,18 @@ def test_mechanisms_import_no_web_or_ml_frameworks() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_overflow_lanes_are_finished_without_bias(monkeypatch, rng) -> None:
+    """Lower the 64-bit limit so ~5% of lanes take the Python-integer path in place."""
+    from mechanisms import samplers
+
+    # Laplace scale 3 (t=3, s=1): lanes with v > 2 are "unsafe" (probability e^-3)
+    monkeypatch.setattr(samplers, "_I63", 9)
+    lap = discrete_laplace(3.0, 100_000, rng=rng)
+    assert chi_square_pvalue(lap, lambda k: discrete_laplace_pmf(3.0, k)) > SIGNIFICANCE
+    # Gaussian sigma 3 (a=9, b=1, t=4): candidates with |y| >= 8 do not "fit"
+    monkeypatch.setattr(samplers, "_I63", 9 + 4 * 8)
+    gauss = discrete_gaussian(3.0, 100_000, rng=rng)
+    assert np.abs(gauss).max() >= 8  # the slow lanes did produce values
+    assert chi_square_pvalue(gauss, lambda k: discrete_gaussian_pmf(3.0, k)) > SIGNIFICANCE
