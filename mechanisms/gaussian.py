@@ -10,7 +10,7 @@ import numpy as np
 from ._grid import GridMechanism, float_down, float_up
 from .errors import InvalidParameterError, check_delta, check_level, check_positive
 from .events import PrivacyEvent
-from .rdp import epsilon_from_rdp, rdp_vector
+from .rdp import ORDERS, epsilon_from_rdp, rdp_vector
 from .samplers import discrete_gaussian, exact_sigma_squared
 
 __all__ = ["GaussianMechanism"]
@@ -37,12 +37,14 @@ def _quantile(sigma: float, level: float) -> int:
 
 
 def _rho_for(epsilon: float, delta: float) -> float:
-    """Largest rho whose RDP curve (alpha * rho) converts to at most epsilon at delta."""
+    """Largest rho whose RDP curve (alpha * rho at ORDERS) converts to at most epsilon at delta."""
+    orders = np.asarray(ORDERS)
     lo, hi = 0.0, max(epsilon, 1.0) * 4
-    for _ in range(100):
+    for _ in range(64):
         mid = (lo + hi) / 2
-        ok = epsilon_from_rdp(rdp_vector(PrivacyEvent.gaussian(math.sqrt(0.5 / mid))), delta)
-        lo, hi = (mid, hi) if ok <= epsilon else (lo, mid)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if epsilon_from_rdp(orders * mid, delta) <= epsilon else (lo, mid)
     return lo
 
 
