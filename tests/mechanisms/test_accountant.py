@@ -196,3 +196,12 @@ def test_state_round_trip() -> None:
 def test_invalid_parameters_raise_privacy_errors(build) -> None:
     with pytest.raises(PrivacyError):
         build()
+
+
+def test_pld_figure_is_never_looser_than_rdp() -> None:
+    # many distinct small epsilons off the 1e-3 grid: the finer grid keeps PLD tighter than RDP
+    varied = Accountant([PrivacyEvent.laplace(0.01 * (1 + i / 1000)) for i in range(200)])
+    assert varied.epsilon(DELTA) < varied.epsilon(DELTA, method="rdp")
+    # tiny Gaussian costs, where a 1e-3 grid would dominate: the RDP bound is returned
+    tiny = Accountant([PrivacyEvent.gaussian(1e4)] * 10)
+    assert tiny.epsilon(DELTA) == tiny.epsilon(DELTA, method="rdp")
