@@ -55,6 +55,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(whoami.bp)
     app.register_blueprint(snapshots.bp)
 
+    from service import admin, budget
+
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(budget.bp)
+
     from service.queries import views as queries
 
     app.register_blueprint(queries.bp)
