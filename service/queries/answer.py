@@ -33,7 +33,10 @@ def choose_cap(q: CorpusQuery, part: Part, main: Part, plan: Plan) -> int:
     estimated from the noisy histogram) + (the 95% noise half-width of a count released at
     ``main``'s cost with that cap). Everything after the noise is post-processing.
     """
-    hist = np.maximum(noisy(part, q.sender_activity()), 0.0)
+    hist = noisy(part, q.sender_activity())
+    # Buckets whose noisy count is within the noise's own 95% range are treated as empty:
+    # otherwise noise in the many empty high buckets would drag the cap up.
+    hist = np.where(hist > half_width(part, 0.95), hist, 0.0)
     best, best_err = 1, math.inf
     for j in range(AUTO_CAP_BUCKETS):
         cap = 2**j
@@ -316,7 +319,8 @@ def _binned(
         ]
         return _pack(keys, rows)
     v = np.maximum(vals[0], 0.0)
-    sims = np.maximum(v + simulate_noise(part, (BOOTSTRAP, nb)), 0.0)
+    width = (grid.upper - grid.lower) / nb
+    sims = np.maximum(vals[0] + simulate_noise(part, (BOOTSTRAP, nb)), 0.0)
     alpha = (1.0 - level) / 2.0
     out = []
     for qv in plan.quantiles:
@@ -325,16 +329,18 @@ def _binned(
             {
                 "quantile": qv,
                 "value": _cdf_quantile(v, edges, qv),
+                # widened by one bin: the histogram cannot place a quantile more finely
                 "interval": [
-                    float(np.quantile(boot, alpha)),
-                    float(np.quantile(boot, 1.0 - alpha)),
+                    max(grid.lower, float(np.quantile(boot, alpha)) - width),
+                    min(grid.upper, float(np.quantile(boot, 1.0 - alpha)) + width),
                 ],
             }
         )
     return {
         "result": {"quantiles": out},
-        "interval_note": f"Quantile intervals are a parametric bootstrap ({BOOTSTRAP} re-noised "
-        "copies of the released histogram): approximate, not exact.",
+        "interval_note": f"Quantiles are read off a noisy {nb}-bin histogram; their "
+        f"intervals are a parametric bootstrap ({BOOTSTRAP} re-noised copies of it) "
+        "widened by one bin width: approximate, not exact.",
     }
 
 
@@ -391,7 +397,7 @@ def _top_terms(
     bias.append(
         f"Terms are released only when their noisy number of distinct senders reaches "
         f"{priced.threshold:.1f}; each sender counted toward at most "
-        f"{plan.max_terms_per_sender} of its terms (chosen at random), and common function "
+        f"{plan.max_terms_per_sender} of its terms (its most used), and common function "
         "words are left out."
     )
     rows = [{"term": t, "senders": v, "interval": _interval(v, hw)} for t, v in kept[: plan.k]]

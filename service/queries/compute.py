@@ -199,8 +199,8 @@ class CorpusQuery:
         return {r[0]: int(r[1]) for r in rows}
 
     def term_sender_counts(self, max_messages: int) -> dict[str, int]:
-        """Distinct senders per term among capped messages, each sender limited to
-        ``max_terms_per_sender`` terms chosen by a fresh random salt (a public rule)."""
+        """Distinct senders per term among capped messages, each sender limited to its
+        ``max_terms_per_sender`` most used terms."""
         p = self.plan
         regex = TOKEN_SQL_RE.replace("'", "''")  # a SQL string literal
         sql, params = self.capped(
@@ -224,10 +224,13 @@ class CorpusQuery:
             )
             extra += list(STOPWORDS)
         salt = secrets.token_hex(8)
+        # Each sender keeps its K most used terms (ties broken at random). The choice depends
+        # only on that sender's own messages, so one sender still touches at most K terms.
         rows = self.cur.execute(
-            f"WITH m AS ({sql}), t AS (SELECT DISTINCT sender_id, term FROM ({terms_sql}) "
-            f"WHERE {term_filter}), r AS (SELECT term, row_number() OVER (PARTITION BY "
-            "sender_id ORDER BY hash(term, sender_id, ?)) AS _r FROM t) "
+            f"WITH m AS ({sql}), t AS (SELECT sender_id, term, count(*) AS n FROM "
+            f"({terms_sql}) WHERE {term_filter} GROUP BY sender_id, term), "
+            "r AS (SELECT term, row_number() OVER (PARTITION BY sender_id "
+            "ORDER BY n DESC, hash(term, sender_id, ?)) AS _r FROM t) "
             "SELECT term, count(*) FROM r WHERE _r <= ? GROUP BY term",
             [*params, *extra, salt, p.max_terms_per_sender],
         ).fetchall()
