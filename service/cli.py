@@ -182,5 +182,13 @@ def serve(bind: str, workers: int | None) -> None:
     os.execvp(args[0], args)
 
 
+
+# Ledger administration (analysts, budget, cap, audit): service/cli_admin.py.
+from service.cli_admin import COMMANDS as _ADMIN_COMMANDS  # noqa: E402 - needs pass_ctx above
+
+for _command in _ADMIN_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,200 @@
+"""``privtext analysts|budget|cap|audit``: the admin API's tasks from the command line.
+
+Registered on the ``privtext`` group by ``service.cli``; reads the same settings (state store
+URL) as the app, so it works against SQLite or PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+from sqlalchemy import select, update
+
+from mechanisms.errors import InvalidParameterError
+from mechanisms.ledger import Budget
+from service.cli import Context, pass_ctx
+from service.db import principals
+from service.ledger import audit
+from service.ledger.sql import SqlLedger
+
+
+def _budget(epsilon: float, delta: float) -> Budget:
+    try:
+        return Budget(epsilon, delta)
+    except InvalidParameterError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _analyst(ctx: Context, analyst_id: str) -> None:
+    with ctx.engine.connect() as conn:
+        row = conn.execute(
+            select(principals.c.id).where(
+                principals.c.id == analyst_id, principals.c.role == "analyst"
+            )
+        ).first()
+    if row is None:
+        raise click.ClickException(f"no analyst {analyst_id}")
+
+
+@click.group()
+def analysts() -> None:
+    """Create, list and disable analysts."""
+
+
+@analysts.command("create")
+@click.argument("name")
+@click.option("--epsilon", type=float, default=None, help="Initial budget epsilon (> 0).")
+@click.option("--delta", type=float, default=0.0, show_default=True, help="Budget delta [0, 1).")
+@click.option("--key/--no-key", default=True, show_default=True, help="Issue a key and print it.")
+@pass_ctx
+def analysts_create(
+    ctx: Context, name: str, epsilon: float | None, delta: float, key: bool
+) -> None:
+    """Create analyst NAME; prints its id (stderr) and its key once (stdout)."""
+    from service.auth import create_principal, issue_key
+
+    budget = _budget(epsilon, delta) if epsilon is not None else None
+    pid = create_principal(ctx.engine, name=name, role="analyst")
+    if budget is not None:
+        SqlLedger(ctx.engine).set_budget(pid, budget)
+    click.echo(f"analyst: {pid}", err=True)
+    if key:
+        click.echo(issue_key(ctx.engine, pid))
+
+
+@analysts.command("list")
+@pass_ctx
+def analysts_list(ctx: Context) -> None:
+    """One line per analyst: id, name, state, budget and admission-bound epsilon spent."""
+    ledger = SqlLedger(ctx.engine)
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(
+            select(principals)
+            .where(principals.c.role == "analyst")
+            .order_by(principals.c.created_at, principals.c.id)
+        ).all()
+    for r in rows:
+        rem = ledger.remaining(r.id, tight=False)
+        budget = f"eps={rem.budget.epsilon:g} delta={rem.budget.delta:g}" if rem.budget else "none"
+        state = "disabled" if r.disabled else "active"
+        click.echo(f"{r.id}  {r.name}  {state}  budget {budget}  spent {rem.spent_epsilon:.6g}")
+
+
+@analysts.command("disable")
+@click.argument("analyst_id")
+@pass_ctx
+def analysts_disable(ctx: Context, analyst_id: str) -> None:
+    """Disable ANALYST_ID: every key of it stops working."""
+    _analyst(ctx, analyst_id)
+    with ctx.engine.begin() as conn:
+        conn.execute(update(principals).where(principals.c.id == analyst_id).values(disabled=True))
+    click.echo(f"disabled {analyst_id}")
+
+
+@click.group("budget")
+def budget_group() -> None:
+    """Set, raise and show an analyst's (epsilon, delta) budget."""
+
+
+@budget_group.command("set")
+@click.argument("analyst_id")
+@click.option("--epsilon", type=float, required=True)
+@click.option("--delta", type=float, default=0.0, show_default=True)
+@pass_ctx
+def budget_set(ctx: Context, analyst_id: str, epsilon: float, delta: float) -> None:
+    _analyst(ctx, analyst_id)
+    b = SqlLedger(ctx.engine).set_budget(analyst_id, _budget(epsilon, delta))
+    click.echo(f"{analyst_id}: epsilon={b.epsilon:g} delta={b.delta:g}")
+
+
+@budget_group.command("raise")
+@click.argument("analyst_id")
+@click.option("--epsilon", type=float, default=0.0)
+@click.option("--delta", type=float, default=0.0)
+@pass_ctx
+def budget_raise(ctx: Context, analyst_id: str, epsilon: float, delta: float) -> None:
+    _analyst(ctx, analyst_id)
+    try:
+        b = SqlLedger(ctx.engine).raise_budget(analyst_id, epsilon=epsilon, delta=delta)
+    except InvalidParameterError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    click.echo(f"{analyst_id}: epsilon={b.epsilon:g} delta={b.delta:g}")
+
+
+@budget_group.command("show")
+@click.argument("analyst_id")
+@pass_ctx
+def budget_show(ctx: Context, analyst_id: str) -> None:
+    """The analyst's figures as JSON (admission bound and tight PLD figure)."""
+    import json
+
+    _analyst(ctx, analyst_id)
+    click.echo(json.dumps(SqlLedger(ctx.engine).remaining(analyst_id).to_dict(), indent=2))
+
+
+@click.group()
+def cap() -> None:
+    """The corpus-wide cap that binds all analysts together."""
+
+
+@cap.command("set")
+@click.option("--epsilon", type=float, required=True)
+@click.option("--delta", type=float, default=0.0, show_default=True)
+@pass_ctx
+def cap_set(ctx: Context, epsilon: float, delta: float) -> None:
+    SqlLedger(ctx.engine).set_corpus_cap(_budget(epsilon, delta))
+    click.echo(f"corpus cap: epsilon={epsilon:g} delta={delta:g}")
+
+
+@cap.command("show")
+@pass_ctx
+def cap_show(ctx: Context) -> None:
+    import json
+
+    click.echo(json.dumps(SqlLedger(ctx.engine).corpus_remaining().to_dict(), indent=2))
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """The append-only audit log of every query."""
+
+
+@audit_group.command("export")
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json")
+@click.option("--analyst", default=None, help="Only this analyst's queries.")
+@click.option("--since", type=click.DateTime(), default=None, help="UTC, inclusive.")
+@click.option("--until", type=click.DateTime(), default=None, help="UTC, exclusive.")
+@click.option("--output", "-o", type=click.File("w"), default="-", show_default=True)
+@pass_ctx
+def audit_export(
+    ctx: Context,
+    fmt: str,
+    analyst: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    output: click.utils.LazyFile,
+) -> None:
+    """Write the whole (filtered) audit log, oldest first."""
+    from datetime import UTC
+
+    rows: list[dict] = []  # type: ignore[type-arg]
+    after = 0
+    while True:
+        page = audit.entries(
+            ctx.engine,
+            principal_id=analyst,
+            since=since.replace(tzinfo=UTC) if since else None,
+            until=until.replace(tzinfo=UTC) if until else None,
+            limit=5000,
+            after_id=after,
+        )
+        rows.extend(page)
+        if len(page) < 5000:
+            break
+        after = page[-1]["id"]
+    output.write(audit.to_json(rows) + "\n" if fmt == "json" else audit.to_csv(rows))
+    click.echo(f"{len(rows)} entries", err=True)
+
+
+COMMANDS = [analysts, budget_group, cap, audit_group]
