@@ -101,7 +101,8 @@ class GaussianMechanism(GridMechanism):
         if rho is not None:
             rho = check_positive("rho", rho)
             wanted = float_up(self._effective / unit) / math.sqrt(2 * rho)
-            sigma_units = math.nextafter(wanted, math.inf)
+            # two ulps cover the rounding of the division and the square root
+            sigma_units = math.nextafter(math.nextafter(wanted, math.inf), math.inf)
         else:
             sigma_units = float_up(Fraction(check_positive("sigma", sigma)) / unit)
         self._sigma_units = sigma_units

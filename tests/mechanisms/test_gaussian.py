@@ -115,3 +115,15 @@ def test_invalid_values() -> None:
         GaussianMechanism(sensitivity=1, rho=1.0).randomise(0.5)
     with pytest.raises(InvalidParameterError):
         GaussianMechanism(sensitivity=1, rho=1.0, granularity=1.0).randomise(math.nan)
+
+
+def test_reported_cost_never_exceeds_requested() -> None:
+    from mechanisms.laplace import LaplaceMechanism
+
+    gen = np.random.default_rng(11)
+    for _ in range(500):
+        budget = float(gen.uniform(1e-4, 10))
+        sens = float(gen.choice([1.0, 2.0, 3.0, 0.5, 7.3]))
+        g = [None, 2.0**-6][int(gen.integers(2))]
+        assert GaussianMechanism(sensitivity=sens, rho=budget, granularity=g).rho <= budget
+        assert LaplaceMechanism(sensitivity=sens, epsilon=budget, granularity=g).epsilon <= budget
