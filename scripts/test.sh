@@ -9,6 +9,8 @@ if [ -f scripts/test-services.sh ]; then
   # shellcheck source=/dev/null
   source scripts/test-services.sh
 fi
+# shellcheck source=/dev/null
+[ -f scripts/test-browser.sh ] && source scripts/test-browser.sh
 
 args=("$@")
 if [ ${#args[@]} -eq 0 ]; then

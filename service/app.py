@@ -63,6 +63,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from service.queries import views as queries
 
     app.register_blueprint(queries.bp)
+
+    from service import budget_page
+
+    app.register_blueprint(budget_page.bp)
     return app
 
 
