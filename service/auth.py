@@ -25,7 +25,9 @@ from sqlalchemy import Engine, insert, select, update
 from service.db import api_keys, principals
 from service.errors import APIError
 
-ROLES = ("admin", "analyst")
+#: admin: manages analysts, budgets, jobs; analyst: asks private queries; app: an internal
+#: application that embeds its own texts (no corpus access, no budget).
+ROLES = ("admin", "analyst", "app")
 TOKEN_PREFIX = "ptk"
 
 

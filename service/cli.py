@@ -109,7 +109,7 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--role", type=click.Choice(["analyst", "admin"]), required=True)
+@click.option("--role", type=click.Choice(["analyst", "admin", "app"]), required=True)
 @click.option("--name", default=None, help="A human name for the new principal.")
 @click.option("--principal", "principal_id", default=None, help="Add a key to this principal.")
 @pass_ctx
