@@ -164,6 +164,7 @@ def _to_int64(values: list[int]) -> np.ndarray:
     return np.array(values, dtype=np.int64)
 
 
+_CHUNK = 1 << 18  # lanes per vectorised pass: bounds memory and keeps arrays in cache
 _SCALAR_PATH_MAX = 32  # below this many draws the Python-integer path is faster
 
 
@@ -179,7 +180,7 @@ def _fill(batch, one, size: int | None) -> int | np.ndarray:
     parts: list[np.ndarray] = []
     have = 0
     while have < n:
-        need = n - have
+        need = min(n - have, _CHUNK)
         got = batch(need + need // 4 + 8)[:need]  # oversample for rejections
         parts.append(got)
         have += got.size
