@@ -153,3 +153,23 @@ def test_overflow_lanes_are_finished_without_bias(monkeypatch, rng) -> None:
     gauss = discrete_gaussian(3.0, 100_000, rng=rng)
     assert np.abs(gauss).max() >= 8  # the slow lanes did produce values
     assert chi_square_pvalue(gauss, lambda k: discrete_gaussian_pmf(3.0, k)) > SIGNIFICANCE
+
+
+@pytest.mark.parametrize("scale", [2.0**-40, 1e-9, 1e9, 2.0**40])
+def test_extreme_laplace_scales(scale: float, rng: np.random.Generator) -> None:
+    draws = discrete_laplace(scale, 50_000, rng=rng)
+    if scale < 1e-3:
+        assert not draws.any()  # P(X != 0) = 2p / (1 + p) with p = exp(-1/scale) = 0
+    else:
+        # E|X| ~= scale for large scales; the standard error is about 0.45%
+        assert abs(np.abs(draws).mean() / scale - 1) < 0.03
+
+
+@pytest.mark.parametrize("sigma", [2.0**-20, 0.1, 35_000.0])
+def test_extreme_gaussian_sigmas(sigma: float, rng: np.random.Generator) -> None:
+    draws = discrete_gaussian(sigma, 20_000, rng=rng)
+    if sigma < 0.2:
+        assert np.abs(draws).max() <= 1
+        assert draws.mean() == pytest.approx(0.0, abs=0.01)
+    else:
+        assert abs(draws.std() / sigma - 1) < 0.03
