@@ -144,8 +144,8 @@ def run_charged(
         )
         raise
 
-    remaining = ledger.remaining(pid, tight=False)
-    cost = _cost(event, remaining.remaining_delta)
+    budget = ledger.get_budget(pid)
+    cost = _cost(event, budget.delta if budget is not None else 0.0)
     # Audit first, then commit: a crash in between leaves the entry reserved (still charged)
     # and the audit row naming it, never a release without a charge.
     audit_id = audit.record(
@@ -159,6 +159,7 @@ def run_charged(
         reservation_id=reservation.id,
     )
     ledger.commit(reservation.id)
+    remaining = ledger.remaining(pid, tight=False)
     return {
         **released,
         **common,
