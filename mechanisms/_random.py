@@ -51,15 +51,22 @@ def uniform_below(
     ``bound`` is a Python int in [1, 2**63] or a uint64 array of length ``count`` with entries
     in that range.
     """
+    if np.ndim(bound) == 0:
+        b = int(bound)  # type: ignore[arg-type]
+        if b & (b - 1) == 0:  # power of two: the low bits are uniform
+            return random_words(count, rng) & np.uint64(b - 1)
+        words = random_words(count, rng)
+        if (words <= np.uint64((1 << 64) - (1 << 64) % b - 1)).all():  # the usual case
+            return words % np.uint64(b)
     bounds = np.broadcast_to(np.asarray(bound, dtype=np.uint64), (count,))
     out = np.empty(count, dtype=np.uint64)
     todo = np.arange(count)
     while todo.size:
         words = random_words(todo.size, rng)
-        b = bounds[todo]
-        rem = (np.uint64(0) - b) % b  # 2**64 mod b, computed with uint64 wraparound
+        lane_bounds = bounds[todo]
+        rem = (np.uint64(0) - lane_bounds) % lane_bounds  # 2**64 mod b, by uint64 wraparound
         ok = words <= _MAX - rem  # accept the largest multiple of b below 2**64
-        out[todo[ok]] = words[ok] % b[ok]
+        out[todo[ok]] = words[ok] % lane_bounds[ok]
         todo = todo[~ok]
     return out
 

@@ -80,7 +80,7 @@ def exact_sigma_squared(sigma: float) -> Fraction:
     return exact if exact.denominator <= den else rounded
 
 
-def _bern_exp_frac(num: np.ndarray, den: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+def _bern_exp_frac(num: np.ndarray, den: int, rng: np.random.Generator | None) -> np.ndarray:
     """Bernoulli(exp(-num/den)) per lane for 0 <= num <= den < 2**63 (CKS Algorithm 1)."""
     result = np.empty(num.size, dtype=bool)
     idx = np.arange(num.size)
@@ -90,7 +90,7 @@ def _bern_exp_frac(num: np.ndarray, den: np.ndarray, rng: np.random.Generator | 
         if k > 1:
             a &= uniform_below(k, idx.size, rng) == 0
         result[idx[~a]] = k % 2 == 1
-        idx, num, den = idx[a], num[a], den[a]
+        idx, num = idx[a], num[a]
         k += 1
     return result
 
@@ -109,7 +109,7 @@ def _bern_exp_one(count: int, rng: np.random.Generator | None) -> np.ndarray:
 
 
 def _bern_exp(
-    whole: np.ndarray, rem: np.ndarray, den: np.ndarray, rng: np.random.Generator | None
+    whole: np.ndarray, rem: np.ndarray, den: int, rng: np.random.Generator | None
 ) -> np.ndarray:
     """Bernoulli(exp(-(whole + rem/den))) per lane, with 0 <= rem < den < 2**62."""
     result = np.ones(whole.size, dtype=bool)
@@ -122,7 +122,7 @@ def _bern_exp(
         idx = idx[whole[idx] > j]
         j += 1
     alive = np.nonzero(result)[0]
-    result[alive] = _bern_exp_frac(rem[alive], den[alive], rng)
+    result[alive] = _bern_exp_frac(rem[alive], den, rng)
     return result
 
 
@@ -143,7 +143,7 @@ def _dlap_batch(t: int, s: int, count: int, rng: np.random.Generator | None) -> 
         u = np.zeros(count, dtype=np.uint64)
     else:
         u = uniform_below(t, count, rng)
-        u = u[_bern_exp_frac(u, np.full(count, t, dtype=np.uint64), rng)]
+        u = u[_bern_exp_frac(u, t, rng)]
     v = _geometric_exp_one(u.size, rng)
     safe = v <= np.uint64((_I63 - t) // t)
     x = u + np.uint64(t) * np.where(safe, v, 0)
@@ -229,8 +229,7 @@ def _dgauss_batch(sigma2: Fraction, count: int, rng: np.random.Generator | None)
     extra = rem // np.uint64(den)
     whole += extra
     rem -= extra * np.uint64(den)
-    dens = np.full(y.size, den, dtype=np.uint64)
-    accept = _bern_exp(np.where(fits, whole, 0), np.where(fits, rem, 0), dens, rng)
+    accept = _bern_exp(np.where(fits, whole, 0), np.where(fits, rem, 0), den, rng)
     for i in np.nonzero(~fits)[0]:
         # the same candidate's acceptance test in Python integers (rare for sigma < 3e4);
         # decided in place so that the accepted values and their order stay unbiased
