@@ -12,6 +12,18 @@ fi
 # shellcheck source=/dev/null
 [ -f scripts/test-browser.sh ] && source scripts/test-browser.sh
 
+# In CI (CI=true) a missing service is an error, not a skipped test.
+if [ -n "${CI:-}" ]; then
+  if [ -z "${PRIVTEXT_TEST_POSTGRES_URL:-}" ]; then
+    echo "test.sh: PostgreSQL could not be started; refusing to run without it in CI" >&2
+    exit 1
+  fi
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "test.sh: chromium/chromedriver missing; refusing to run without them in CI" >&2
+    exit 1
+  fi
+fi
+
 args=("$@")
 if [ ${#args[@]} -eq 0 ]; then
   args=(-m "not slow")
