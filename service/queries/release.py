@@ -214,7 +214,11 @@ def _threshold(plan: Plan, parts: dict[str, Part]) -> float:
     else:
         max_keys = GROUPS_PER_SENDER
         eps = parts["selection"].mechanism.epsilon
-    return float(partition_threshold(epsilon=eps, delta=plan.delta, max_keys=max_keys))
+    # partition_threshold assumes LaplaceMechanism(sensitivity=max_keys, epsilon=eps); ours
+    # reports its epsilon rounded up, so a hair less epsilon (more noise) keeps the threshold
+    # on the safe side of our mechanism's actual scale.
+    eps_safe = float(eps) * (1.0 - 1e-9)
+    return float(partition_threshold(epsilon=eps_safe, delta=plan.delta, max_keys=max_keys))
 
 
 #: For group-by over undeclared keys: each sender counts toward at most this many keys when
