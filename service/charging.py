@@ -144,8 +144,8 @@ def run_charged(
         )
         raise
 
-    budget = ledger.get_budget(pid)
-    cost = _cost(event, budget.delta if budget is not None else 0.0)
+    current = ledger.get_budget(pid)
+    cost = _cost(event, current.delta if current is not None else 0.0)
     # Audit first, then commit: a crash in between leaves the entry reserved (still charged)
     # and the audit row naming it, never a release without a charge.
     audit_id = audit.record(

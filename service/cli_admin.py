@@ -7,6 +7,7 @@ URL) as the app, so it works against SQLite or PostgreSQL alike.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import IO
 
 import click
 from sqlalchemy import select, update
@@ -173,7 +174,7 @@ def audit_export(
     analyst: str | None,
     since: datetime | None,
     until: datetime | None,
-    output: click.utils.LazyFile,
+    output: IO[str],
 ) -> None:
     """Write the whole (filtered) audit log, oldest first."""
     from datetime import UTC
@@ -197,4 +198,4 @@ def audit_export(
     click.echo(f"{len(rows)} entries", err=True)
 
 
-COMMANDS = [analysts, budget_group, cap, audit_group]
+COMMANDS: list[click.Command] = [analysts, budget_group, cap, audit_group]

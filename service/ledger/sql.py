@@ -210,13 +210,14 @@ class SqlLedger(Ledger):
             brow = conn.execute(
                 select(budgets).where(budgets.c.principal_id == principal_id)
             ).first()
-            counts = dict(
-                conn.execute(
+            counts: dict[str, int] = {
+                str(status): int(n)
+                for status, n in conn.execute(
                     select(ledger_entries.c.status, func.count())
                     .where(ledger_entries.c.principal_id == principal_id)
                     .group_by(ledger_entries.c.status)
-                ).all()
-            )
+                )
+            }
             events = self._live_events(conn, principal_id) if tight else None
         return make_remaining(
             _budget(brow),
