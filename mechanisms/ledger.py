@@ -59,6 +59,9 @@ EPSILON_TOLERANCE = 1e-9
 
 STATUSES = ("reserved", "committed", "refunded")
 
+#: The delta at which spending is reported when there is no budget to take it from.
+REPORT_DELTA = 1e-6
+
 
 class UnknownReservationError(InvalidParameterError, KeyError):
     """A commit or refund named a reservation that does not exist or is no longer reserved."""
@@ -220,7 +223,7 @@ class LedgerEntry:
 
 @dataclass(frozen=True)
 class Remaining:
-    """Budget figures for one principal (or the corpus), all at ``budget.delta``.
+    """Budget figures for one principal (or the corpus), all at ``delta`` (the budget's).
 
     ``spent_epsilon`` is the admission bound (min of RDP conversion and basic composition of
     pure epsilons) over reserved and committed events: what admission compares with the budget.
@@ -234,6 +237,7 @@ class Remaining:
     spent_epsilon_tight: float | None = None
     reserved: int = 0
     committed: int = 0
+    delta: float = 0.0  # the delta every epsilon here is stated at
 
     @property
     def remaining_delta(self) -> float:
@@ -242,7 +246,7 @@ class Remaining:
     def to_dict(self) -> dict[str, Any]:
         return {
             "budget": self.budget.to_dict() if self.budget else None,
-            "delta": self.remaining_delta,
+            "delta": self.delta,
             "spent_epsilon": self.spent_epsilon,
             "spent_epsilon_accounting": "rdp+basic (admission bound)",
             "spent_epsilon_tight": self.spent_epsilon_tight,
@@ -272,14 +276,17 @@ def make_remaining(
     committed: int = 0,
 ) -> Remaining:
     """Build a :class:`Remaining`; ``events`` (when given) yields the tight PLD figure."""
-    delta = budget.delta if budget else 0.0
-    spent = spend.epsilon(delta) if budget else spend.epsilon(1e-6) if spend.count else 0.0
+    # Without a budget (the corpus before a cap is set) figures are stated at REPORT_DELTA.
+    delta = budget.delta if budget else REPORT_DELTA
+    spent = spend.epsilon(delta)
     tight: float | None = None
     if events is not None and budget is not None:
         evs = list(events)
         tight = 0.0 if not evs else _tight_epsilon(evs, budget.delta)
     left = max(0.0, budget.epsilon - spent) if budget else 0.0
-    return Remaining(budget, spent, left, tight, reserved=reserved, committed=committed)
+    return Remaining(
+        budget, spent, left, tight, reserved=reserved, committed=committed, delta=delta
+    )
 
 
 def _tight_epsilon(events: Sequence[PrivacyEvent], delta: float) -> float | None:
@@ -371,7 +378,7 @@ def new_reservation_id() -> str:
 
 
 def make_quote(budget: Budget | None, spent: Spend, new: Spend, ok: bool) -> Quote:
-    delta = budget.delta if budget else 1e-6
+    delta = budget.delta if budget else REPORT_DELTA
     before = spent.epsilon(delta)
     return Quote(
         epsilon=new.epsilon(delta),

@@ -102,7 +102,7 @@ def run_charged(
 
     if dry_run:
         quote = ledger.quote(pid, event)
-        delta = quote.remaining.remaining_delta
+        delta = quote.remaining.delta
         return {
             **common,
             "replay": False,

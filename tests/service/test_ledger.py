@@ -187,3 +187,18 @@ def test_spend_round_trip_and_refund_arithmetic() -> None:
     assert (s - Spend.of(PrivacyEvent.gaussian(3.0))).curve_count == 0
     assert Spend().epsilon(1e-6) == 0.0
     assert (s - s) == Spend()
+
+
+def test_corpus_spend_without_a_cap_is_reported_at_report_delta(
+    any_ledger: Ledger, make_analyst
+) -> None:  # type: ignore[no-untyped-def]
+    from mechanisms.ledger import REPORT_DELTA
+
+    a = make_analyst(any_ledger)
+    any_ledger.set_budget(a, Budget(1.0, 1e-5))
+    any_ledger.reserve(a, PrivacyEvent.gaussian(10.0))
+    rem = any_ledger.corpus_remaining()
+    assert rem.budget is None and rem.delta == REPORT_DELTA
+    expected = Spend.of(PrivacyEvent.gaussian(10.0)).epsilon(REPORT_DELTA)
+    assert rem.spent_epsilon == pytest.approx(expected) and rem.to_dict()["delta"] == REPORT_DELTA
+    assert any_ledger.remaining(a).to_dict()["delta"] == 1e-5
