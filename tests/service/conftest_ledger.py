@@ -35,7 +35,6 @@ def _stop(datadir: str) -> None:
 def postgres_url() -> Iterator[str]:
     """A superuser URL of a loopback PostgreSQL; the cluster is stopped at the end if ours."""
     url = os.environ.get("PRIVTEXT_TEST_POSTGRES_URL")
-    datadir = os.environ.get("PRIVTEXT_TEST_POSTGRES_DATADIR")
     if not url:
         if os.environ.get("PRIVTEXT_TEST_NO_AUTOSTART") or not SCRIPT.exists():
             pytest.skip("PRIVTEXT_TEST_POSTGRES_URL is not set")
@@ -51,7 +50,17 @@ def postgres_url() -> Iterator[str]:
             pytest.skip(f"could not start PostgreSQL: {proc.stderr.strip()[-300:]}")
         url, datadir = found["PRIVTEXT_TEST_POSTGRES_URL"], found["PRIVTEXT_TEST_POSTGRES_DATADIR"]
         os.environ["PRIVTEXT_TEST_POSTGRES_URL"] = url  # for subprocesses of this session
+        os.environ["PRIVTEXT_TEST_POSTGRES_DATADIR"] = datadir  # stopped at session end
     yield url
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the throwaway cluster that test-services.sh (or the fixture) started, if any.
+
+    Done here rather than in the fixture so that a run that selects no postgres test still
+    stops the cluster ``scripts/test.sh`` started before pytest.
+    """
+    datadir = os.environ.get("PRIVTEXT_TEST_POSTGRES_DATADIR")
     if datadir:
         _stop(datadir)
 
