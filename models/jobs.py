@@ -1,0 +1,484 @@
+"""Background jobs: the ``jobs`` table, its state transitions, the work, and the huey queue.
+
+A job is a plain function first (``run_training_job``, ``run_embedding_job``: each takes a job
+id and a :class:`JobContext`) and a queued huey task second (``make_queue`` registers thin
+wrappers). Tests call the functions directly or run the queue inline (``memory://``).
+
+States: ``queued -> running -> succeeded | failed``. A job that raises is marked ``failed`` with
+a fixed, data-free message (the exception's class name; the traceback goes to the operator
+log only), and publishes nothing: an embedding job's result file is renamed into place only
+after it is complete; a training job's model version is the trainer's to publish atomically,
+and its ledger reservation is refunded only when training raised (nothing was published) and
+committed only after training returned.
+
+This module knows no Flask; the service passes the engine, the data directory and a ledger in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+log = logging.getLogger("privtext.jobs")
+
+KINDS = ("training", "embedding")
+STATUSES = ("queued", "running", "succeeded", "failed")
+FINAL = ("succeeded", "failed")
+
+#: The jobs table lives in the service's state database. It has its own MetaData so that
+#: ``models`` does not import ``service`` (imports go one way); ``create_tables`` makes it.
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("progress", Float, nullable=False, default=0.0),
+    Column("error", String(500), nullable=True),  # a fixed message, never corpus text
+    Column("created_by", String(64), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("params", Text, nullable=False),  # JSON: the validated request (no texts)
+    Column("result", Text, nullable=True),  # JSON: model id, result file, counts
+    Column("reservation_id", String(64), nullable=True),  # training: the ledger reservation
+)
+
+
+def create_tables(engine: Engine) -> None:
+    """Create the jobs table if missing (idempotent, safe when workers race)."""
+    try:
+        metadata.create_all(engine)
+    except (OperationalError, ProgrammingError) as exc:  # another process created it first
+        if "already exists" not in str(exc):
+            raise
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(ts: datetime | None) -> datetime | None:
+    if ts is not None and ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    return ts
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    status: str
+    progress: float
+    error: str | None
+    created_by: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: dict[str, Any]
+    result: dict[str, Any] | None
+    reservation_id: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Job:
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            status=row.status,
+            progress=float(row.progress or 0.0),
+            error=row.error,
+            created_by=row.created_by,
+            created_at=_aware(row.created_at),  # type: ignore[arg-type]
+            started_at=_aware(row.started_at),
+            finished_at=_aware(row.finished_at),
+            params=json.loads(row.params) if row.params else {},
+            result=json.loads(row.result) if row.result else None,
+            reservation_id=row.reservation_id,
+        )
+
+
+class JobStateError(RuntimeError):
+    """A transition that the job's current state does not allow."""
+
+
+# -- state transitions -------------------------------------------------------------------
+
+
+def create_job(
+    engine: Engine,
+    *,
+    kind: str,
+    created_by: str,
+    params: Mapping[str, Any],
+    job_id: str | None = None,
+    reservation_id: str | None = None,
+) -> Job:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    jid = job_id or new_job_id(kind)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(jobs).values(
+                id=jid,
+                kind=kind,
+                status="queued",
+                progress=0.0,
+                error=None,
+                created_by=created_by,
+                created_at=now(),
+                params=json.dumps(dict(params), sort_keys=True, default=str),
+                result=None,
+                reservation_id=reservation_id,
+            )
+        )
+    return get_job(engine, jid)  # type: ignore[return-value]
+
+
+def new_job_id(kind: str) -> str:
+    return f"{'trn' if kind == 'training' else 'emb'}_{uuid.uuid4().hex}"
+
+
+def get_job(engine: Engine, job_id: str) -> Job | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    return Job.from_row(row) if row is not None else None
+
+
+def list_jobs(
+    engine: Engine, *, kind: str | None = None, created_by: str | None = None, limit: int = 100
+) -> list[Job]:
+    q = select(jobs).order_by(jobs.c.created_at.desc()).limit(limit)
+    if kind is not None:
+        q = q.where(jobs.c.kind == kind)
+    if created_by is not None:
+        q = q.where(jobs.c.created_by == created_by)
+    with engine.connect() as conn:
+        return [Job.from_row(r) for r in conn.execute(q)]
+
+
+def _transition(engine: Engine, job_id: str, allowed: tuple[str, ...], **values: Any) -> None:
+    with engine.begin() as conn:
+        res = conn.execute(
+            update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(allowed)).values(**values)
+        )
+    if res.rowcount != 1:
+        raise JobStateError(f"job {job_id} is not in {allowed}")
+
+
+def mark_running(engine: Engine, job_id: str) -> None:
+    _transition(engine, job_id, ("queued",), status="running", started_at=now(), progress=0.0)
+
+
+def set_progress(engine: Engine, job_id: str, fraction: float) -> None:
+    fraction = min(1.0, max(0.0, float(fraction)))
+    with engine.begin() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == "running")
+            .values(progress=fraction)
+        )
+
+
+def mark_succeeded(engine: Engine, job_id: str, result: Mapping[str, Any]) -> None:
+    _transition(
+        engine,
+        job_id,
+        ("running",),
+        status="succeeded",
+        progress=1.0,
+        finished_at=now(),
+        result=json.dumps(dict(result), sort_keys=True, default=str),
+    )
+
+
+def mark_failed(engine: Engine, job_id: str, message: str) -> None:
+    _transition(
+        engine,
+        job_id,
+        ("queued", "running"),
+        status="failed",
+        finished_at=now(),
+        error=message[:500],
+    )
+
+
+def update_result(engine: Engine, job_id: str, result: Mapping[str, Any]) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id)
+            .values(result=json.dumps(dict(result), sort_keys=True, default=str))
+        )
+
+
+def failure_message(exc: BaseException) -> str:
+    """What a failed job reports: the exception's class, never its text (it may quote data)."""
+    return f"the job failed ({type(exc).__name__}); the operator log has the details"
+
+
+# -- the context the work runs in ----------------------------------------------------------
+
+
+@dataclass
+class JobContext:
+    """What a job needs: the state database, the data directory, the ledger, the settings.
+
+    ``ledger`` is a ``mechanisms.ledger.Ledger`` (the service passes its SQL ledger);
+    ``model_source`` returns ``(model_id, path)`` of the active model for embedding jobs.
+    """
+
+    engine: Engine
+    data_dir: Path
+    ledger: Any = None
+    model_source: Callable[[], tuple[str, Path]] | None = None
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+    result_ttl_s: int = 3600
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.data_dir / "jobs" / job_id
+
+
+# -- embedding jobs ------------------------------------------------------------------------
+
+INPUT_FILE = "input.json"
+RESULT_FILE = "result.npy"
+
+
+def write_embedding_input(ctx: JobContext, job_id: str, texts: list[str]) -> Path:
+    """Store a job's texts (mode 0600) until the job finishes; returns the file."""
+    d = ctx.job_dir(job_id)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / INPUT_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(texts, fh)
+    return path
+
+
+def run_embedding_job(job_id: str, ctx: JobContext) -> None:
+    """Embed the job's texts with the active model; write ``result.npy`` atomically.
+
+    The input file is deleted when the job ends, whatever the outcome; the result file is
+    kept until ``result_ttl_s`` after the job finished (``sweep_expired``).
+    """
+    from models.encoder import get_encoder
+
+    mark_running(ctx.engine, job_id)
+    d = ctx.job_dir(job_id)
+    try:
+        texts = json.loads((d / INPUT_FILE).read_text(encoding="utf-8"))
+        assert ctx.model_source is not None, "no model source"
+        model_id, path = ctx.model_source()
+        encoder = get_encoder(model_id, path, **ctx.encoder_options)
+        chunk = 512
+        parts = []
+        for start in range(0, len(texts), chunk):
+            parts.append(encoder.encode(texts[start : start + chunk]))
+            set_progress(ctx.engine, job_id, min(len(texts), start + chunk) / max(1, len(texts)))
+        vectors = np.concatenate(parts) if parts else np.empty((0, encoder.dim), np.float32)
+        tmp = d / (RESULT_FILE + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, vectors.astype(np.float32, copy=False))
+        os.replace(tmp, d / RESULT_FILE)
+        mark_succeeded(
+            ctx.engine,
+            job_id,
+            {
+                "model_id": model_id,
+                "count": int(vectors.shape[0]),
+                "dimensions": int(vectors.shape[1]),
+                "file": RESULT_FILE,
+                "expires_at": (now() + timedelta(seconds=ctx.result_ttl_s)).isoformat(),
+            },
+        )
+    except Exception as exc:
+        log.exception("embedding job failed", extra={"job_id": job_id})
+        (d / (RESULT_FILE + ".tmp")).unlink(missing_ok=True)
+        (d / RESULT_FILE).unlink(missing_ok=True)
+        mark_failed(ctx.engine, job_id, failure_message(exc))
+        raise
+    finally:
+        (d / INPUT_FILE).unlink(missing_ok=True)
+
+
+def result_path(ctx: JobContext, job: Job) -> Path | None:
+    """The job's result file while it exists and has not expired."""
+    if job.status != "succeeded" or not job.result or job.result.get("expired"):
+        return None
+    path = ctx.job_dir(job.id) / RESULT_FILE
+    return path if path.is_file() else None
+
+
+def sweep_expired(ctx: JobContext, *, at: datetime | None = None) -> int:
+    """Delete the files of finished embedding jobs older than ``result_ttl_s``; returns how many."""
+    cutoff = (at or now()) - timedelta(seconds=ctx.result_ttl_s)
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(
+            select(jobs).where(
+                jobs.c.kind == "embedding",
+                jobs.c.status.in_(FINAL),
+                jobs.c.finished_at < cutoff,
+            )
+        ).all()
+    n = 0
+    for row in rows:
+        job = Job.from_row(row)
+        if job.result is not None and job.result.get("expired"):
+            continue
+        shutil.rmtree(ctx.job_dir(job.id), ignore_errors=True)
+        if job.status == "succeeded":
+            update_result(ctx.engine, job.id, {**(job.result or {}), "expired": True})
+        n += 1
+    return n
+
+
+# -- training jobs -------------------------------------------------------------------------
+
+
+def run_training_job(
+    job_id: str,
+    ctx: JobContext,
+    *,
+    train: Callable[..., Any] | None = None,
+) -> None:
+    """Train the job's config on its snapshot and publish a model version.
+
+    The job's reservation (made against the corpus-wide cap when the job was queued, see
+    ``models.charge``) is committed after ``train`` returned (the version is published) and
+    refunded when it raised: ``train`` publishes atomically and removes its staging directory
+    on failure, so nothing was released. ``train`` defaults to ``models.training.train``; it
+    gets the charged event back and refuses if the plan no longer matches it.
+    """
+    from mechanisms.events import PrivacyEvent
+    from mechanisms.ledger import Reservation
+    from models.charge import commit_training, refund_training
+    from models.training import TrainingConfig
+
+    job = get_job(ctx.engine, job_id)
+    if job is None:
+        raise JobStateError(f"no job {job_id}")
+    mark_running(ctx.engine, job_id)
+    reservation = None
+    try:
+        event = PrivacyEvent.from_dict(job.params["event"])
+        if job.reservation_id is not None:
+            reservation = Reservation(job.reservation_id, job.created_by, event, job.created_at)
+        if train is None:
+            from models.training import train as train_fn
+        else:
+            train_fn = train
+        config = TrainingConfig.from_dict(dict(job.params["config"]))
+        version = train_fn(
+            config,
+            data_dir=ctx.data_dir,
+            snapshot_id=job.params.get("snapshot_id"),
+            progress=lambda f: set_progress(ctx.engine, job_id, f),
+            should_stop=None,
+            event=event,
+            activate=bool(job.params.get("activate", False)),
+        )
+    except BaseException as exc:
+        log.exception("training job failed", extra={"job_id": job_id})
+        if reservation is not None and ctx.ledger is not None:
+            refund_training(ctx.ledger, reservation)
+        mark_failed(ctx.engine, job_id, failure_message(exc))
+        raise
+    if reservation is not None and ctx.ledger is not None:
+        commit_training(ctx.ledger, reservation)
+    mark_succeeded(
+        ctx.engine,
+        job_id,
+        {"model_id": version.id, "epsilon": version.epsilon, "delta": version.delta},
+    )
+
+
+def fail_interrupted(engine: Engine) -> list[str]:
+    """Mark every ``running`` job failed (a worker that starts finds its predecessor's jobs
+    cut short). Their reservations stay charged: whether a model was published before the
+    crash is not known here. Only for a single consumer (the default SQLite queue)."""
+    with engine.connect() as conn:
+        ids = [r.id for r in conn.execute(select(jobs.c.id).where(jobs.c.status == "running"))]
+    for jid in ids:
+        try:
+            mark_failed(engine, jid, "the worker stopped while the job ran")
+        except JobStateError:
+            pass
+    return ids
+
+
+# -- the queue -----------------------------------------------------------------------------
+
+
+def make_huey(queue_url: str, data_dir: str | os.PathLike[str]) -> Any:
+    """The huey instance for ``queue_url``: "" -> SQLite at ``data_dir/jobs.db``,
+    ``redis://...`` -> Redis, ``memory://`` -> in-memory and immediate (tests: tasks run
+    inline when enqueued)."""
+    from huey import MemoryHuey, RedisHuey, SqliteHuey
+
+    if not queue_url:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        return SqliteHuey("privtext", filename=str(Path(data_dir) / "jobs.db"))
+    if queue_url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisHuey("privtext", url=queue_url)
+    if queue_url == "memory://":
+        return MemoryHuey("privtext", immediate=True)
+    raise ValueError("queue_url must be empty, redis://... or memory://")
+
+
+@dataclass
+class Queue:
+    """A huey instance with the two job tasks registered on it."""
+
+    huey: Any
+    training: Any
+    embedding: Any
+
+    def enqueue_training(self, job_id: str) -> None:
+        self.training(job_id)
+
+    def enqueue_embedding(self, job_id: str) -> None:
+        self.embedding(job_id)
+
+
+def make_queue(huey: Any, context: Callable[[], JobContext]) -> Queue:
+    """Register the job tasks on ``huey``; ``context`` builds this process's JobContext.
+
+    The tasks are thin: they call ``run_*_job`` with the context; a task that raises has
+    already marked its job failed. Huey's own retries are off (a failed job stays failed).
+    """
+
+    @huey.task(name="privtext.training", retries=0)
+    def training_task(job_id: str) -> None:
+        run_training_job(job_id, context())
+
+    @huey.task(name="privtext.embedding", retries=0)
+    def embedding_task(job_id: str) -> None:
+        run_embedding_job(job_id, context())
+
+    return Queue(huey=huey, training=training_task, embedding=embedding_task)

@@ -1,0 +1,214 @@
+"""models.jobs: the job table's lifecycle, embedding and training jobs run as plain functions
+and through huey inline (MemoryHuey, immediate), crashes reported as failed with nothing
+published, and the training reservation committed or refunded."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine
+
+from mechanisms.events import PrivacyEvent
+from mechanisms.ledger import Budget
+from mechanisms.ledger_memory import InMemoryLedger
+from models import jobs as J
+from models.registry import base_model_path
+from service.db import make_engine
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    eng = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    J.create_tables(eng)
+    J.create_tables(eng)  # idempotent
+    return eng
+
+
+@pytest.fixture
+def ctx(engine: Engine, tmp_path: Path) -> J.JobContext:
+    return J.JobContext(
+        engine=engine,
+        data_dir=tmp_path / "data",
+        ledger=InMemoryLedger(),
+        model_source=lambda: ("base", base_model_path()),
+        encoder_options={"device": "cpu"},
+        result_ttl_s=60,
+    )
+
+
+EVENT = PrivacyEvent.subsampled_gaussian(noise_multiplier=1.0, sampling_rate=0.1, steps=10)
+
+
+def test_lifecycle_transitions(engine: Engine) -> None:
+    job = J.create_job(engine, kind="embedding", created_by="ap_1", params={"count": 2})
+    assert (job.status, job.progress, job.started_at, job.error) == ("queued", 0.0, None, None)
+    J.mark_running(engine, job.id)
+    J.set_progress(engine, job.id, 0.25)
+    running = J.get_job(engine, job.id)
+    assert running is not None and running.status == "running" and running.progress == 0.25
+    assert running.started_at is not None
+    with pytest.raises(J.JobStateError):
+        J.mark_running(engine, job.id)  # not queued any more
+    J.mark_succeeded(engine, job.id, {"count": 2})
+    done = J.get_job(engine, job.id)
+    assert done is not None and (done.status, done.progress) == ("succeeded", 1.0)
+    assert done.finished_at is not None and done.result == {"count": 2}
+    with pytest.raises(J.JobStateError):
+        J.mark_failed(engine, job.id, "late")  # a finished job stays finished
+    J.set_progress(engine, job.id, 0.1)  # ignored once finished
+    assert J.get_job(engine, job.id).progress == 1.0  # type: ignore[union-attr]
+    assert [j.id for j in J.list_jobs(engine, created_by="ap_1")] == [job.id]
+    assert J.list_jobs(engine, created_by="someone else") == []
+    with pytest.raises(ValueError):
+        J.create_job(engine, kind="mining", created_by="x", params={})
+
+
+def test_embedding_job_round_trip(ctx: J.JobContext) -> None:
+    texts = ["hello there", "how are you doing today?", ""] * 3
+    job = J.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 9})
+    inp = J.write_embedding_input(ctx, job.id, texts)
+    assert inp.stat().st_mode & 0o777 == 0o600
+    J.run_embedding_job(job.id, ctx)
+    done = J.get_job(ctx.engine, job.id)
+    assert done is not None and done.status == "succeeded" and done.progress == 1.0
+    assert done.result is not None and done.result["model_id"] == "base"
+    assert not inp.exists()  # the texts are gone once the job ended
+    path = J.result_path(ctx, done)
+    assert path is not None
+    vectors = np.load(path)
+    assert vectors.shape == (9, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors[0], vectors[3], atol=1e-6)
+
+
+def test_a_crashing_embedding_job_is_failed_and_publishes_nothing(ctx: J.JobContext) -> None:
+    secret = "my card number is 4111 1111 1111 1111"
+
+    def broken() -> tuple[str, Path]:
+        raise RuntimeError(f"cannot embed {secret}")
+
+    ctx.model_source = broken
+    job = J.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 1})
+    J.write_embedding_input(ctx, job.id, [secret])
+    with pytest.raises(RuntimeError):
+        J.run_embedding_job(job.id, ctx)
+    failed = J.get_job(ctx.engine, job.id)
+    assert failed is not None and failed.status == "failed" and failed.finished_at is not None
+    assert failed.error is not None and "RuntimeError" in failed.error
+    assert "4111" not in failed.error  # the message never carries the data
+    assert J.result_path(ctx, failed) is None
+    assert list(ctx.job_dir(job.id).iterdir()) == []  # no input, no partial result
+
+
+def test_results_expire(ctx: J.JobContext) -> None:
+    job = J.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 1})
+    J.write_embedding_input(ctx, job.id, ["one"])
+    J.run_embedding_job(job.id, ctx)
+    done = J.get_job(ctx.engine, job.id)
+    assert done is not None and J.result_path(ctx, done) is not None
+    assert J.sweep_expired(ctx) == 0  # still within the ttl
+    assert J.sweep_expired(ctx, at=done.finished_at + timedelta(seconds=61)) == 1  # type: ignore[operator]
+    expired = J.get_job(ctx.engine, job.id)
+    assert expired is not None and expired.result is not None and expired.result["expired"]
+    assert J.result_path(ctx, expired) is None and not ctx.job_dir(job.id).exists()
+
+
+def _training_job(ctx: J.JobContext) -> tuple[J.Job, Any]:
+    ledger: InMemoryLedger = ctx.ledger
+    ledger.set_corpus_cap(Budget(epsilon=10.0, delta=1e-5))
+    reservation = ledger.reserve_corpus("ad_1", EVENT)
+    params = {
+        "config": {"target_epsilon": 2.0, "steps": 10, "expected_senders_per_batch": 2},
+        "snapshot_id": "snap",
+        "event": EVENT.to_dict(),
+        "activate": False,
+    }
+    job = J.create_job(ctx.engine, kind="training", created_by="ad_1", params=params,
+                       reservation_id=reservation.id)
+    return job, reservation
+
+
+def _entry_status(ledger: InMemoryLedger, rid: str) -> str:
+    return next(e.status for e in ledger.history("ad_1") if e.id == rid)
+
+
+def test_training_job_commits_its_reservation(ctx: J.JobContext) -> None:
+    job, reservation = _training_job(ctx)
+    calls: dict[str, Any] = {}
+
+    def fake_train(config: Any, **kwargs: Any) -> Any:
+        calls.update(kwargs, config=config)
+        kwargs["progress"](0.5)
+        assert J.get_job(ctx.engine, job.id).progress == 0.5  # type: ignore[union-attr]
+        return SimpleNamespace(id="m-20261125T000000Z-00000000", epsilon=2.0, delta=1e-5)
+
+    J.run_training_job(job.id, ctx, train=fake_train)
+    done = J.get_job(ctx.engine, job.id)
+    assert done is not None and done.status == "succeeded"
+    assert done.result == {"model_id": "m-20261125T000000Z-00000000", "epsilon": 2.0,
+                           "delta": 1e-5}
+    assert calls["event"] == EVENT and calls["snapshot_id"] == "snap"
+    assert calls["config"].target_epsilon == 2.0 and calls["activate"] is False
+    assert _entry_status(ctx.ledger, reservation.id) == "committed"
+
+
+def test_a_crashing_training_job_is_failed_and_refunded(ctx: J.JobContext) -> None:
+    job, reservation = _training_job(ctx)
+    spent = ctx.ledger.corpus_remaining().spent_epsilon
+    assert spent > 0
+
+    def crash(config: Any, **kwargs: Any) -> Any:
+        kwargs["progress"](0.3)
+        raise MemoryError("out of memory while reading sender user7's messages")
+
+    with pytest.raises(MemoryError):
+        J.run_training_job(job.id, ctx, train=crash)
+    failed = J.get_job(ctx.engine, job.id)
+    assert failed is not None and failed.status == "failed" and "MemoryError" in failed.error
+    assert "user7" not in failed.error and failed.result is None
+    assert _entry_status(ctx.ledger, reservation.id) == "refunded"
+    assert ctx.ledger.corpus_remaining().spent_epsilon == 0.0
+
+
+def test_interrupted_jobs_are_failed_at_worker_start(engine: Engine) -> None:
+    a = J.create_job(engine, kind="embedding", created_by="x", params={})
+    b = J.create_job(engine, kind="embedding", created_by="x", params={})
+    J.mark_running(engine, a.id)
+    assert J.fail_interrupted(engine) == [a.id]
+    assert J.get_job(engine, a.id).status == "failed"  # type: ignore[union-attr]
+    assert J.get_job(engine, b.id).status == "queued"  # type: ignore[union-attr]
+
+
+def test_queue_backends(tmp_path: Path) -> None:
+    from huey import MemoryHuey, RedisHuey, SqliteHuey
+
+    assert isinstance(J.make_huey("", tmp_path), SqliteHuey)
+    assert (tmp_path / "jobs.db").exists()
+    if __import__("importlib").util.find_spec("redis") is not None:  # the client connects lazily
+        assert isinstance(J.make_huey("redis://localhost:6379/0", tmp_path), RedisHuey)
+    mem = J.make_huey("memory://", tmp_path)
+    assert isinstance(mem, MemoryHuey) and mem.immediate
+    with pytest.raises(ValueError):
+        J.make_huey("amqp://x", tmp_path)
+
+
+def test_tasks_run_inline_on_the_memory_queue(ctx: J.JobContext, tmp_path: Path) -> None:
+    queue = J.make_queue(J.make_huey("memory://", tmp_path), lambda: ctx)
+    job = J.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 2})
+    J.write_embedding_input(ctx, job.id, ["a", "b"])
+    queue.enqueue_embedding(job.id)
+    assert J.get_job(ctx.engine, job.id).status == "succeeded"  # type: ignore[union-attr]
+
+    # A job whose task raises is failed; huey does not retry it.
+    job2 = J.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 1})
+    queue.enqueue_embedding(job2.id)  # no input file: the task raises inside
+    failed = J.get_job(ctx.engine, job2.id)
+    assert failed is not None and failed.status == "failed"
+    assert "FileNotFoundError" in (failed.error or "")
+    assert json.loads(json.dumps(failed.params)) == {"count": 1}
