@@ -317,6 +317,17 @@ class Ledger(abc.ABC):
         or the principal has no budget; nothing is recorded then.
         """
 
+    def reserve_corpus(self, principal_id: str, event: PrivacyEvent) -> Reservation:
+        """Atomically admit ``event`` against the corpus-wide cap alone.
+
+        For releases that are no analyst's (model training, requested by the administrator
+        ``principal_id``, who is recorded on the entry but whose budget is not charged). With
+        no cap set the event is admitted and tracked, like ``reserve``. ``commit`` and
+        ``refund`` work as for ``reserve``. Raises BudgetExhaustedError when the cap cannot
+        afford it; nothing is recorded then.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot reserve against the cap alone")
+
     @abc.abstractmethod
     def commit(self, reservation_id: str) -> None:
         """Mark a reservation released. Raises UnknownReservationError unless it is reserved."""
@@ -375,6 +386,19 @@ def raised(old: Budget | None, epsilon: float, delta: float) -> Budget:
 
 def new_reservation_id() -> str:
     return f"rsv_{uuid.uuid4().hex}"
+
+
+#: Reservations made by ``reserve_corpus`` (charged to the corpus-wide cap only) carry this
+#: prefix, so that ``refund`` knows there is no analyst budget to give back.
+CORPUS_RESERVATION_PREFIX = "rsvc_"
+
+
+def new_corpus_reservation_id() -> str:
+    return f"{CORPUS_RESERVATION_PREFIX}{uuid.uuid4().hex}"
+
+
+def is_corpus_reservation(reservation_id: str) -> bool:
+    return reservation_id.startswith(CORPUS_RESERVATION_PREFIX)
 
 
 def make_quote(budget: Budget | None, spent: Spend, new: Spend, ok: bool) -> Quote:

@@ -20,8 +20,10 @@ from mechanisms.ledger import (
     UnknownReservationError,
     affordable,
     exhausted,
+    is_corpus_reservation,
     make_quote,
     make_remaining,
+    new_corpus_reservation_id,
     new_reservation_id,
     now,
     raised,
@@ -61,6 +63,20 @@ class InMemoryLedger(Ledger):
             self._entries[rid] = entry
         return Reservation(rid, principal_id, event, entry.created_at)
 
+    def reserve_corpus(self, principal_id: str, event: PrivacyEvent) -> Reservation:
+        new = Spend.of(event)
+        with self._lock:
+            if self._cap is not None and not affordable(self._corpus, new, self._cap):
+                raise exhausted(
+                    "the corpus-wide privacy cap is exhausted",
+                    make_remaining(self._cap, self._corpus),
+                )
+            self._corpus = self._corpus + new
+            rid = new_corpus_reservation_id()
+            entry = LedgerEntry(rid, principal_id, event, "reserved", now())
+            self._entries[rid] = entry
+        return Reservation(rid, principal_id, event, entry.created_at)
+
     def _settle(self, reservation_id: str, status: str) -> None:
         with self._lock:
             entry = self._entries.get(reservation_id)
@@ -68,7 +84,8 @@ class InMemoryLedger(Ledger):
                 raise UnknownReservationError(f"no open reservation {reservation_id}")
             if status == "refunded":
                 new = Spend.of(entry.event)
-                self._spend[entry.principal_id] = self._spend[entry.principal_id] - new
+                if not is_corpus_reservation(reservation_id):
+                    self._spend[entry.principal_id] = self._spend[entry.principal_id] - new
                 self._corpus = self._corpus - new
             self._entries[reservation_id] = LedgerEntry(
                 entry.id, entry.principal_id, entry.event, status, entry.created_at, now()

@@ -35,8 +35,10 @@ from mechanisms.ledger import (
     UnknownReservationError,
     affordable,
     exhausted,
+    is_corpus_reservation,
     make_quote,
     make_remaining,
+    new_corpus_reservation_id,
     new_reservation_id,
     now,
     raised,
@@ -153,6 +155,33 @@ class SqlLedger(Ledger):
             )
         return Reservation(rid, principal_id, event, created)
 
+    def reserve_corpus(self, principal_id: str, event: PrivacyEvent) -> Reservation:
+        new = Spend.of(event)
+        rid = new_corpus_reservation_id()
+        created = now()
+        with self._locked() as conn:
+            crow = self._lock_cap(conn)
+            cap, corpus = _budget(crow), _load(crow.spend)
+            if cap is not None and not affordable(corpus, new, cap):
+                raise exhausted(
+                    "the corpus-wide privacy cap is exhausted", make_remaining(cap, corpus)
+                )
+            conn.execute(
+                update(corpus_cap)
+                .where(corpus_cap.c.id == CAP_ID)
+                .values(spend=_dump(corpus + new))
+            )
+            conn.execute(
+                insert(ledger_entries).values(
+                    id=rid,
+                    principal_id=principal_id,
+                    event=json.dumps(event.to_dict(), sort_keys=True),
+                    status="reserved",
+                    created_at=created,
+                )
+            )
+        return Reservation(rid, principal_id, event, created)
+
     def commit(self, reservation_id: str) -> None:
         with self.engine.begin() as conn:
             res = conn.execute(
@@ -171,7 +200,8 @@ class SqlLedger(Ledger):
         if row is None:
             raise UnknownReservationError(f"no open reservation {reservation_id}")
         with self._locked() as conn:
-            brow = self._lock_budget(conn, row.principal_id)
+            corpus_only = is_corpus_reservation(reservation_id)
+            brow = None if corpus_only else self._lock_budget(conn, row.principal_id)
             crow = self._lock_cap(conn)
             entry = conn.execute(
                 select(ledger_entries).where(ledger_entries.c.id == reservation_id)
@@ -179,11 +209,12 @@ class SqlLedger(Ledger):
             if entry.status != "reserved":
                 raise UnknownReservationError(f"no open reservation {reservation_id}")
             old = Spend.of(PrivacyEvent.from_dict(json.loads(entry.event)))
-            conn.execute(
-                update(budgets)
-                .where(budgets.c.principal_id == row.principal_id)
-                .values(spend=_dump(_load(brow.spend) - old))
-            )
+            if brow is not None:
+                conn.execute(
+                    update(budgets)
+                    .where(budgets.c.principal_id == row.principal_id)
+                    .values(spend=_dump(_load(brow.spend) - old))
+                )
             conn.execute(
                 update(corpus_cap)
                 .where(corpus_cap.c.id == CAP_ID)
