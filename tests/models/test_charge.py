@@ -1,0 +1,107 @@
+"""Charging training to the corpus-wide cap: ``Ledger.reserve_corpus`` on every backend, and
+refusal before any text is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mechanisms.errors import BudgetExhaustedError
+from mechanisms.events import PrivacyEvent
+from mechanisms.ledger import Budget, Ledger, UnknownReservationError
+from mechanisms.ledger_memory import InMemoryLedger
+from models.charge import (
+    charge_training,
+    commit_training,
+    refund_training,
+    run_charged_training,
+)
+from models.registry import BASE_ID, ModelRegistry
+from models.training import TrainingConfig
+
+EVENT = PrivacyEvent.subsampled_gaussian(noise_multiplier=1.0, sampling_rate=0.01, steps=100)
+
+
+def test_reserve_corpus_charges_the_cap_only(any_ledger: Ledger, make_analyst) -> None:  # type: ignore[no-untyped-def]
+    admin = make_analyst(any_ledger, "admin")
+    any_ledger.set_corpus_cap(Budget(10.0, 1e-5))
+    before = any_ledger.corpus_remaining().spent_epsilon
+    r = charge_training(any_ledger, EVENT, principal_id=admin)
+    spent = any_ledger.corpus_remaining().spent_epsilon
+    assert spent > before and spent == pytest.approx(EVENT_RDP_EPS(), rel=1e-6)
+    assert any_ledger.get_budget(admin) is None  # no analyst budget was needed or touched
+    refund_training(any_ledger, r)
+    assert any_ledger.corpus_remaining().spent_epsilon == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(UnknownReservationError):
+        refund_training(any_ledger, r)
+    r2 = charge_training(any_ledger, EVENT, principal_id=admin)
+    commit_training(any_ledger, r2)
+    assert any_ledger.corpus_remaining().spent_epsilon == pytest.approx(spent, rel=1e-9)
+    assert [e.status for e in any_ledger.history(admin)] == ["committed", "refunded"]
+
+
+def EVENT_RDP_EPS() -> float:  # noqa: N802 - a constant computed lazily
+    from mechanisms.ledger import Spend
+
+    return Spend.of(EVENT).epsilon(1e-5)
+
+
+def test_refused_when_the_cap_cannot_afford_it(any_ledger: Ledger, make_analyst) -> None:  # type: ignore[no-untyped-def]
+    admin = make_analyst(any_ledger, "admin")
+    with pytest.raises(BudgetExhaustedError, match="no corpus-wide cap"):
+        charge_training(any_ledger, EVENT, principal_id=admin)
+    any_ledger.set_corpus_cap(Budget(0.1, 1e-5))
+    with pytest.raises(BudgetExhaustedError, match="cap is exhausted"):
+        charge_training(any_ledger, EVENT, principal_id=admin)
+    assert any_ledger.history(admin) == []
+    assert any_ledger.corpus_remaining().spent_epsilon == 0.0
+
+
+def test_analyst_refunds_still_work_beside_corpus_reservations(
+    any_ledger: Ledger, make_analyst
+) -> None:  # type: ignore[no-untyped-def]
+    a = make_analyst(any_ledger)
+    any_ledger.set_budget(a, Budget(1.0, 1e-6))
+    any_ledger.set_corpus_cap(Budget(100.0, 1e-5))
+    charge_training(any_ledger, EVENT, principal_id=a)
+    r = any_ledger.reserve(a, PrivacyEvent.laplace(0.5))
+    any_ledger.refund(r.id)
+    assert any_ledger.remaining(a, tight=False).spent_epsilon == pytest.approx(0.0, abs=1e-12)
+
+
+def test_training_refused_before_any_text_is_read(
+    data_dir: Path,
+    ingested,
+    tiny_config: TrainingConfig,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    def no_reading(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the corpus text was read")
+
+    monkeypatch.setattr("models.data.load_sender_examples", no_reading)
+    ledger = InMemoryLedger()
+    ledger.set_corpus_cap(Budget(1.0, 1e-3))  # a training at epsilon 8 does not fit
+    with pytest.raises(BudgetExhaustedError):
+        run_charged_training(ledger, tiny_config, principal_id="ad_1", data_dir=data_dir)
+    assert [v.id for v in ModelRegistry(data_dir).list()] == [BASE_ID]
+
+
+def test_failed_training_is_refunded_and_publishes_nothing(
+    data_dir: Path,
+    ingested,
+    tiny_config: TrainingConfig,  # type: ignore[no-untyped-def]
+) -> None:
+    ledger = InMemoryLedger()
+    ledger.set_corpus_cap(Budget(50.0, 1e-2))
+
+    def crash(fraction: float) -> None:
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        run_charged_training(
+            ledger, tiny_config, principal_id="ad_1", data_dir=data_dir, progress=crash
+        )
+    assert [e.status for e in ledger.history("ad_1")] == ["refunded"]
+    assert ledger.corpus_remaining().spent_epsilon == 0.0
+    assert ModelRegistry(data_dir).active().id == BASE_ID
