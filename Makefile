@@ -16,11 +16,16 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 
-## Install, ingest the demo corpus if no snapshot is live, ensure an admin key, serve on :8000.
+## Install, ingest the demo corpus if no snapshot is live, ensure an admin key, then start the
+## job worker (huey consumer) in the background and serve on :8000 in the foreground; the
+## worker is stopped when the server exits.
 run: install
 	$(BIN)/privtext ingest --demo --if-missing
 	$(BIN)/privtext ensure-admin
-	PATH=$(CURDIR)/$(BIN):$$PATH exec $(BIN)/privtext serve --bind 127.0.0.1:8000
+	export PATH=$(CURDIR)/$(BIN):$$PATH; \
+	$(BIN)/privtext worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/privtext serve --bind 127.0.0.1:8000
 
 ## Install what the tests need (incl. Debian's PostgreSQL), start it on loopback, run the suite.
 test: install-test

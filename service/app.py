@@ -67,6 +67,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from service import budget_page
 
     app.register_blueprint(budget_page.bp)
+
+    from service import embeddings, jobs
+
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(embeddings.bp)
     return app
 
 

@@ -189,6 +189,10 @@ from service.cli_admin import COMMANDS as _ADMIN_COMMANDS  # noqa: E402 - needs 
 for _command in _ADMIN_COMMANDS:
     main.add_command(_command)
 
+from service.cli_worker import worker as _worker  # noqa: E402 - needs pass_ctx above
+
+main.add_command(_worker)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -27,6 +27,17 @@ class Settings:
     # huey queue: empty means SQLite in the data directory; a redis:// URL to scale out.
     queue_url: str = ""
     max_request_bytes: int = 64 * 1024
+    # Embeddings (models/encoder.py): per-key fixed-window rate limit shared by every worker
+    # (requests and texts per window), the body limit of POST /v1/embedding-jobs alone, how
+    # long a job's result file is kept, and the encoder's device/precision ("" / "auto": CUDA
+    # with fp16 when present, else CPU fp32).
+    embedding_rate_requests: int = 120
+    embedding_rate_texts: int = 60_000
+    embedding_rate_window_s: int = 60
+    embedding_job_max_bytes: int = 16 * 1024 * 1024
+    embedding_result_ttl_s: int = 24 * 3600
+    embedding_device: str = ""
+    embedding_precision: str = "auto"
     log_level: str = "INFO"
     testing: bool = False
 

@@ -1,0 +1,264 @@
+"""Jobs and models over HTTP: training jobs (admin), job status, model versions.
+
+* ``POST /v1/admin/training-jobs``: validate -> plan (the privacy event, before any text is
+  read) -> reserve it against the corpus-wide cap (``models.charge``; 409 ``budget_exhausted``
+  when the cap cannot afford it or none is set) -> record the job -> queue it. The worker
+  commits the reservation once the model is published, or refunds it when training fails.
+* ``GET /v1/jobs`` and ``GET /v1/jobs/<id>``: an admin sees every job, anyone else only their
+  own (someone else's job is a 404, like a missing one).
+* ``GET /v1/models``, ``POST /v1/admin/models/<id>/activate``: the model registry (admin).
+
+The queue (huey) and the per-process job context hang off ``app.extensions["privtext"].extra``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
+
+from models import jobs as jobstore
+from service import ratelimit
+from service.auth import current_principal, require
+from service.config import Settings
+from service.errors import APIError
+from service.schemas_jobs import TrainingJobRequest
+
+bp = Blueprint("jobs", __name__)
+_training_schema = TrainingJobRequest()
+
+
+@bp.record_once
+def _setup(state: BlueprintSetupState) -> None:
+    engine = state.app.extensions["privtext"].engine
+    jobstore.create_tables(engine)
+    ratelimit.create_tables(engine)
+
+
+# -- the queue and the job context -------------------------------------------------------
+
+
+def active_model(data_dir: str | Path) -> tuple[str, Path]:
+    """``(id, path)`` of the active model version ("base": the public weights)."""
+    from models.registry import ModelRegistry
+
+    version = ModelRegistry(data_dir).active()
+    return version.id, Path(version.path)
+
+
+def encoder_options(settings: Settings) -> dict[str, Any]:
+    return {"device": settings.embedding_device or None, "precision": settings.embedding_precision}
+
+
+def job_context(settings: Settings, engine: Any) -> jobstore.JobContext:
+    """The context jobs run in, in a web worker (inline queue) or in ``privtext worker``."""
+    from service.ledger.sql import SqlLedger
+
+    data_dir = Path(settings.data_dir)
+    return jobstore.JobContext(
+        engine=engine,
+        data_dir=data_dir,
+        ledger=SqlLedger(engine),
+        model_source=lambda: active_model(data_dir),
+        encoder_options=encoder_options(settings),
+        result_ttl_s=settings.embedding_result_ttl_s,
+    )
+
+
+def make_queue(settings: Settings, engine: Any) -> jobstore.Queue:
+    huey = jobstore.make_huey(settings.queue_url, settings.data_dir)
+    ctx: dict[str, jobstore.JobContext] = {}
+
+    def context() -> jobstore.JobContext:
+        if "ctx" not in ctx:
+            ctx["ctx"] = job_context(settings, engine)
+        return ctx["ctx"]
+
+    return jobstore.make_queue(huey, context)
+
+
+def get_queue(app: Flask | None = None) -> jobstore.Queue:
+    svc = (app or current_app).extensions["privtext"]
+    queue = svc.extra.get("queue")
+    if queue is None:
+        queue = svc.extra["queue"] = make_queue(svc.settings, svc.engine)
+    return queue  # type: ignore[no-any-return]
+
+
+def get_context() -> jobstore.JobContext:
+    svc = current_app.extensions["privtext"]
+    ctx = svc.extra.get("job_context")
+    if ctx is None:
+        ctx = svc.extra["job_context"] = job_context(svc.settings, svc.engine)
+    return ctx  # type: ignore[no-any-return]
+
+
+# -- representation ----------------------------------------------------------------------
+
+
+def _iso(ts: Any) -> str | None:
+    return ts.isoformat() if ts is not None else None
+
+
+def job_view(job: jobstore.Job) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "progress": job.progress,
+        "error": job.error,
+        "created_by": job.created_by,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "params": job.params,
+        "result": job.result,
+    }
+    if job.kind == "embedding" and job.status == "succeeded" and not (job.result or {}).get(
+        "expired"
+    ):
+        view["result_url"] = f"/v1/embedding-jobs/{job.id}/result"
+    return view
+
+
+def visible_job(job_id: str, kind: str | None = None) -> jobstore.Job:
+    """The job, when the caller may see it (admin: any; others: their own); else 404."""
+    principal = current_principal()
+    job = jobstore.get_job(current_app.extensions["privtext"].engine, job_id)
+    if (
+        job is None
+        or (kind is not None and job.kind != kind)
+        or (principal.role != "admin" and job.created_by != principal.id)
+    ):
+        raise APIError(404, "not_found", "No job with this id.")
+    return job
+
+
+def json_body() -> dict[str, Any]:
+    if not request.is_json:
+        raise APIError(415, "unsupported_media_type", "Send the body as application/json.")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise APIError(400, "bad_request", "The body must be a JSON object.")
+    return body
+
+
+# -- training jobs -----------------------------------------------------------------------
+
+
+@bp.post("/v1/admin/training-jobs")
+@require("admin")
+def create_training_job() -> tuple[Response, int]:
+    from models.charge import charge_training, refund_training
+    from models.data import count_senders
+    from models.training import TrainingConfig, plan_training, planned_delta
+    from service.charging import get_ledger
+    from service.corpus.store import SnapshotNotFound
+
+    principal = current_principal()
+    req = _training_schema.load(json_body())
+    config = TrainingConfig.from_dict(TrainingJobRequest.config_of(req))  # 422 if invalid
+    svc = current_app.extensions["privtext"]
+    try:
+        info = svc.corpus.get(req["snapshot_id"]) if req["snapshot_id"] else svc.corpus.live()
+    except SnapshotNotFound:
+        info = None
+    if info is None:
+        status = 404 if req["snapshot_id"] else 503
+        raise APIError(status, "no_snapshot", "No such corpus snapshot.")
+    n_senders = count_senders(svc.settings.data_dir, info.id)  # public, as DP-SGD's n
+    event = plan_training(config, n_senders=n_senders)
+    ledger = get_ledger()
+    reservation = charge_training(ledger, event, principal_id=principal.id)  # 409 if refused
+    params = {
+        "config": config.to_dict(),
+        "snapshot_id": info.id,
+        "event": event.to_dict(),
+        "activate": req["activate"],
+    }
+    try:
+        job = jobstore.create_job(
+            svc.engine,
+            kind="training",
+            created_by=principal.id,
+            params=params,
+            reservation_id=reservation.id,
+        )
+    except BaseException:
+        refund_training(ledger, reservation)
+        raise
+    try:
+        get_queue().enqueue_training(job.id)
+    except Exception as exc:
+        # Not queued, nothing trained: the reservation goes back and the job is failed.
+        current_app.logger.exception("could not queue training job %s", job.id)
+        refund_training(ledger, reservation)
+        jobstore.mark_failed(svc.engine, job.id, jobstore.failure_message(exc))
+        raise APIError(503, "queue_unavailable", "The job queue is unavailable.") from exc
+    job = jobstore.get_job(svc.engine, job.id) or job
+    body = {
+        **job_view(job),
+        "cost": {
+            "event": event.to_dict(),
+            "target_epsilon": config.target_epsilon,
+            "delta": planned_delta(config, n_senders),
+            "charged_to": "corpus-wide cap",
+            "reservation_id": reservation.id,
+        },
+    }
+    return jsonify(body), 201
+
+
+# -- any job -----------------------------------------------------------------------------
+
+
+@bp.get("/v1/jobs")
+@require("admin", "analyst", "app")
+def list_jobs() -> Response:
+    principal = current_principal()
+    kind = request.args.get("kind")
+    if kind is not None and kind not in jobstore.KINDS:
+        raise APIError(422, "validation_error", "The request is not valid.",
+                       {"kind": [f"must be one of {list(jobstore.KINDS)}"]})
+    found = jobstore.list_jobs(
+        current_app.extensions["privtext"].engine,
+        kind=kind,
+        created_by=None if principal.role == "admin" else principal.id,
+    )
+    return jsonify({"jobs": [job_view(j) for j in found]})
+
+
+@bp.get("/v1/jobs/<job_id>")
+@require("admin", "analyst", "app")
+def get_job(job_id: str) -> Response:
+    return jsonify(job_view(visible_job(job_id)))
+
+
+# -- models ------------------------------------------------------------------------------
+
+
+@bp.get("/v1/models")
+@require("admin")
+def list_models() -> Response:
+    from models.registry import ModelRegistry
+
+    registry = ModelRegistry(current_app.extensions["privtext"].settings.data_dir)
+    active = registry.active()
+    return jsonify(
+        {"active": active.id, "models": [v.to_dict() for v in registry.list()]}
+    )
+
+
+@bp.post("/v1/admin/models/<model_id>/activate")
+@require("admin")
+def activate_model(model_id: str) -> Response:
+    from models.registry import ModelNotFound, ModelRegistry
+
+    registry = ModelRegistry(current_app.extensions["privtext"].settings.data_dir)
+    try:
+        version = registry.activate(model_id)
+    except ModelNotFound:
+        raise APIError(404, "not_found", "No finished model version with this id.") from None
+    return jsonify({"active": version.id, "model": version.to_dict()})

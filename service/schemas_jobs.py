@@ -1,0 +1,95 @@
+"""Request schemas of the embedding, job and model routes (marshmallow; unknown fields rejected).
+
+Privacy parameters of a training job are validated here and again by
+``models.training.TrainingConfig.validate`` and ``plan_training`` where they are used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+from service.queries.schemas import FiniteFloat
+
+MAX_TEXT_CHARS = 2000
+MAX_SYNC_TEXTS = 64
+MAX_JOB_TEXTS = 20_000
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = "raise"
+
+
+def _texts(max_items: int) -> fields.List:
+    return fields.List(
+        fields.String(validate=validate.Length(max=MAX_TEXT_CHARS)),
+        required=True,
+        validate=validate.Length(min=1, max=max_items),
+    )
+
+
+class EmbeddingsRequest(_Strict):
+    """``POST /v1/embeddings``: 1..64 texts of at most 2,000 characters each."""
+
+    texts = _texts(MAX_SYNC_TEXTS)
+
+
+class EmbeddingJobRequest(_Strict):
+    """``POST /v1/embedding-jobs``: 1..20,000 texts of at most 2,000 characters each."""
+
+    texts = _texts(MAX_JOB_TEXTS)
+
+
+class TrainingJobRequest(_Strict):
+    """``POST /v1/admin/training-jobs``: a sender-level DP fine-tuning of the encoder.
+
+    ``target_epsilon`` in (0, 100]; ``delta`` in (0, 1) (and < 1 / number of senders, checked
+    when planned; default 1 / (10 n) rounded down to a power of ten).
+    """
+
+    target_epsilon = FiniteFloat(
+        required=True, validate=validate.Range(min=0, max=100, min_inclusive=False)
+    )
+    delta = FiniteFloat(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(min=0, max=1, min_inclusive=False, max_inclusive=False),
+    )
+    steps = fields.Integer(
+        load_default=200, validate=validate.Range(min=1, max=100_000), strict=True
+    )
+    expected_senders_per_batch = fields.Integer(
+        load_default=64, validate=validate.Range(min=1, max=100_000), strict=True
+    )
+    max_messages_per_sender = fields.Integer(
+        load_default=16, validate=validate.Range(min=1, max=1000), strict=True
+    )
+    max_seq_len = fields.Integer(
+        load_default=64, validate=validate.Range(min=4, max=256), strict=True
+    )
+    max_grad_norm = FiniteFloat(
+        load_default=1.0, validate=validate.Range(min=0, max=1000, min_inclusive=False)
+    )
+    learning_rate = FiniteFloat(
+        load_default=2e-4, validate=validate.Range(min=0, max=1, min_inclusive=False)
+    )
+    trainable_layers = fields.Integer(
+        load_default=2, validate=validate.Range(min=0, max=6), strict=True
+    )
+    seed = fields.Integer(load_default=None, allow_none=True, strict=True,
+                          validate=validate.Range(min=0, max=2**62))
+    snapshot_id = fields.String(load_default=None, allow_none=True,
+                                validate=validate.Length(min=1, max=100))
+    activate = fields.Boolean(load_default=False)
+
+    CONFIG_FIELDS = (
+        "target_epsilon", "delta", "steps", "expected_senders_per_batch",
+        "max_messages_per_sender", "max_seq_len", "max_grad_norm", "learning_rate",
+        "trainable_layers", "seed",
+    )
+
+    @classmethod
+    def config_of(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return {k: data[k] for k in cls.CONFIG_FIELDS}

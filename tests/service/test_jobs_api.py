@@ -1,0 +1,185 @@
+"""Training jobs over HTTP: charged to the corpus-wide cap before they are queued, refused
+without budget, committed when the model is published, refunded when training fails; job
+status, progress and errors; the model registry routes. The queue runs inline (memory://)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from mechanisms.ledger import Budget
+from service.app import create_app
+from service.auth import create_principal, issue_key
+from service.ledger.sql import SqlLedger
+from tests.conftest import bearer
+
+TINY = {
+    "target_epsilon": 8.0,
+    "steps": 2,
+    "expected_senders_per_batch": 4,
+    "max_messages_per_sender": 4,
+    "max_seq_len": 16,
+    "trainable_layers": 1,
+    "seed": 3,
+}
+
+
+@pytest.fixture
+def jobs_app(data_dir: Path, ingested: Any) -> Iterator[Flask]:
+    app = create_app({"data_dir": str(data_dir), "testing": True, "queue_url": "memory://"})
+    yield app
+    app.extensions["privtext"].engine.dispose()
+
+
+@pytest.fixture
+def client(jobs_app: Flask) -> FlaskClient:
+    return jobs_app.test_client()
+
+
+@pytest.fixture
+def ledger(jobs_app: Flask) -> SqlLedger:
+    return SqlLedger(jobs_app.extensions["privtext"].engine)
+
+
+def _key(app: Flask, role: str) -> str:
+    engine = app.extensions["privtext"].engine
+    return issue_key(engine, create_principal(engine, name=role, role=role))
+
+
+@pytest.fixture
+def admin(jobs_app: Flask) -> dict[str, str]:
+    return bearer(_key(jobs_app, "admin"))
+
+
+def _fake_train(monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> list[dict[str, Any]]:
+    """Replace the trainer (its own tests train for real) with one that reports progress."""
+    import models.training
+    from models.registry import ModelRegistry
+
+    calls: list[dict[str, Any]] = []
+
+    def train(config: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        kwargs["progress"](0.5)
+        if fail:
+            raise RuntimeError("sender user3 wrote something unparseable")
+        return ModelRegistry(kwargs["data_dir"]).get("base")
+
+    monkeypatch.setattr(models.training, "train", train)
+    return calls
+
+
+def test_training_is_refused_without_a_cap(client: FlaskClient, admin: dict[str, str]) -> None:
+    r = client.post("/v1/admin/training-jobs", json=TINY, headers=admin)
+    assert r.status_code == 409 and r.json["code"] == "budget_exhausted"
+    assert client.get("/v1/jobs", headers=admin).json["jobs"] == []
+
+
+def test_training_is_refused_when_the_cap_cannot_afford_it(
+    client: FlaskClient, admin: dict[str, str], ledger: SqlLedger
+) -> None:
+    ledger.set_corpus_cap(Budget(epsilon=1.0, delta=1e-3))
+    r = client.post("/v1/admin/training-jobs", json=TINY, headers=admin)
+    assert r.status_code == 409 and r.json["code"] == "budget_exhausted"
+    assert ledger.corpus_remaining().spent_epsilon == 0.0
+    assert client.get("/v1/jobs", headers=admin).json["jobs"] == []
+
+
+def test_training_job_is_charged_and_succeeds(
+    client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _fake_train(monkeypatch)
+    ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
+    r = client.post("/v1/admin/training-jobs", json=TINY, headers=admin)
+    assert r.status_code == 201, r.json
+    job = r.json
+    assert job["kind"] == "training" and job["cost"]["charged_to"] == "corpus-wide cap"
+    assert job["cost"]["event"]["kind"] == "subsampled_gaussian"
+    assert job["params"]["config"]["target_epsilon"] == 8.0
+    status = client.get(f"/v1/jobs/{job['id']}", headers=admin).json
+    assert status["status"] == "succeeded" and status["progress"] == 1.0
+    assert status["result"]["model_id"] == "base" and status["error"] is None
+    assert calls and calls[0]["event"].to_dict() == job["cost"]["event"]
+    spent = ledger.corpus_remaining()
+    # Charged at the ledger's admission bound (RDP at the cap's delta), looser than the PLD
+    # figure the noise was sized with; refunded never, since the model was published.
+    assert 0 < spent.spent_epsilon < 20.0 and spent.reserved == 0
+    admin_id = status["created_by"]
+    entries = [e for e in ledger.history(admin_id) if e.id == job["cost"]["reservation_id"]]
+    assert [e.status for e in entries] == ["committed"]
+
+
+def test_a_failed_training_is_reported_and_refunded(
+    client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_train(monkeypatch, fail=True)
+    ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
+    r = client.post("/v1/admin/training-jobs", json=TINY, headers=admin)
+    assert r.status_code == 201
+    status = client.get(f"/v1/jobs/{r.json['id']}", headers=admin).json
+    assert status["status"] == "failed" and "RuntimeError" in status["error"]
+    assert "user3" not in status["error"] and status["result"] is None
+    assert ledger.corpus_remaining().spent_epsilon == 0.0
+    assert client.get("/v1/models", headers=admin).json["active"] == "base"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"target_epsilon": 0},
+        {"target_epsilon": -1},
+        {"target_epsilon": 8, "delta": 1.5},
+        {"target_epsilon": 8, "steps": 0},
+        {"target_epsilon": 8, "steps": 2.5},
+        {"target_epsilon": 8, "trainable_layers": 7},
+        {"target_epsilon": 8, "private": False},
+        {"target_epsilon": 8, "delta": 0.5},  # >= 1 / n_senders: refused by the planner
+    ],
+)
+def test_training_job_validation(client: FlaskClient, admin: dict[str, str], body: Any) -> None:
+    r = client.post("/v1/admin/training-jobs", json=body, headers=admin)
+    assert r.status_code == 422, r.json
+
+
+def test_roles(jobs_app: Flask, client: FlaskClient, admin: dict[str, str]) -> None:
+    for role in ("analyst", "app"):
+        h = bearer(_key(jobs_app, role))
+        assert client.post("/v1/admin/training-jobs", json=TINY, headers=h).status_code == 403
+        assert client.get("/v1/models", headers=h).status_code == 403
+        assert client.post("/v1/admin/models/base/activate", headers=h).status_code == 403
+    assert client.get("/v1/jobs/trn_missing", headers=admin).status_code == 404
+    assert client.get("/v1/jobs?kind=mining", headers=admin).status_code == 422
+
+
+def test_models_list_and_activate(client: FlaskClient, admin: dict[str, str]) -> None:
+    body = client.get("/v1/models", headers=admin).json
+    assert body["active"] == "base" and [m["id"] for m in body["models"]] == ["base"]
+    r = client.post("/v1/admin/models/base/activate", headers=admin)
+    assert r.status_code == 200 and r.json["active"] == "base"
+    r = client.post("/v1/admin/models/m-20990101T000000Z-deadbeef/activate", headers=admin)
+    assert r.status_code == 404
+
+
+def test_real_tiny_training_over_http(
+    jobs_app: Flask, client: FlaskClient, admin: dict[str, str], ledger: SqlLedger
+) -> None:
+    """The done-when path: an admin starts a training job, watches it finish, activates the
+    model, and an app's embeddings now come from it."""
+    ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
+    r = client.post("/v1/admin/training-jobs", json={**TINY, "activate": False}, headers=admin)
+    assert r.status_code == 201, r.json
+    status = client.get(f"/v1/jobs/{r.json['id']}", headers=admin).json
+    assert status["status"] == "succeeded", status
+    model_id = status["result"]["model_id"]
+    assert model_id.startswith("m-") and status["result"]["epsilon"] <= 8.0 + 1e-6
+    assert model_id in [m["id"] for m in client.get("/v1/models", headers=admin).json["models"]]
+    assert client.post(f"/v1/admin/models/{model_id}/activate", headers=admin).status_code == 200
+    app_key = bearer(_key(jobs_app, "app"))
+    emb = client.post("/v1/embeddings", json={"texts": ["hello"]}, headers=app_key).json
+    assert emb["model_id"] == model_id and emb["dimensions"] == 384
