@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     create_engine,
     event,
+    text,
 )
 
 metadata = MetaData()
@@ -79,8 +80,20 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
 
 
+#: Key of the PostgreSQL advisory lock that serialises schema creation across processes.
+_SCHEMA_LOCK = 0x70727674  # "prvt"
+
+
 def init_db(engine: Engine) -> None:
-    """Create every table that does not exist yet (idempotent)."""
+    """Create every table that does not exist yet (idempotent, safe to race).
+
+    Every gunicorn worker calls this at start-up; on a fresh database their ``CREATE TABLE``
+    statements would collide, so creation runs in one transaction that holds the write lock
+    (SQLite ``BEGIN IMMEDIATE``) or an advisory lock (PostgreSQL).
+    """
     import service.ledger.tables  # noqa: F401 - adds the ledger and audit tables
 
-    metadata.create_all(engine)
+    with engine.connect().execution_options(immediate=True) as conn, conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        metadata.create_all(conn)
