@@ -135,8 +135,18 @@ def test_process_pool_gives_same_features(tmp_path: Path, monkeypatch) -> None:
     ingest_demo(tmp_path / "a", workers=2, limit=60)
     ingest_demo(tmp_path / "b", workers=1, limit=60)
     cols = "text, chars, tokens, sentiment_compound, sentiment_pos, sentiment_neu, sentiment_neg"
-    a = SnapshotStore(tmp_path / "a").connect().execute(f"SELECT {cols} FROM messages").fetchall()
-    b = SnapshotStore(tmp_path / "b").connect().execute(f"SELECT {cols} FROM messages").fetchall()
+    a = (
+        SnapshotStore(tmp_path / "a")
+        .connect()
+        .execute(f"SELECT {cols} FROM messages ORDER BY ALL")
+        .fetchall()
+    )
+    b = (
+        SnapshotStore(tmp_path / "b")
+        .connect()
+        .execute(f"SELECT {cols} FROM messages ORDER BY ALL")
+        .fetchall()
+    )
     assert a == b and len(a) == 60
 
 
@@ -233,8 +243,11 @@ def test_demo_slice(tmp_path: Path) -> None:
         "SELECT count(*), count(DISTINCT sender), count(DISTINCT conversation) FROM messages"
     ).fetchone()
     assert n == 500 and senders > 1 and convs > 1
-    first = conn.execute("SELECT text, rating_witty FROM messages LIMIT 1").fetchone()
-    assert first == ("Hello", "10")
+    # rows are stored by random rank, so look the first demo utterance up by content
+    first = conn.execute(
+        "SELECT count(*) FROM messages WHERE text = 'Hello' AND rating_witty = '10'"
+    ).fetchone()
+    assert first is not None and first[0] >= 1
 
 
 @pytest.mark.slow
