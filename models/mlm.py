@@ -76,7 +76,7 @@ def load_base(path: str | Path) -> tuple[MaskedLM, Any]:
     """The BertModel of a sentence-transformers directory + a fresh head, and its tokenizer."""
     path = Path(path)
     # keep the (unused, frozen) pooler so the saved directory loads without missing weights
-    bert = BertModel.from_pretrained(str(path))
+    bert = BertModel.from_pretrained(str(path), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     return MaskedLM(bert), tokenizer
 

@@ -1,0 +1,211 @@
+"""Quality and privacy audit of the fine-tuned encoder (one run trains both models).
+
+Trains, from the same public MiniLM and the same data (model_bench_data.py: the demo corpus
+minus the held-out conversations, plus canary senders), a sender-level DP model at
+``--epsilon`` and a non-private model with the same settings, then reports
+
+* next-turn retrieval on held-out conversations: for each (turn, next turn) pair, the query
+  turn's embedding ranks the 100 next turns of its pool (cosine, mean pooling + L2 norm as the
+  sentence-transformers model does); recall@10 and MRR for base, DP and non-private;
+* canary exposure (Carlini et al. 2019): each canary "my <word> code is d1 .. d6" was planted by
+  one sender, repeated ``reps`` times. With the six digits masked, the model's MLM head gives
+  log p(digit at i); a candidate's score is the sum over the six positions (the masked joint
+  log-likelihood, a product of marginals: our stand-in for log-perplexity). Its rank among all
+  10^6 candidates gives exposure = log2(10^6) - log2(rank) (max 19.93 bits). Unplanted
+  reference secrets under the same prefixes give the no-memorisation baseline.
+
+    PYTHONPATH=. .venv/bin/python bench/model_bench_data.py --data-dir DATA
+    PYTHONPATH=. .venv/bin/python bench/bench_model_quality.py --steps 200 --batch 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+LOG2_SPACE = 6 * math.log2(10)
+
+
+@torch.no_grad()
+def embed(bert: Any, tok: Any, texts: list[str], device: torch.device, bs: int = 128) -> Any:
+    bert.eval()
+    out = []
+    for i in range(0, len(texts), bs):
+        enc = tok(
+            texts[i : i + bs], padding=True, truncation=True, max_length=256, return_tensors="pt"
+        ).to(device)
+        hidden = bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        mean = (hidden.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        out.append(F.normalize(mean, dim=-1).cpu())
+    return torch.cat(out)
+
+
+def retrieval(bert: Any, tok: Any, pairs: list[tuple[str, str]], device: torch.device) -> dict:
+    q = embed(bert, tok, [a for a, _ in pairs], device)
+    a = embed(bert, tok, [b for _, b in pairs], device)
+    hits, rr = [], []
+    for start in range(0, len(pairs), 100):
+        sims = q[start : start + 100] @ a[start : start + 100].T
+        ranks = (sims > sims.diag().unsqueeze(1)).sum(1) + 1  # rank of the true next turn
+        hits += (ranks <= 10).tolist()
+        rr += (1.0 / ranks.float()).tolist()
+    n = len(hits)
+    recall = sum(hits) / n
+    return {
+        "recall@10": recall,
+        "se": math.sqrt(recall * (1 - recall) / n),
+        "mrr": sum(rr) / n,
+        "queries": n,
+    }
+
+
+@torch.no_grad()
+def exposure(mlm: Any, tok: Any, prefix: str, digits: list[int], device: torch.device) -> float:
+    mlm.eval()
+    enc = tok(prefix + " " + " ".join([tok.mask_token] * len(digits)), return_tensors="pt")
+    ids = enc["input_ids"].to(device)
+    positions = (ids[0] == tok.mask_token_id).nonzero().flatten().unsqueeze(0)
+    logits = mlm(ids, enc["attention_mask"].to(device), positions)[0].float()
+    digit_ids = tok.convert_tokens_to_ids([str(d) for d in range(10)])
+    lp = torch.log_softmax(logits, -1)[:, digit_ids].cpu().double()  # [6, 10]
+    total = lp[0]
+    for row in lp[1:]:
+        total = (total.unsqueeze(-1) + row).reshape(-1)
+    score = sum(float(lp[i, d]) for i, d in enumerate(digits))
+    rank = int((total > score + 1e-12).sum()) + 1
+    return LOG2_SPACE - math.log2(rank)
+
+
+def audit(mlm: Any, tok: Any, data: dict, device: torch.device) -> dict:
+    planted = [
+        {"reps": c["reps"], "exposure": exposure(mlm, tok, c["prefix"], c["digits"], device)}
+        for c in data["canaries"]
+    ]
+    refs = [
+        exposure(mlm, tok, c["prefix"], r, device)
+        for c, r in zip(data["canaries"], data["references"], strict=True)
+    ]
+    return {"planted": planted, "references": refs}
+
+
+def main() -> None:
+    from mechanisms.accountant import Accountant
+    from models.mlm import load_base
+    from models.registry import base_model_path
+    from models.trainer import Trainer, pick_device
+    from models.training import TrainingConfig, default_delta, plan_training
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", type=Path, default=Path("bench/out/model_bench_data.pt"))
+    ap.add_argument("--base", type=Path, default=None)
+    ap.add_argument("--epsilon", type=float, default=8.0)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--nonprivate-lr", type=float, default=None)
+    ap.add_argument("--trainable-layers", type=int, default=2)
+    ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument("--max-grad-norm", type=float, default=1.0)
+    ap.add_argument("--pairs", type=int, default=None, help="use only the first N pairs")
+    ap.add_argument("--out", type=Path, default=Path("bench/out/model_quality.json"))
+    args = ap.parse_args()
+
+    data = torch.load(args.data, weights_only=False)
+    pairs = data["pairs"][: args.pairs] if args.pairs else data["pairs"]
+    base = args.base or base_model_path()
+    device = pick_device()
+    n = len(data["train"])
+    results: dict[str, Any] = {
+        "settings": {
+            **vars(args),
+            "data": str(args.data),
+            "base": str(base),
+            "n_senders": n,
+            "device": str(device),
+        }
+    }
+    for k in ("data", "out", "base"):
+        results["settings"][k] = str(results["settings"][k])
+    mlm, tok = load_base(base)
+    bert = mlm.bert.to(device)
+    results["base"] = {"retrieval": retrieval(bert, tok, pairs, device)}
+    print("base", results["base"], flush=True)
+    del mlm, bert
+    for kind in ("dp", "nonprivate"):
+        private = kind == "dp"
+        lr = args.lr if private or args.nonprivate_lr is None else args.nonprivate_lr
+        config = TrainingConfig(
+            target_epsilon=args.epsilon,
+            steps=args.steps,
+            expected_senders_per_batch=args.batch,
+            learning_rate=lr,
+            trainable_layers=args.trainable_layers,
+            senders_per_chunk=args.chunk,
+            max_grad_norm=args.max_grad_norm,
+            private=private,
+            seed=1,
+        )
+        event = plan_training(config, n_senders=n) if private else None
+        trainer = Trainer(config, base, seed=1, event=event)
+        t0 = time.perf_counter()
+        trainer.fit(data["train"])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        entry: dict[str, Any] = {
+            "train_s": time.perf_counter() - t0,
+            "engine": trainer.engine,
+            "lr": lr,
+        }
+        if event is not None:
+            delta = default_delta(n)
+            acc = Accountant([event])
+            entry |= {
+                "epsilon_pld": acc.epsilon(delta),
+                "epsilon_rdp": acc.epsilon(delta, method="rdp"),
+                "delta": delta,
+                "noise_multiplier": event.noise_multiplier,
+                "sampling_rate": event.sampling_rate,
+            }
+        entry["retrieval"] = retrieval(trainer.model.bert, tok, pairs, device)
+        entry["canaries"] = audit(trainer.model, tok, data, device)
+        results[kind] = entry
+        print(kind, json.dumps(entry), flush=True)
+        del trainer
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print_tables(results)
+
+
+def print_tables(r: dict) -> None:
+    print("\n| model | recall@10 (+- 1 se) | MRR | train s |")
+    print("| --- | --- | --- | --- |")
+    for kind in ("base", "dp", "nonprivate"):
+        ret = r[kind]["retrieval"]
+        print(
+            f"| {kind} | {ret['recall@10']:.3f} +- {ret['se']:.3f} | {ret['mrr']:.3f} | "
+            f"{r[kind].get('train_s', 0):.0f} |"
+        )
+    print("\n| model | canary reps | exposure bits (each canary) | unplanted references |")
+    print("| --- | --- | --- | --- |")
+    for kind in ("dp", "nonprivate"):
+        can = r[kind]["canaries"]
+        for reps in sorted({c["reps"] for c in can["planted"]}):
+            ex = [f"{c['exposure']:.1f}" for c in can["planted"] if c["reps"] == reps]
+            refs = ", ".join(f"{x:.1f}" for x in can["references"])
+            print(f"| {kind} | {reps} | {', '.join(ex)} | {refs} |")
+
+
+if __name__ == "__main__":
+    main()
