@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.queries.compute import AUTO_CAP_BUCKETS, CorpusQuery
-from service.queries.plan import Plan
+from service.queries.plan import EMBEDDING_KINDS, Plan
 from service.queries.release import (
     GROUPS_PER_SENDER,
     Part,
@@ -164,6 +164,11 @@ def _dispatch(
 ) -> dict[str, Any]:
     P = priced.parts
     kind = plan.kind
+    if kind in EMBEDDING_KINDS:
+        from service.queries.embeddings import EmbeddingQuery, answer
+
+        assert isinstance(q, EmbeddingQuery)
+        return answer(plan, priced, q, m, level, bias)
     if kind == "count":
         if plan.groups is not None and plan.groups.keys is None and plan.of == "senders":
             hw = half_width(P["selection"], level)
@@ -318,9 +323,9 @@ def _binned(
             for (k, _), v in zip(raw, vals, strict=True)
         ]
         return _pack(keys, rows)
-    v = np.maximum(vals[0], 0.0)
+    v = vals[0]
     width = (grid.upper - grid.lower) / nb
-    sims = np.maximum(vals[0] + simulate_noise(part, (BOOTSTRAP, nb)), 0.0)
+    sims = v + simulate_noise(part, (BOOTSTRAP, nb))
     alpha = (1.0 - level) / 2.0
     out = []
     for qv in plan.quantiles:
@@ -364,14 +369,20 @@ def simulate_noise(part: Part, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _cdf_quantile(hist: np.ndarray, edges: tuple[float, ...], qv: float) -> float:
-    total = float(hist.sum())
+    """The ``qv`` quantile read off a noisy histogram, interpolating within a bin.
+
+    The noisy counts are kept as they are (clipping each at zero would push mass into empty
+    bins and bias quantiles toward the middle); their running sum is made non-decreasing.
+    """
+    cum = np.maximum.accumulate(np.cumsum(hist, dtype=np.float64))
+    cum = np.maximum(cum, 0.0)
+    total = float(cum[-1])
     if total <= 0:
         return float((edges[0] + edges[-1]) / 2)
-    cum = np.cumsum(hist) / total
-    i = int(np.searchsorted(cum, qv))
-    i = min(i, len(hist) - 1)
+    target = qv * total
+    i = min(int(np.searchsorted(cum, target)), len(cum) - 1)
     prev = cum[i - 1] if i > 0 else 0.0
-    frac = 0.0 if hist[i] <= 0 else (qv - prev) / (cum[i] - prev)
+    frac = 0.0 if cum[i] <= prev else (target - prev) / (cum[i] - prev)
     return float(edges[i] + min(1.0, max(0.0, frac)) * (edges[i + 1] - edges[i]))
 
 
