@@ -120,6 +120,7 @@ def main() -> None:
     ap.add_argument("--max-grad-norm", type=float, default=1.0)
     ap.add_argument("--pairs", type=int, default=None, help="use only the first N pairs")
     ap.add_argument("--out", type=Path, default=Path("bench/out/model_quality.json"))
+    ap.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     args = ap.parse_args()
 
     data = torch.load(args.data, weights_only=False)
@@ -156,6 +157,7 @@ def main() -> None:
             max_grad_norm=args.max_grad_norm,
             private=private,
             seed=1,
+            amp=not args.no_amp,
         )
         event = plan_training(config, n_senders=n) if private else None
         trainer = Trainer(config, base, seed=1, event=event)

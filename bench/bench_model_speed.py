@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--trainable-layers", type=int, default=2)
     ap.add_argument("--engines", default="microbatch,opacus")
     ap.add_argument("--chunk", type=int, default=8, help="senders per chunk (opacus/non-private)")
+    ap.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     args = ap.parse_args()
 
     data = torch.load(args.data, weights_only=False)
@@ -56,6 +57,7 @@ def main() -> None:
             engine="microbatch" if name == "nonprivate" else name,
             private=name != "nonprivate",
             seed=0,
+            amp=not args.no_amp,
         )
         trainers[name] = Trainer(config, base, seed=0, event=event)
     n_params = sum(p.numel() for p in trainers["nonprivate"].params)
@@ -85,7 +87,8 @@ def main() -> None:
     print(
         f"device {dev}; batch {args.batch} senders = {n_msgs} messages, {n_tok} tokens; "
         f"trainable params {n_params:,} (top {args.trainable_layers} layers + MLM head); "
-        f"amp {'bf16' if device.type == 'cuda' else 'off'}; {args.rounds} rounds, medians"
+        f"amp {'bf16' if device.type == 'cuda' and not args.no_amp else 'off'}; "
+        f"{args.rounds} rounds, medians"
     )
     print("| step | median s | min s | x non-private |")
     print("| --- | --- | --- | --- |")
