@@ -49,13 +49,15 @@ def main() -> None:
     event = PrivacyEvent.subsampled_gaussian(noise_multiplier=1.0, sampling_rate=0.1, steps=100)
     device = pick_device()
     trainers = {}
-    for name in ["nonprivate", *args.engines.split(",")]:
+    # "nonprivate": chunks of --chunk senders in one backward (the default non-private step);
+    # "nonprivate-1": one sender per backward (the same padding as the microbatch DP engine)
+    for name in ["nonprivate", "nonprivate-1", *args.engines.split(",")]:
         config = TrainingConfig(
             trainable_layers=args.trainable_layers,
             expected_senders_per_batch=args.batch,
-            senders_per_chunk=args.chunk,
-            engine="microbatch" if name == "nonprivate" else name,
-            private=name != "nonprivate",
+            senders_per_chunk=1 if name == "nonprivate-1" else args.chunk,
+            engine="microbatch" if name.startswith("nonprivate") else name,
+            private=not name.startswith("nonprivate"),
             seed=0,
             amp=not args.no_amp,
         )
@@ -67,7 +69,7 @@ def main() -> None:
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         sync()
         t0 = time.perf_counter()
-        if name == "nonprivate":
+        if name.startswith("nonprivate"):
             trainer.nonprivate_step(batch)
         else:
             trainer.dp_step(batch)
