@@ -188,6 +188,9 @@ from service.cli_admin import COMMANDS as _ADMIN_COMMANDS  # noqa: E402 - needs 
 
 for _command in _ADMIN_COMMANDS:
     main.add_command(_command)
+from service.cli_models import embed_corpus  # noqa: E402 - needs pass_ctx above
+
+main.add_command(embed_corpus)
 
 from service.cli_worker import worker as _worker  # noqa: E402 - needs pass_ctx above
 
