@@ -52,6 +52,10 @@ def _group_expr(plan: Plan) -> str | None:
 class CorpusQuery:
     """Builds and runs the bounded SQL for one plan on one DuckDB cursor."""
 
+    #: The relation the messages are read from (a subclass may add columns, e.g. the parquet
+    #: row number for aggregate-embedding queries).
+    source = "messages"
+
     def __init__(self, cursor: duckdb.DuckDBPyConnection, plan: Plan) -> None:
         self.cur = cursor
         self.plan = plan
@@ -87,7 +91,7 @@ class CorpusQuery:
     def filtered(self, columns: str) -> tuple[str, list[Any]]:
         """SQL for the filtered messages (no cap)."""
         where = " AND ".join(self._where) or "TRUE"
-        return f"SELECT {columns} FROM messages WHERE {where}", list(self._params)
+        return f"SELECT {columns} FROM {self.source} WHERE {where}", list(self._params)
 
     def capped(self, columns: str, max_messages: int) -> tuple[str, list[Any]]:
         """SQL for the filtered messages, at most ``max_messages`` per sender.
@@ -96,11 +100,11 @@ class CorpusQuery:
         filtered messages of smallest random rank (a window over the filtered rows only).
         """
         if not self._where:
-            return f"SELECT {columns} FROM messages WHERE msg_rank < ?", [max_messages]
+            return f"SELECT {columns} FROM {self.source} WHERE msg_rank < ?", [max_messages]
         where = " AND ".join(self._where)
         sql = (
             f"SELECT {columns} FROM (SELECT *, row_number() OVER "
-            f"(PARTITION BY sender_id ORDER BY msg_rank) AS _rn FROM messages WHERE {where}) "
+            f"(PARTITION BY sender_id ORDER BY msg_rank) AS _rn FROM {self.source} WHERE {where}) "
             "WHERE _rn <= ?"
         )
         return sql, [*self._params, max_messages]

@@ -34,6 +34,12 @@ MAX_TIME_BUCKETS = 1000
 #: VADER's usual thresholds on the compound score.
 POSITIVE_AT = 0.05
 NEGATIVE_AT = -0.05
+#: Aggregate-embedding kinds (service/queries/embeddings.py).
+EMBEDDING_KINDS = ("mean_embedding", "topics")
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 and the versions trained from it
+EMBEDDING_GRID_BITS = 12  # coordinates are summed in integer units of 2**-12
+DEFAULT_CLUSTERS = 8
+DEFAULT_ITERATIONS = 5
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,10 @@ class Plan:
     level: float
     dry_run: bool
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # topics (aggregate embeddings); model_id is the model whose cached embeddings are used
+    clusters: int = DEFAULT_CLUSTERS
+    iterations: int = DEFAULT_ITERATIONS
+    model_id: str | None = None
 
     @property
     def needs_partition_selection(self) -> bool:
@@ -145,6 +155,12 @@ class Plan:
             "max_messages_per_sender": self.max_messages if self.max_messages else "auto",
             "confidence_level": self.level,
         }
+        if self.kind in EMBEDDING_KINDS:
+            # a different model gives a different answer: a new query, not a replay
+            d["model_id"] = self.model_id
+            if self.kind == "topics":
+                d["clusters"] = self.clusters
+                d["iterations"] = self.iterations
         if self.groups is not None:
             d["group_by"] = {
                 "column": self.groups.column,
@@ -236,6 +252,8 @@ def build_plan(req: dict[str, Any], *, metadata_columns: list[str]) -> Plan:
         max_messages=max_messages,
         level=req.get("confidence_level", 0.95),
         dry_run=req.get("dry_run", False),
+        clusters=req.get("clusters", DEFAULT_CLUSTERS),
+        iterations=req.get("iterations", DEFAULT_ITERATIONS),
     )
     if plan.accuracy is not None and kind not in ("count", "sum", "histogram", "top_terms"):
         raise APIError(

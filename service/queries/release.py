@@ -110,6 +110,10 @@ def _value_parts(plan: Plan, max_messages: int) -> list[Part]:
         return [Part("senders", math.sqrt(k) if gauss else float(k), 1.0)]
     if plan.kind in ("histogram", "quantiles"):
         return [Part("bins", float(m), 1.0)]
+    if plan.kind in ("mean_embedding", "topics"):
+        from service.queries.embeddings import embedding_parts  # derivations there
+
+        return embedding_parts(plan, m)
     assert grid is not None
     dev = float(grid.max_dev_q)
     if plan.kind == "sum":

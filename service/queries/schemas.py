@@ -20,6 +20,8 @@ KINDS = (
     "histogram",
     "top_terms",
     "sentiment",
+    "mean_embedding",
+    "topics",
 )
 FEATURES = (
     "chars",
@@ -159,6 +161,9 @@ class QuerySchema(StrictSchema):
     )
     bigrams = fields.Boolean(load_default=False)
     max_terms_per_sender = fields.Integer(validate=validate.Range(min=1, max=100))
+    # topics (DP k-means over message embeddings)
+    clusters = fields.Integer(validate=validate.Range(min=2, max=20))
+    iterations = fields.Integer(validate=validate.Range(min=1, max=20))
     # common
     group_by = fields.Nested(GroupBySchema)
     filters = fields.Nested(FiltersSchema, load_default=dict)
@@ -194,6 +199,12 @@ class QuerySchema(StrictSchema):
             if data.get("bigrams"):
                 raise ValidationError("bigrams goes with top_terms", "bigrams")
         if kind in ("top_terms", "quantiles") and "group_by" in data:
+            raise ValidationError(f"{kind} does not take group_by", "group_by")
+        if kind != "topics":
+            for name in ("clusters", "iterations"):
+                if name in data:
+                    raise ValidationError(f"{name} goes with topics", name)
+        if kind in ("mean_embedding", "topics") and "group_by" in data:
             raise ValidationError(f"{kind} does not take group_by", "group_by")
         if kind != "count" and data.get("of", "messages") != "messages":
             raise ValidationError("of goes with count", "of")

@@ -6,6 +6,7 @@ validate (schema) -> plan -> price -> [run_charged: replay | dry run | reserve -
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -15,7 +16,8 @@ from service.charging import run_charged
 from service.errors import APIError
 from service.queries.answer import build_answer
 from service.queries.compute import CorpusQuery
-from service.queries.plan import build_plan
+from service.queries.embeddings import prepare
+from service.queries.plan import EMBEDDING_KINDS, build_plan
 from service.queries.release import half_width, price
 from service.queries.schemas import QuerySchema
 
@@ -42,6 +44,13 @@ def create_query() -> Response:
     if snapshot is None:
         raise APIError(503, "no_snapshot", "No corpus snapshot is live yet.")
     plan = build_plan(req, metadata_columns=list(snapshot.metadata_columns))
+    embedding = None
+    if plan.kind in EMBEDDING_KINDS:
+        # 409 when the embeddings are not built: decided before anything is charged
+        svc = current_app.extensions["privtext"]
+        cache = svc.extra.setdefault("vocabularies", {})
+        embedding = prepare(svc.settings.data_dir, snapshot, cache)
+        plan = dataclasses.replace(plan, model_id=embedding.model_id)
     priced = price(plan, max_messages=plan.max_messages)
     predicted = {
         name: {"half_width": half_width(p, plan.level), "sensitivity": p.sensitivity}
@@ -53,7 +62,8 @@ def create_query() -> Response:
     def compute() -> dict[str, Any]:
         info, cur = store.cursor(snapshot.id)
         try:
-            answer = build_answer(plan, priced, CorpusQuery(cur, plan))
+            q = CorpusQuery(cur, plan) if embedding is None else embedding.query(cur, plan)
+            answer = build_answer(plan, priced, q)
         finally:
             cur.close()
         return {"kind": plan.kind, **answer}

@@ -1,0 +1,342 @@
+"""Aggregate-embedding queries: a DP mean embedding and DP k-means topic centres.
+
+Per-message embeddings (``models/corpus_embeddings.py``) are an internal feature: they are read
+here, after the query is charged, and only noisy sums of them leave (through ``run_charged``).
+
+Contribution bounding (the privacy unit is the sender; neighbours differ in all messages of one
+sender). The selection of messages is exactly that of the other kinds (``CorpusQuery``: the
+filters, then at most ``m`` messages per sender by random rank), read with the parquet row
+number so that it indexes the cached vectors. Each selected message's vector ``x`` is
+
+1. clipped to the unit ball (``x / max(1, ||x||_2)``; non-finite coordinates become 0), then
+2. put on the grid of ``u = 2**-12`` by truncation toward zero, as integers ``q = trunc(x/u)``;
+   truncation only shrinks magnitudes, and the integer check ``sum(q**2) <= (1/u)**2`` is
+   enforced exactly, so ``||q||_2 <= 1/u``, and hence ``||q||_1 <= sqrt(d) ||q||_2 <=
+   ceil(sqrt(d)/u)``.
+
+Sums of ``q`` are exact int64 (no floating-point sensitivity surprises) and are noised as
+integer statistics, so the mechanisms add no rounding term.
+
+Sensitivities, in grid units (one sender adds or removes at most ``m`` vectors):
+
+- ``mean_embedding``: the vector sum ``S = sum q`` changes by at most ``m/u`` in L2 (Gaussian)
+  and ``m * ceil(sqrt(d)/u)`` in L1 (Laplace); the count by ``m``. The mean is ``S / count``,
+  post-processing.
+- ``topics`` (DP Lloyd / spherical k-means, Su et al. 2016 "Differentially private k-means
+  clustering"): in iteration t every selected message is assigned to the nearest current
+  centre, and the per-cluster sums ``(S_1, ..., S_k)`` are released as one k*d vector. The
+  centres are the previous iteration's noisy output (or public starting points), so this is
+  adaptive composition of T releases, each for fixed centres. One sender's messages land in
+  various clusters, but each message in exactly one, so the change of the whole k*d vector is
+  ``sqrt(sum_j ||D_j||^2) <= sum_j ||D_j|| <= sum over its messages ||q|| <= m/u`` in L2 and
+  ``<= m * ceil(sqrt(d)/u)`` in L1: no factor k. The final per-cluster counts change by ``m``
+  in L1 (and so at most ``m`` in L2).
+
+Cost: Laplace parts compose by basic composition (the shares of epsilon sum to at most the
+requested epsilon); Gaussian parts' rho add up (zCDP composition) and the event charged is the
+sum of the parts' rho. ``topics`` releases the sums T times and the counts once, at the end:
+a spherical k-means update needs only the direction of each noisy sum, so counts per
+iteration would spend budget on nothing the answer uses. The encoder is a fixed function here;
+if it was trained on the corpus, its own (separately accounted) DP release composes with this.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from service.errors import APIError
+from service.queries.compute import CorpusQuery
+from service.queries.plan import EMBEDDING_DIM, EMBEDDING_GRID_BITS, Plan
+from service.queries.release import Part, Priced, half_width, noisy
+
+UNITS_PER_ONE = 2**EMBEDDING_GRID_BITS  # 1/u
+#: ceil(sqrt(d)/u): the L1 bound of one quantised unit vector, in grid units.
+L1_PER_VECTOR = math.isqrt(EMBEDDING_DIM * UNITS_PER_ONE**2 - 1) + 1
+MEAN_COUNT_SHARE = 0.2  # the mean's direction needs the sum far more than the count
+TOPIC_COUNT_SHARE = 0.1
+SHARE_MARGIN = 1.0 - 1e-9  # shares sum to a hair under 1, whatever the float rounding
+MEAN_TERMS = 10
+TOPIC_TERMS = 8
+MEAN_DECIMALS = 5
+CHUNK_ROWS = 16_384
+#: A centre moves only when its noisy sum's norm exceeds this many times the noise's
+#: expected norm; otherwise it keeps its previous position (post-processing).
+RELIABLE_NORM = 2.0
+INIT_SAMPLE = 4096
+
+
+def vector_sensitivity(mechanism: str, max_messages: int) -> float:
+    """L2 (Gaussian) or L1 (Laplace) sensitivity of a sum of ``max_messages`` quantised unit
+    vectors, in grid units (see the module docstring)."""
+    if mechanism == "gaussian":
+        return float(max_messages * UNITS_PER_ONE)
+    return float(max_messages * L1_PER_VECTOR)
+
+
+def embedding_parts(plan: Plan, max_messages: int) -> list[Part]:
+    """The noisy releases of an aggregate-embedding plan and their shares of its cost."""
+    m = max_messages
+    vec = vector_sensitivity(plan.mechanism, m)
+    if plan.kind == "mean_embedding":
+        return [
+            Part("count", float(m), MEAN_COUNT_SHARE * SHARE_MARGIN),
+            Part("sum", vec, (1.0 - MEAN_COUNT_SHARE) * SHARE_MARGIN),
+        ]
+    per_iteration = (1.0 - TOPIC_COUNT_SHARE) / plan.iterations * SHARE_MARGIN
+    return [
+        Part("counts", float(m), TOPIC_COUNT_SHARE * SHARE_MARGIN),
+        *(Part(f"sums_{t}", vec, per_iteration) for t in range(1, plan.iterations + 1)),
+    ]
+
+
+def quantise(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` clipped to the unit ball and truncated to int64 grid units, each row with
+    ``sum(q**2) <= UNITS_PER_ONE**2`` checked exactly in integers."""
+    v = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    scale = UNITS_PER_ONE / np.maximum(norms, 1.0)
+    q = np.trunc(v * scale).astype(np.int64)
+    limit = UNITS_PER_ONE * UNITS_PER_ONE
+    over = (q * q).sum(axis=1) > limit
+    while over.any():  # float rounding left a norm a hair above 1: shrink toward zero
+        q[over] = np.trunc(q[over] * (1.0 - 2.0**-20)).astype(np.int64)
+        over = (q * q).sum(axis=1) > limit
+    return q
+
+
+class EmbeddingQuery(CorpusQuery):
+    """``CorpusQuery`` over the snapshot's parquet with row numbers, plus the cached vectors."""
+
+    def __init__(
+        self,
+        cursor: duckdb.DuckDBPyConnection,
+        plan: Plan,
+        *,
+        parquet: Path,
+        vectors: np.ndarray,
+        vocabulary: Any,
+    ) -> None:
+        super().__init__(cursor, plan)
+        quoted = str(Path(parquet).resolve()).replace("'", "''")
+        self.source = f"read_parquet('{quoted}', file_row_number=true)"
+        self.vectors = vectors
+        self.vocabulary = vocabulary
+
+    def positions(self, max_messages: int) -> np.ndarray:
+        """Parquet row numbers of the filtered, capped messages (sorted)."""
+        sql, params = self.capped("file_row_number AS _pos", max_messages)
+        res = self.cur.execute(f"SELECT _pos FROM ({sql}) ORDER BY _pos", params).fetchnumpy()
+        return np.asarray(res["_pos"], dtype=np.int64)
+
+    def _quantised(self, positions: np.ndarray):  # type: ignore[no-untyped-def]
+        for i in range(0, len(positions), CHUNK_ROWS):
+            yield quantise(self.vectors[positions[i : i + CHUNK_ROWS]])
+
+    def bounded_sum(self, max_messages: int) -> tuple[int, np.ndarray]:
+        """(count, exact int64 vector sum in grid units) of the capped messages."""
+        pos = self.positions(max_messages)
+        total = np.zeros(EMBEDDING_DIM, dtype=np.int64)
+        for q in self._quantised(pos):
+            total += q.sum(axis=0, dtype=np.int64)
+        return len(pos), total
+
+    def cluster_sums(
+        self, positions: np.ndarray, centres: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-cluster (counts, int64 vector sums) with each message in its nearest centre."""
+        k = centres.shape[0]
+        counts = np.zeros(k, dtype=np.int64)
+        sums = np.zeros((k, EMBEDDING_DIM), dtype=np.int64)
+        for q in self._quantised(positions):
+            nearest = np.argmax(q.astype(np.float64) @ centres.T, axis=1)
+            counts += np.bincount(nearest, minlength=k)
+            for j in np.unique(nearest):
+                sums[j] += q[nearest == j].sum(axis=0, dtype=np.int64)
+        return counts, sums
+
+
+# -- readiness (before any charge) ----------------------------------------------------------
+@dataclass
+class Prepared:
+    """What an aggregate-embedding query reads once charged."""
+
+    model_id: str
+    parquet: Path
+    vectors: np.ndarray
+    vocabulary: Any
+
+    def query(self, cursor: duckdb.DuckDBPyConnection, plan: Plan) -> EmbeddingQuery:
+        return EmbeddingQuery(
+            cursor, plan, parquet=self.parquet, vectors=self.vectors, vocabulary=self.vocabulary
+        )
+
+
+def prepare(
+    data_dir: str | os.PathLike[str], snapshot: Any, cache: dict[str, Any] | None = None
+) -> Prepared:
+    """The active model's cached embeddings of ``snapshot`` and its public vocabulary.
+
+    Raises APIError 409 ``embeddings_not_ready`` when either is missing: decided from the
+    presence of operator-built files only, before anything is charged or read.
+    """
+    from models import corpus_embeddings
+    from models.vocabulary import load_vocabulary
+
+    model = corpus_embeddings.active_model(data_dir)
+    vectors = corpus_embeddings.load(data_dir, snapshot.id, model.id)
+    vocab = (cache or {}).get(model.id) or load_vocabulary(data_dir, model.id)
+    if vocab is not None and cache is not None:
+        cache[model.id] = vocab
+    if vectors is None or vocab is None:
+        missing = [n for n, v in (("corpus", vectors), ("vocabulary", vocab)) if v is None]
+        raise APIError(
+            409,
+            "embeddings_not_ready",
+            "The message embeddings of the live snapshot for the active model are not built "
+            "yet; an operator runs `privtext embed-corpus`. Nothing was charged.",
+            {"model_id": model.id, "snapshot_id": snapshot.id, "missing": missing},
+        )
+    if vectors.shape[1] != EMBEDDING_DIM or vocab.dim != EMBEDDING_DIM:
+        raise APIError(
+            409,
+            "embeddings_not_ready",
+            f"The cached embeddings do not have {EMBEDDING_DIM} dimensions.",
+            {"model_id": model.id, "snapshot_id": snapshot.id},
+        )
+    return Prepared(model.id, snapshot.messages_path, vectors, vocab)
+
+
+# -- answers (inside run_charged's compute step) --------------------------------------------
+def release_vector(part: Part, sums_q: np.ndarray) -> np.ndarray:
+    """Noisy integer vector sum(s), same shape, as float64 grid units."""
+    return noisy(part, sums_q).reshape(np.shape(sums_q))
+
+
+def _terms(vocab: Any, vector: np.ndarray, k: int) -> list[dict[str, Any]]:
+    return [{"term": w, "cosine": round(c, 4)} for w, c in vocab.nearest(vector, k)]
+
+
+def answer(
+    plan: Plan, priced: Priced, q: EmbeddingQuery, m: int, level: float, bias: list[str]
+) -> dict[str, Any]:
+    bias.append(
+        "Each message's embedding is clipped to unit norm and truncated to multiples of "
+        f"2**-{EMBEDDING_GRID_BITS} per coordinate; nearest terms come from a fixed public word "
+        "list (the MiniLM tokenizer's whole words), never from the corpus."
+    )
+    if plan.kind == "mean_embedding":
+        return _mean(priced, q, m, level, bias)
+    return _topics(plan, priced, q, m, level, bias)
+
+
+def _mean(
+    priced: Priced, q: EmbeddingQuery, m: int, level: float, bias: list[str]
+) -> dict[str, Any]:
+    n, total = q.bounded_sum(m)
+    pc, ps = priced.parts["count"], priced.parts["sum"]
+    c = float(noisy(pc, [n])[0])
+    s = release_vector(ps, total) / UNITS_PER_ONE  # noisy sum, real units
+    hc = half_width(pc, level)
+    hs = half_width(ps, level) / UNITS_PER_ONE
+    mean = s / c if c >= 1 else None
+    coord_hw = None
+    norm = norm_debiased = None
+    if mean is not None:
+        if c - hc > 0:
+            corners = [(s + a * hs) / (c + b * hc) for a in (-1, 1) for b in (-1, 1)]
+            coord_hw = float(np.max(np.abs(np.stack(corners) - mean)))
+        norm = float(np.linalg.norm(mean))
+        noise_var = EMBEDDING_DIM * float(ps.mechanism.variance) / UNITS_PER_ONE**2 / c**2
+        norm_debiased = math.sqrt(max(0.0, norm * norm - noise_var))
+    bias.append(
+        "The mean is a noisy vector sum over a noisy count. Noise inflates its norm "
+        "(norm_debiased subtracts the noise's expected squared norm); coordinate intervals are "
+        "a conservative box over the sum and count, per coordinate, not simultaneous "
+        "(approximate)."
+    )
+    return {
+        "result": {
+            "count": {"value": c, "interval": [c - hc, c + hc]},
+            "dimensions": EMBEDDING_DIM,
+            "mean": None if mean is None else np.round(mean, MEAN_DECIMALS).tolist(),
+            "norm": norm,
+            "norm_debiased": norm_debiased,
+            "coordinate_half_width": coord_hw,
+            "nearest_terms": _terms(q.vocabulary, s, MEAN_TERMS),
+            "model_id": q.plan.model_id,
+        }
+    }
+
+
+def initial_centres(vocab: Any, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k unit vectors chosen from the public vocabulary's embeddings alone (k-means++ seeding
+    on a random sample of words); random directions if the vocabulary has fewer than k
+    words. Data-independent: nothing from the corpus is read."""
+    words = np.asarray(vocab.vectors, dtype=np.float64)
+    if len(words) > INIT_SAMPLE:
+        words = words[rng.choice(len(words), INIT_SAMPLE, replace=False)]
+    chosen: list[np.ndarray] = []
+    if len(words) >= k:
+        chosen.append(words[rng.integers(len(words))])
+        for _ in range(k - 1):
+            d2 = np.maximum(0.0, 1.0 - np.max(words @ np.stack(chosen).T, axis=1)) ** 2
+            p = d2 / d2.sum() if d2.sum() > 0 else None
+            chosen.append(words[rng.choice(len(words), p=p)])
+    while len(chosen) < k:
+        chosen.append(rng.standard_normal(EMBEDDING_DIM))
+    out = np.stack(chosen)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
+def _topics(
+    plan: Plan, priced: Priced, q: EmbeddingQuery, m: int, level: float, bias: list[str]
+) -> dict[str, Any]:
+    k, iterations = plan.clusters, plan.iterations
+    # public randomness for public starting points (not noise: no CSPRNG needed)
+    centres = initial_centres(q.vocabulary, k, np.random.default_rng())
+    pos = q.positions(m)
+    kept = np.zeros(k, dtype=np.int64)
+    for t in range(1, iterations + 1):
+        part = priced.parts[f"sums_{t}"]
+        _, sums = q.cluster_sums(pos, centres)
+        released = release_vector(part, sums)
+        noise_norm = math.sqrt(EMBEDDING_DIM * float(part.mechanism.variance))
+        norms = np.linalg.norm(released, axis=1)
+        move = norms > RELIABLE_NORM * noise_norm
+        centres[move] = released[move] / norms[move, None]
+        kept += ~move
+    counts, _ = q.cluster_sums(pos, centres)
+    pc = priced.parts["counts"]
+    noisy_counts = noisy(pc, counts)
+    hc = half_width(pc, level)
+    topics: list[dict[str, Any]] = [
+        {
+            "count": {"value": float(v), "interval": [float(v) - hc, float(v) + hc]},
+            "terms": _terms(q.vocabulary, centres[j], TOPIC_TERMS),
+            "updates_within_noise": int(kept[j]),
+        }
+        for j, v in enumerate(noisy_counts)
+    ]
+    topics.sort(key=lambda t: -t["count"]["value"])
+    bias.append(
+        "Noise and clamping make small clusters unreliable: a cluster's centre moves only when "
+        f"its noisy sum stands {RELIABLE_NORM:g} times above the noise's expected norm "
+        "(updates_within_noise counts the iterations where it did not), so a small cluster "
+        "may still sit near its public starting word and its terms say little about the data. "
+        "Centres start at public vocabulary embeddings; counts are of the last assignment."
+    )
+    return {
+        "result": {
+            "clusters": k,
+            "iterations": iterations,
+            "topics": topics,
+            "model_id": q.plan.model_id,
+        }
+    }
