@@ -49,6 +49,14 @@ def embed_corpus(
     except ModelNotFound as exc:
         raise click.ClickException(f"unknown model version {model_id}") from exc
 
+    from models.vocabulary import load_vocabulary
+
+    if (
+        corpus_embeddings.load(data_dir, snapshot.id, version.id) is not None
+        and load_vocabulary(data_dir, version.id) is not None
+    ):
+        click.echo(f"embeddings of {snapshot.id} with model {version.id} are built; nothing to do")
+        return
     encoder = corpus_embeddings.default_encoder(version, device)
     started = time.perf_counter()
     vocab = build_vocabulary(data_dir, version, encoder=encoder)

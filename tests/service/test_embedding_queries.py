@@ -407,3 +407,5 @@ def test_cli_embed_corpus(app: Flask, data_dir: Path, monkeypatch: pytest.Monkey
     snap = SnapshotStore(data_dir).live()
     assert snap is not None and load(data_dir, snap.id, "base") is not None
     assert load_vocabulary(data_dir, "base") is not None
+    again = CliRunner().invoke(main, ["--data-dir", str(data_dir), "embed-corpus"])
+    assert again.exit_code == 0 and "nothing to do" in again.output
