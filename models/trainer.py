@@ -7,6 +7,7 @@ one non-private step on the same model and batch (:meth:`Trainer.dp_step`,
 
 from __future__ import annotations
 
+import secrets
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -62,8 +63,15 @@ class Trainer:
         self.model: MaskedLM = model.to(self.device).train()
         self.params = self.model.trainable()
         self.optimizer = torch.optim.Adam(self.params, lr=config.learning_rate)
-        self.generator = torch.Generator().manual_seed(seed)  # sampling and masking
-        self.noise_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        # ``seed`` fixes the head's initialisation and the masking. For a private training the
+        # Poisson sampling and the noise are ALWAYS seeded from the OS CSPRNG: a known seed
+        # would let anyone replay the noise and the batches, and the guarantee would be void.
+        self.generator = torch.Generator().manual_seed(seed)  # masking
+        secret = config.private
+        sampling_seed = secrets.randbits(62) if secret else seed + 2
+        noise_seed = secrets.randbits(62) if secret else seed + 1
+        self.sampling_generator = torch.Generator().manual_seed(sampling_seed)
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(noise_seed)
         self.special_ids = set(self.tokenizer.all_special_ids)
         self.vocab_size = int(self.model.head.decoder.weight.shape[0])
         self.gsm: Any = None
@@ -194,7 +202,10 @@ class Trainer:
         """Poisson samples of sender indices (Opacus' sampler), ``config.steps`` of them."""
         q = min(1.0, self.config.expected_senders_per_batch / n_senders)
         return self._sampler_cls(
-            num_samples=n_senders, sample_rate=q, generator=self.generator, steps=self.config.steps
+            num_samples=n_senders,
+            sample_rate=q,
+            generator=self.sampling_generator,
+            steps=self.config.steps,
         )
 
     def fit(

@@ -17,9 +17,10 @@ Two ways to get the per-sender gradients, equal up to float rounding (tested):
   senders in one backward; they are summed per sender (``index_add``) and clipped. Memory grows
   with messages x trainable parameters, hence ``senders_per_chunk``. The GPU default.
 
-The noise comes from torch's generator (Philox on CUDA, Mersenne Twister on CPU) seeded from
-``secrets`` when no seed is given: not a CSPRNG, and floating-point noise (Opacus' secure_mode
-needs torchcsprng, which has no build for this torch). The manifest says so.
+The noise and the Poisson sampling come from torch's generators (Philox on CUDA, Mersenne Twister
+on CPU) seeded from ``secrets`` for every private training, whatever ``seed`` says (``seed`` fixes
+only the head's initialisation and the masking): not a CSPRNG, and floating-point noise
+(Opacus' secure_mode needs torchcsprng, which has no build for this torch). The manifest says so.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ PRIVACY_STATEMENT = (
     "to max_seq_len tokens) clipped as one unit to max_grad_norm; epsilon by privacy loss "
     "distributions (dp-accounting, Poisson-subsampled Gaussian). The number of senders sets the "
     "sampling rate and the default delta and is treated as public. Noise is floating-point "
-    "Gaussian from torch's generator seeded from the OS CSPRNG, not a cryptographic generator "
+    "Gaussian from torch's generator, and batches are drawn by torch's generator, both seeded "
+    "from the OS CSPRNG (never from the config's seed); torch's generators are not "
+    "cryptographic and floating-point noise is not hardened against precision attacks "
     "(Opacus secure_mode/torchcsprng is unavailable). Embeddings computed later from private "
     "text are not covered."
 )
@@ -71,7 +74,8 @@ class TrainingConfig:
     ``target_epsilon`` > 0; ``delta`` in (0, 1 / n_senders) or None for
     :func:`default_delta`; ``expected_senders_per_batch`` >= 1 (Poisson rate = it / n_senders);
     ``private=False`` trains without clipping or noise (benchmarks and baselines only; the API
-    never sets it).
+    never sets it). ``seed`` fixes the head's initialisation and the masking; for a private
+    training the batch sampling and the noise are seeded from the OS CSPRNG regardless.
     """
 
     target_epsilon: float = 8.0

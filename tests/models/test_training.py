@@ -76,8 +76,14 @@ def test_examples_are_one_bounded_sample_per_sender(tmp_path: Path) -> None:
 
 
 def test_poisson_batches_never_repeat_a_sender(tiny_config: TrainingConfig) -> None:
+    # private=False only so that the sampler is seeded here; the sampling code is the same
     config = TrainingConfig(
-        **{**tiny_config.to_dict(), "steps": 400, "expected_senders_per_batch": 10}
+        **{
+            **tiny_config.to_dict(),
+            "steps": 400,
+            "expected_senders_per_batch": 10,
+            "private": False,
+        }
     )
     trainer = Trainer(config, base_model_path(), seed=5, event=None)
     sizes = []
@@ -88,6 +94,23 @@ def test_poisson_batches_never_repeat_a_sender(tiny_config: TrainingConfig) -> N
     # Poisson sampling: variable sizes, mean q*n = 10 (sd of the mean 0.15: 5 sd tolerance)
     assert len(set(sizes)) > 5
     assert abs(sum(sizes) / len(sizes) - 10) < 0.75
+
+
+def test_private_sampling_and_noise_ignore_the_seed(tiny_config: TrainingConfig) -> None:
+    """A seed given through the API must not make a private training's batches or noise
+    predictable; it still makes a non-private baseline reproducible."""
+    config = TrainingConfig(
+        **{**tiny_config.to_dict(), "steps": 5, "expected_senders_per_batch": 50}
+    )
+    runs = []
+    for private in (True, True, False, False):
+        cfg = TrainingConfig(**{**config.to_dict(), "private": private})
+        t = Trainer(cfg, base_model_path(), seed=5, event=None)
+        runs.append(
+            ([sorted(map(int, b)) for b in t.batches(1000)], t.noise_generator.initial_seed())
+        )
+    assert runs[0][0] != runs[1][0] and runs[0][1] != runs[1][1]
+    assert runs[2] == runs[3]
 
 
 def _no_dropout(trainer: Trainer) -> None:
