@@ -100,8 +100,15 @@ def test_one_encoder_per_model_version(encoder: Encoder, tmp_path) -> None:  # t
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
-def test_cuda_fp16_close_to_cpu_fp32(encoder: Encoder) -> None:
-    gpu = Encoder(base_model_path(), device="cuda")
-    assert gpu.precision == "fp16"
-    cos = (gpu.encode(TEXTS) * encoder.encode(TEXTS)).sum(1)
+def test_cuda_close_to_cpu(encoder: Encoder) -> None:
+    fp16 = Encoder(base_model_path())
+    assert fp16.device.type == "cuda" and fp16.precision == "fp16"
+    assert (fp16.encode(TEXTS) * encoder.encode(TEXTS)).sum(1).min() > 0.9999
+    fp32 = Encoder(base_model_path(), device="cuda", precision="fp32")
+    np.testing.assert_allclose(fp32.encode(TEXTS), encoder.encode(TEXTS), atol=1e-5)
+
+
+def test_bf16_on_cpu_is_close(encoder: Encoder) -> None:
+    bf16 = Encoder(base_model_path(), device="cpu", precision="bf16")
+    cos = (bf16.encode(TEXTS) * encoder.encode(TEXTS)).sum(1)
     assert cos.min() > 0.999
