@@ -212,3 +212,19 @@ def test_tasks_run_inline_on_the_memory_queue(ctx: J.JobContext, tmp_path: Path)
     assert failed is not None and failed.status == "failed"
     assert "FileNotFoundError" in (failed.error or "")
     assert json.loads(json.dumps(failed.params)) == {"count": 1}
+
+
+def test_a_job_crosses_the_sqlite_queue_by_task_name(ctx: J.JobContext, tmp_path: Path) -> None:
+    """What the web process enqueues, another process's huey (the worker) runs: two queue
+    objects on the same SQLite file, the task found by its registered name."""
+    web = J.make_queue(J.make_huey("", tmp_path), lambda: ctx)
+    worker = J.make_queue(J.make_huey("", tmp_path), lambda: ctx)
+    job = J.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 2})
+    J.write_embedding_input(ctx, job.id, ["queued text", "another"])
+    web.enqueue_embedding(job.id)
+    assert J.get_job(ctx.engine, job.id).status == "queued"  # type: ignore[union-attr]
+    task = worker.huey.dequeue()
+    assert task is not None and task.name == "privtext.embedding" and task.args == (job.id,)
+    worker.huey.execute(task)
+    assert J.get_job(ctx.engine, job.id).status == "succeeded"  # type: ignore[union-attr]
+    assert worker.huey.dequeue() is None

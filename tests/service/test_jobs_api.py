@@ -183,3 +183,62 @@ def test_real_tiny_training_over_http(
     app_key = bearer(_key(jobs_app, "app"))
     emb = client.post("/v1/embeddings", json={"texts": ["hello"]}, headers=app_key).json
     assert emb["model_id"] == model_id and emb["dimensions"] == 384
+
+
+def test_worker_command(data_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from service.cli import main
+
+    runner = CliRunner()
+    r = runner.invoke(main, ["--data-dir", str(data_dir), "worker", "--help"])
+    assert r.exit_code == 0 and "huey consumer" in r.output
+    r = runner.invoke(main, ["--data-dir", str(data_dir), "worker"],
+                      env={"PRIVTEXT_QUEUE_URL": "memory://"})
+    assert r.exit_code != 0 and "memory://" in r.output
+
+
+def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_path: Path) -> None:
+    """The real consumer in its own process (as `make run` starts it) picks a job from the
+    SQLite queue, and stops on SIGINT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from dataclasses import replace
+
+    from models import jobs as J
+    from service.jobs import job_context, make_queue
+
+    settings = jobs_app.extensions["privtext"].settings
+    sqlite_settings = replace(settings, queue_url="")
+    engine = jobs_app.extensions["privtext"].engine
+    ctx = job_context(sqlite_settings, engine)
+    job = J.create_job(engine, kind="embedding", created_by="ap_x", params={"count": 1})
+    J.write_embedding_input(ctx, job.id, ["from another process"])
+    make_queue(sqlite_settings, engine).enqueue_embedding(job.id)
+
+    cli = Path(sys.executable).with_name("privtext")
+    env = {**os.environ, "PRIVTEXT_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    env.pop("PRIVTEXT_QUEUE_URL", None)
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([str(cli), "worker", "--workers", "1"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = J.get_job(engine, job.id)
+            if done is not None and done.status in J.FINAL:
+                break
+            time.sleep(0.5)
+        output = (tmp_path / "worker.log").read_text()
+        assert done is not None and done.status == "succeeded", output
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "worker.log").read_text()  # stopped cleanly
