@@ -32,6 +32,13 @@ def worker(ctx: Context, workers: int) -> None:
     if not settings.queue_url:
         for job_id in fail_interrupted(engine):
             click.echo(f"job {job_id} was running when the last worker stopped: failed", err=True)
+    # Staging directories left by a killed training or ingest (older than a day) are removed.
+    from models.registry import ModelRegistry
+    from service.corpus.store import SnapshotStore
+
+    for stale in [*ModelRegistry(settings.data_dir).clean_stale_tmp(),
+                  *SnapshotStore(settings.data_dir).clean_stale_tmp()]:
+        click.echo(f"removed stale staging directory {stale}", err=True)
     queue = make_queue(settings, engine)
     click.echo(f"worker: {workers} thread(s) on queue {settings.queue_url or 'sqlite'}", err=True)
     queue.huey.create_consumer(workers=max(1, workers), worker_type="thread").run()
