@@ -10,7 +10,8 @@ sentence-transformers module chain at run time) and encodes with:
   padded from the token ids;
 * ``torch.inference_mode()``, the process's torch thread count set once;
 * the device chosen automatically (CUDA when present); "auto" precision is fp16 autocast on
-  CUDA (measured on an H200, BENCHMARKS.md, "Embeddings throughput": median 0.65 s vs 0.79-0.87 s in fp32
+  CUDA (measured on an H200, BENCHMARKS.md "Embeddings throughput": median 0.65 s vs
+  0.79-0.87 s in fp32
   for 10,000 texts, cosine to fp32 >= 0.999999) and fp32 on the CPU, where bf16 autocast
   (opt-in) is about 2x faster on AVX512-BF16 but moves vectors by up to 3e-3 (cosine
   >= 0.9999).

@@ -47,7 +47,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def create_principal(engine: Engine, *, name: str, role: str, principal_id: str | None = None) -> str:
+def create_principal(
+    engine: Engine, *, name: str, role: str, principal_id: str | None = None
+) -> str:
     """Create a principal (admin or analyst) and return its id."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")

@@ -29,7 +29,8 @@ from service.ledger.sql import SqlLedger
 
 
 class HasId(Protocol):
-    id: str
+    @property
+    def id(self) -> str: ...
 
 
 def get_ledger() -> Ledger:

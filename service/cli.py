@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -31,7 +32,7 @@ class Context:
         return self._engine
 
 
-pass_ctx = click.make_pass_decorator(Context)
+pass_ctx: Callable[..., Any] = click.make_pass_decorator(Context)
 
 
 @click.group()
@@ -48,7 +49,9 @@ def main(ctx: click.Context, data_dir: str | None) -> None:
 @click.option("--if-missing", is_flag=True, help="Do nothing when a snapshot is already live.")
 @click.option("--workers", type=int, default=None, help="Processes for feature extraction.")
 @pass_ctx
-def ingest(ctx: Context, path: str | None, demo: bool, if_missing: bool, workers: int | None) -> None:
+def ingest(
+    ctx: Context, path: str | None, demo: bool, if_missing: bool, workers: int | None
+) -> None:
     """Ingest PATH (JSONL or CSV) or the demo corpus as a new snapshot, then make it live."""
     from service.corpus.ingest import IngestError, ingest_demo, ingest_file
     from service.corpus.store import SnapshotStore
@@ -155,7 +158,9 @@ def ensure_admin(ctx: Context) -> None:
         try:
             issue_key(ctx.engine, pid, token=given)
         except ValueError as exc:
-            raise click.ClickException("PRIVTEXT_ADMIN_KEY must look like ptk_<hex id>_<secret>") from exc
+            raise click.ClickException(
+                "PRIVTEXT_ADMIN_KEY must look like ptk_<hex id>_<secret>"
+            ) from exc
         click.echo("admin key taken from PRIVTEXT_ADMIN_KEY")
         return
     token = issue_key(ctx.engine, pid)
@@ -180,7 +185,6 @@ def serve(bind: str, workers: int | None) -> None:
         args += ["--workers", str(workers)]
     args.append("service.wsgi:app")
     os.execvp(args[0], args)
-
 
 
 # Ledger administration (analysts, budget, cap, audit): service/cli_admin.py.

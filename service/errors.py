@@ -109,7 +109,9 @@ def register_error_handlers(app: Flask) -> None:
         headers: dict[str, str] = {}
         if status == 405 and getattr(exc, "valid_methods", None):
             headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
-        return error_response(status, code, exc.description or code.replace("_", " "), None, headers)
+        return error_response(
+            status, code, exc.description or code.replace("_", " "), None, headers
+        )
 
     @app.errorhandler(Exception)
     def _unhandled(exc: Exception) -> Response:

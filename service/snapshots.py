@@ -13,7 +13,14 @@ from service.errors import APIError
 
 bp = Blueprint("snapshots", __name__)
 
-FEATURES = ["chars", "tokens", "sentiment_compound", "sentiment_pos", "sentiment_neu", "sentiment_neg"]
+FEATURES = [
+    "chars",
+    "tokens",
+    "sentiment_compound",
+    "sentiment_pos",
+    "sentiment_neu",
+    "sentiment_neg",
+]
 
 
 @bp.get("/v1/snapshots/live")

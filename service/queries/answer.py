@@ -137,7 +137,8 @@ def build_answer(plan: Plan, priced: Priced, q: CorpusQuery) -> dict[str, Any]:
 
 def _scale(part: Part) -> float:
     mech = part.mechanism
-    return float(getattr(mech, "scale", None) or getattr(mech, "sigma", 0.0))
+    value = getattr(mech, "scale", None) or getattr(mech, "sigma", None)
+    return float(value) if value is not None else 0.0
 
 
 def _keyed(keys: list[Any] | None, values: dict[Any, Any], default: Any) -> list[tuple[Any, Any]]:
@@ -394,11 +395,11 @@ def _top_terms(
     hw = half_width(part, level)
     if plan.terms:
         vals = noisy(part, [counts.get(t, 0) for t in plan.terms])
-        rows = [
+        rows: list[dict[str, Any]] = [
             {"term": t, "senders": float(v), "interval": _interval(float(v), hw)}
             for t, v in zip(plan.terms, vals, strict=True)
         ]
-        rows.sort(key=lambda r: -r["senders"])
+        rows.sort(key=lambda r: -float(r["senders"]))
         return {"result": {"terms": rows[: plan.k] if plan.k else rows}}
     names = list(counts)
     vals = noisy(part, [counts[t] for t in names]) if names else np.array([])

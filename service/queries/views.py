@@ -52,7 +52,7 @@ def create_query() -> Response:
         embedding = prepare(svc.settings.data_dir, snapshot, cache)
         plan = dataclasses.replace(plan, model_id=embedding.model_id)
     priced = price(plan, max_messages=plan.max_messages)
-    predicted = {
+    predicted: dict[str, Any] = {
         name: {"half_width": half_width(p, plan.level), "sensitivity": p.sensitivity}
         for name, p in priced.parts.items()
     }

@@ -21,10 +21,14 @@ def runner() -> CliRunner:
 
 
 def _run(runner: CliRunner, data_dir: Path, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-    return runner.invoke(main, ["--data-dir", str(data_dir), *args], env=env or {}, catch_exceptions=False)
+    return runner.invoke(
+        main, ["--data-dir", str(data_dir), *args], env=env or {}, catch_exceptions=False
+    )
 
 
-def test_ingest_then_if_missing_is_a_no_op(runner: CliRunner, data_dir: Path, corpus_file: Path) -> None:
+def test_ingest_then_if_missing_is_a_no_op(
+    runner: CliRunner, data_dir: Path, corpus_file: Path
+) -> None:
     res = _run(runner, data_dir, "ingest", str(corpus_file))
     assert res.exit_code == 0, res.output
     live = SnapshotStore(data_dir).live()
@@ -34,7 +38,9 @@ def test_ingest_then_if_missing_is_a_no_op(runner: CliRunner, data_dir: Path, co
     assert SnapshotStore(data_dir).live() == live
 
 
-def test_malformed_file_exits_1_with_file_line_reason(runner: CliRunner, data_dir: Path, tmp_path: Path) -> None:
+def test_malformed_file_exits_1_with_file_line_reason(
+    runner: CliRunner, data_dir: Path, tmp_path: Path
+) -> None:
     bad = tmp_path / "bad.jsonl"
     rows = make_messages(n_senders=2, per_sender=2)
     lines = [json.dumps(r) for r in rows]

@@ -55,13 +55,26 @@ KINDS: list[dict[str, Any]] = [
     {"kind": "quantiles", "feature": "chars", "quantiles": [0.5, 0.9]},
     {"kind": "histogram", "feature": "tokens", "bins": [0, 3, 6, 13]},
     {"kind": "count", "group_by": {"time": "hour_of_day"}},
-    {"kind": "mean", "feature": "chars", "group_by": {"metadata": "channel", "values": ["web", "app"]}},
+    {
+        "kind": "mean",
+        "feature": "chars",
+        "group_by": {"metadata": "channel", "values": ["web", "app"]},
+    },
     {"kind": "sentiment"},
-    {"kind": "sentiment", "group_by": {"time": "weekday"}, "filters": {"keywords": {"terms": ["refund"]}}},
+    {
+        "kind": "sentiment",
+        "group_by": {"time": "weekday"},
+        "filters": {"keywords": {"terms": ["refund"]}},
+    },
     {"kind": "top_terms", "terms": ["pizza", "refund", "nothere"]},
     {"kind": "count", "privacy": {"mechanism": "gaussian", "epsilon": 1.0, "delta": 1e-6}},
     {"kind": "count", "max_messages_per_sender": "auto"},
-    {"kind": "histogram", "feature": "chars", "bins": [0, 20, 40, 80], "privacy": {"accuracy": {"half_width": 40}}},
+    {
+        "kind": "histogram",
+        "feature": "chars",
+        "bins": [0, 20, 40, 80],
+        "privacy": {"accuracy": {"half_width": 40}},
+    },
 ]
 
 
@@ -69,7 +82,9 @@ KINDS: list[dict[str, Any]] = [
 def test_every_kind_answers_and_is_charged(app: Flask, body: dict[str, Any]) -> None:
     pid, token = _fund(app)
     before = _remaining(app, pid)
-    resp = app.test_client().post("/v1/queries", json=body, headers={"Authorization": f"Bearer {token}"})
+    resp = app.test_client().post(
+        "/v1/queries", json=body, headers={"Authorization": f"Bearer {token}"}
+    )
     assert resp.status_code == 200, resp.get_json()
     out = resp.get_json()
     assert out["replay"] is False and out["dry_run"] is False
@@ -83,7 +98,9 @@ def test_every_kind_answers_and_is_charged(app: Flask, body: dict[str, Any]) -> 
 
 
 def test_answers_carry_no_raw_rows(post: Post) -> None:
-    text = post({"kind": "count", "group_by": {"metadata": "channel", "values": ["web"]}}).get_data(as_text=True)
+    text = post({"kind": "count", "group_by": {"metadata": "channel", "values": ["web"]}}).get_data(
+        as_text=True
+    )
     for forbidden in ("user0", "conv0", "refund terrible"):
         assert forbidden not in text
 
@@ -128,7 +145,10 @@ BAD = [
     ({"kind": "count", "privacy": {"epsilon": float("inf")}}, None),
     ({"kind": "top_terms", "k": 100000}, "k"),
     ({"kind": "histogram", "feature": "chars", "bins": [3, 2, 1]}, "bins"),
-    ({"kind": "count", "group_by": {"metadata": "undeclared_col", "values": ["x"]}}, "group_by.metadata"),
+    (
+        {"kind": "count", "group_by": {"metadata": "undeclared_col", "values": ["x"]}},
+        "group_by.metadata",
+    ),
     ({"kind": "count", "surprise": 1}, "surprise"),
     ({"kind": "count", "group_by": {"time": "day"}}, "group_by"),
     ({"kind": "count", "privacy": {"delta": 1e-6}}, "privacy"),
@@ -175,7 +195,8 @@ def test_no_answer_without_a_charge(app: Flask, monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(views, "CorpusQuery", spy)
     resp = app.test_client().post(
-        "/v1/queries", json={"kind": "count", "privacy": {"epsilon": 1.0}},
+        "/v1/queries",
+        json={"kind": "count", "privacy": {"epsilon": 1.0}},
         headers={"Authorization": f"Bearer {token}"},
     )
     assert resp.status_code == 409
@@ -187,7 +208,9 @@ def test_no_answer_without_a_charge(app: Flask, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_admins_cannot_query(client: FlaskClient, admin_token: str) -> None:
-    resp = client.post("/v1/queries", json={"kind": "count"}, headers={"Authorization": f"Bearer {admin_token}"})
+    resp = client.post(
+        "/v1/queries", json={"kind": "count"}, headers={"Authorization": f"Bearer {admin_token}"}
+    )
     assert resp.status_code == 403
 
 
@@ -198,8 +221,13 @@ def heavy_app(tmp_path: Path):  # type: ignore[no-untyped-def]
     for i, r in enumerate(rows):
         r["text"] = f"pizza {('ok', 'fine', 'great')[i % 3]}"
     rows += [
-        {"sender": "heavy", "conversation": "c-heavy", "timestamp": "2024-01-05T10:00:00+00:00",
-         "text": "zzsecretphrase again", "channel": "web"}
+        {
+            "sender": "heavy",
+            "conversation": "c-heavy",
+            "timestamp": "2024-01-05T10:00:00+00:00",
+            "text": "zzsecretphrase again",
+            "channel": "web",
+        }
         for _ in range(2000)
     ]
     data = tmp_path / "hd"
@@ -213,8 +241,11 @@ def test_per_sender_cap_is_applied(heavy_app: Flask) -> None:
     _, token = _fund(heavy_app)
     c = heavy_app.test_client()
     h = {"Authorization": f"Bearer {token}"}
-    out = c.post("/v1/queries", json={"kind": "count", "max_messages_per_sender": 4,
-                                      "privacy": {"epsilon": 10}}, headers=h).get_json()
+    out = c.post(
+        "/v1/queries",
+        json={"kind": "count", "max_messages_per_sender": 4, "privacy": {"epsilon": 10}},
+        headers=h,
+    ).get_json()
     # 301 senders x at most 4 messages = 1204; without the cap it would be 3200.
     # Laplace scale 0.4: |noise| < 10 with probability 1 - e^-25.
     assert out["result"]["value"] == pytest.approx(1204, abs=10)
@@ -226,8 +257,12 @@ def test_partition_threshold_hides_one_senders_term(heavy_app: Flask) -> None:
     h = {"Authorization": f"Bearer {token}"}
     seen_pizza = 0
     for i in range(20):
-        body = {"kind": "top_terms", "k": 5 + i % 5, "max_terms_per_sender": 3,
-                "privacy": {"epsilon": 2.0 + i / 100, "delta": 1e-6}}
+        body = {
+            "kind": "top_terms",
+            "k": 5 + i % 5,
+            "max_terms_per_sender": 3,
+            "privacy": {"epsilon": 2.0 + i / 100, "delta": 1e-6},
+        }
         out = c.post("/v1/queries", json=body, headers=h).get_json()
         terms = [t["term"] for t in out["result"]["terms"]]
         assert "zzsecretphrase" not in terms
