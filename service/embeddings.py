@@ -27,6 +27,7 @@ from models import jobs as jobstore
 from models.encoder import get_encoder
 from service import ratelimit
 from service.auth import current_principal, require
+from service.body import json_body
 from service.errors import APIError
 from service.jobs import (
     active_model,
@@ -34,7 +35,6 @@ from service.jobs import (
     get_context,
     get_queue,
     job_view,
-    json_body,
     visible_job,
 )
 from service.schemas_jobs import EmbeddingJobRequest, EmbeddingsRequest
@@ -124,21 +124,31 @@ def get_embedding_job(job_id: str) -> Response:
 def get_embedding_result(job_id: str) -> Any:
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "npy"):
-        raise APIError(422, "validation_error", "The request is not valid.",
-                       {"format": ["must be json or npy"]})
+        raise APIError(
+            422,
+            "validation_error",
+            "The request is not valid.",
+            {"format": ["must be json or npy"]},
+        )
     job = visible_job(job_id, kind="embedding")
     ctx = get_context()
     jobstore.sweep_expired(ctx)
     job = jobstore.get_job(ctx.engine, job.id) or job
     if job.status != "succeeded":
-        raise APIError(409, "job_not_finished",
-                       f"The job is {job.status}; its result is not available.")
+        raise APIError(
+            409, "job_not_finished", f"The job is {job.status}; its result is not available."
+        )
     path = jobstore.result_path(ctx, job)
     if path is None:
         raise APIError(410, "result_expired", "The job's result has expired and was deleted.")
     if fmt == "npy":
-        return send_file(path, mimetype="application/octet-stream", as_attachment=True,
-                         download_name=f"{job.id}.npy", max_age=0)
+        return send_file(
+            path,
+            mimetype="application/octet-stream",
+            as_attachment=True,
+            download_name=f"{job.id}.npy",
+            max_age=0,
+        )
     import numpy as np
 
     vectors = np.load(path)

@@ -22,6 +22,7 @@ from flask.blueprints import BlueprintSetupState
 from models import jobs as jobstore
 from service import ratelimit
 from service.auth import current_principal, require
+from service.body import json_body
 from service.config import Settings
 from service.errors import APIError
 from service.schemas_jobs import TrainingJobRequest
@@ -116,8 +117,10 @@ def job_view(job: jobstore.Job) -> dict[str, Any]:
         "params": job.params,
         "result": job.result,
     }
-    if job.kind == "embedding" and job.status == "succeeded" and not (job.result or {}).get(
-        "expired"
+    if (
+        job.kind == "embedding"
+        and job.status == "succeeded"
+        and not (job.result or {}).get("expired")
     ):
         view["result_url"] = f"/v1/embedding-jobs/{job.id}/result"
     return view
@@ -134,15 +137,6 @@ def visible_job(job_id: str, kind: str | None = None) -> jobstore.Job:
     ):
         raise APIError(404, "not_found", "No job with this id.")
     return job
-
-
-def json_body() -> dict[str, Any]:
-    if not request.is_json:
-        raise APIError(415, "unsupported_media_type", "Send the body as application/json.")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise APIError(400, "bad_request", "The body must be a JSON object.")
-    return body
 
 
 # -- training jobs -----------------------------------------------------------------------
@@ -220,8 +214,12 @@ def list_jobs() -> Response:
     principal = current_principal()
     kind = request.args.get("kind")
     if kind is not None and kind not in jobstore.KINDS:
-        raise APIError(422, "validation_error", "The request is not valid.",
-                       {"kind": [f"must be one of {list(jobstore.KINDS)}"]})
+        raise APIError(
+            422,
+            "validation_error",
+            "The request is not valid.",
+            {"kind": [f"must be one of {list(jobstore.KINDS)}"]},
+        )
     found = jobstore.list_jobs(
         current_app.extensions["privtext"].engine,
         kind=kind,
@@ -246,9 +244,7 @@ def list_models() -> Response:
 
     registry = ModelRegistry(current_app.extensions["privtext"].settings.data_dir)
     active = registry.active()
-    return jsonify(
-        {"active": active.id, "models": [v.to_dict() for v in registry.list()]}
-    )
+    return jsonify({"active": active.id, "models": [v.to_dict() for v in registry.list()]})
 
 
 @bp.post("/v1/admin/models/<model_id>/activate")

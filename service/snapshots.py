@@ -10,17 +10,11 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from service.auth import require
 from service.errors import APIError
+from service.queries.schemas import FEATURES as QUERY_FEATURES
 
 bp = Blueprint("snapshots", __name__)
 
-FEATURES = [
-    "chars",
-    "tokens",
-    "sentiment_compound",
-    "sentiment_pos",
-    "sentiment_neu",
-    "sentiment_neg",
-]
+FEATURES = list(QUERY_FEATURES)
 
 
 @bp.get("/v1/snapshots/live")

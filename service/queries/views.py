@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 
 from service.auth import current_principal, require
+from service.body import json_body
 from service.charging import run_charged
 from service.errors import APIError
 from service.queries.answer import build_answer
@@ -25,20 +26,11 @@ bp = Blueprint("queries", __name__)
 _schema = QuerySchema()
 
 
-def _json_body() -> dict[str, Any]:
-    if not request.is_json:
-        raise APIError(415, "unsupported_media_type", "Send the query as application/json.")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise APIError(400, "bad_request", "The body must be a JSON object.")
-    return body
-
-
 @bp.post("/v1/queries")
 @require("analyst")
 def create_query() -> Response:
     principal = current_principal()
-    req = _schema.load(_json_body())
+    req = _schema.load(json_body())
     store = current_app.extensions["privtext"].corpus
     snapshot = store.live()
     if snapshot is None:
