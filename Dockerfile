@@ -13,6 +13,8 @@ COPY service ./service
 COPY mechanisms ./mechanisms
 COPY models ./models
 # service/openapi.yaml is a link to ../openapi.yaml in the repository; make it a file here.
+# Note: torch==2.13.0 from the default index on x86_64 Linux is the CUDA build (several GB);
+# for a CPU-only image, pre-install torch 2.13.0 from a CPU wheel index before this step.
 RUN rm -f service/openapi.yaml && cp openapi.yaml service/openapi.yaml \
  && pip install --upgrade pip && pip install .
 
@@ -33,4 +35,5 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=20s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
 # The first start ingests the bundled demo corpus if no snapshot exists and makes sure an
 # admin key exists (PRIVTEXT_ADMIN_KEY, or one printed once to the log).
+# (The job worker runs as its own container: `privtext worker`, see docker-compose.yml.)
 ENTRYPOINT ["/bin/sh", "-c", "privtext ingest --demo --if-missing && privtext ensure-admin && exec gunicorn --config python:service.gunicorn_conf service.wsgi:app"]
