@@ -212,6 +212,14 @@ def create_training_job() -> tuple[Response, int]:
 @require("admin", "analyst", "app")
 def list_jobs() -> Response:
     principal = current_principal()
+    unknown = sorted(set(request.args) - {"kind"})
+    if unknown:
+        raise APIError(
+            422,
+            "validation_error",
+            "The request is not valid.",
+            {name: ["Unknown field."] for name in unknown},
+        )
     kind = request.args.get("kind")
     if kind is not None and kind not in jobstore.KINDS:
         raise APIError(

@@ -242,3 +242,11 @@ def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_p
             proc.kill()
         log.close()
     assert proc.returncode == 0, (tmp_path / "worker.log").read_text()  # stopped cleanly
+
+
+def test_job_list_rejects_unknown_parameters(client: FlaskClient, admin: dict[str, str]) -> None:
+    assert client.get("/v1/jobs?kind=training", headers=admin).status_code == 200
+    bad = client.get("/v1/jobs?kind=nope", headers=admin)
+    assert bad.status_code == 422 and "kind" in bad.get_json()["errors"]
+    extra = client.get("/v1/jobs?surprise=1", headers=admin)
+    assert extra.status_code == 422 and "surprise" in extra.get_json()["errors"]
