@@ -17,3 +17,15 @@ def json_body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise APIError(400, "bad_request", "The body must be a JSON object.")
     return body
+
+
+def reject_unknown_args(*allowed: str) -> None:
+    """422 when the query string has a parameter the route does not take."""
+    unknown = sorted(set(request.args) - set(allowed))
+    if unknown:
+        raise APIError(
+            422,
+            "validation_error",
+            "The request is not valid.",
+            {name: ["Unknown field."] for name in unknown},
+        )

@@ -27,7 +27,7 @@ from models import jobs as jobstore
 from models.encoder import get_encoder
 from service import ratelimit
 from service.auth import current_principal, require
-from service.body import json_body
+from service.body import json_body, reject_unknown_args
 from service.errors import APIError
 from service.jobs import (
     active_model,
@@ -122,6 +122,7 @@ def get_embedding_job(job_id: str) -> Response:
 @bp.get("/v1/embedding-jobs/<job_id>/result")
 @require(*ROLES)
 def get_embedding_result(job_id: str) -> Any:
+    reject_unknown_args("format")
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "npy"):
         raise APIError(

@@ -22,7 +22,7 @@ from flask.blueprints import BlueprintSetupState
 from models import jobs as jobstore
 from service import ratelimit
 from service.auth import current_principal, require
-from service.body import json_body
+from service.body import json_body, reject_unknown_args
 from service.config import Settings
 from service.errors import APIError
 from service.schemas_jobs import TrainingJobRequest
@@ -212,14 +212,7 @@ def create_training_job() -> tuple[Response, int]:
 @require("admin", "analyst", "app")
 def list_jobs() -> Response:
     principal = current_principal()
-    unknown = sorted(set(request.args) - {"kind"})
-    if unknown:
-        raise APIError(
-            422,
-            "validation_error",
-            "The request is not valid.",
-            {name: ["Unknown field."] for name in unknown},
-        )
+    reject_unknown_args("kind")
     kind = request.args.get("kind")
     if kind is not None and kind not in jobstore.KINDS:
         raise APIError(
