@@ -16,7 +16,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["SenderExamples", "load_sender_examples", "count_senders", "collate"]
+__all__ = [
+    "SenderExamples",
+    "load_sender_examples",
+    "load_sender_pair_examples",
+    "count_senders",
+    "collate",
+]
 
 
 @dataclass
@@ -71,6 +77,71 @@ def load_sender_examples(
             last = sender
         examples[-1].append(list(seq))
     return SenderExamples(examples=examples, snapshot_id=info.id)
+
+
+def load_sender_pair_examples(
+    data_dir: str | os.PathLike[str],
+    tokenizer: Any,
+    *,
+    snapshot_id: str | None = None,
+    max_messages_per_sender: int,
+    max_seq_len: int,
+    exclude_conversations: list[int] | None = None,
+) -> SenderExamples:
+    """One example per sender for the contrastive objective: ``[a1, p1, a2, p2, ...]``.
+
+    A pair (a, p) is a message of the sender and the SAME sender's next message in the same
+    conversation (by ``ts``, ties by ``msg_rank``); never another sender's message (see
+    :mod:`models.contrastive` for why). Of a sender's pairs, those whose anchor has the lowest
+    ``msg_rank`` (uniformly random, content-independent) are kept, at most
+    ``max_messages_per_sender // 2``, so an example holds at most ``max_messages_per_sender``
+    sequences. Every sender of the snapshot has an example, in ``sender_id`` order like
+    :func:`load_sender_examples` (an empty one when they have no pair: a zero gradient), so the
+    number of examples is the public sender count the sampling rate was planned with.
+
+    ``exclude_conversations`` (benchmarks only) drops those conversations first, and the senders
+    seen only in them.
+    """
+    from service.corpus.store import SnapshotStore
+
+    max_pairs = max_messages_per_sender // 2
+    info, cur = SnapshotStore(data_dir).cursor(snapshot_id)
+    try:
+        source = "messages"
+        if exclude_conversations:
+            cur.execute(
+                "CREATE TEMP TABLE pair_source AS SELECT * FROM messages WHERE conversation_id "
+                "NOT IN (SELECT unnest(?::INTEGER[]))",
+                [list(exclude_conversations)],
+            )
+            source = "pair_source"
+        senders = [
+            r[0]
+            for r in cur.execute(
+                f"SELECT DISTINCT sender_id FROM {source} ORDER BY sender_id"
+            ).fetchall()
+        ]
+        rows = (
+            cur.execute(
+                "SELECT sender_id, text, next_text FROM ("
+                " SELECT sender_id, text, msg_rank, lead(text) OVER ("
+                "  PARTITION BY sender_id, conversation_id ORDER BY ts, msg_rank) AS next_text"
+                f" FROM {source}) WHERE next_text IS NOT NULL "
+                "QUALIFY row_number() OVER (PARTITION BY sender_id ORDER BY msg_rank) <= ? "
+                "ORDER BY sender_id, msg_rank",
+                [max_pairs],
+            ).fetchall()
+            if max_pairs
+            else []
+        )
+    finally:
+        cur.close()
+    texts = [t or "" for _s, a, b in rows for t in (a, b)]
+    ids = tokenizer(texts, truncation=True, max_length=max_seq_len)["input_ids"] if texts else []
+    by_sender: dict[Any, list[list[int]]] = {s: [] for s in senders}
+    for k, (sender, _a, _b) in enumerate(rows):
+        by_sender[sender] += [list(ids[2 * k]), list(ids[2 * k + 1])]
+    return SenderExamples(examples=[by_sender[s] for s in senders], snapshot_id=info.id)
 
 
 def collate(

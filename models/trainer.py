@@ -19,6 +19,12 @@ import torch.nn.functional as F
 
 from mechanisms.accountant import Accountant
 from mechanisms.events import PrivacyEvent
+from models.contrastive import (
+    embed_public_negatives,
+    mean_pool,
+    public_negative_texts,
+    sender_contrastive_losses,
+)
 from models.data import collate
 from models.mlm import MaskedLM, load_base, mask_tokens, save_sentence_transformer
 from models.training import PRIVACY_STATEMENT, TrainingCancelled, TrainingConfig
@@ -60,7 +66,21 @@ class Trainer:
             torch.manual_seed(seed)  # the new head's initialisation, reproducible
             model, self.tokenizer = load_base(self.base_dir)
         model.freeze(config.trainable_layers)
+        self.objective = config.objective
+        self.negatives: torch.Tensor | None = None
+        if self.objective == "contrastive":
+            # the MLM head is unused: only the top encoder layers train
+            for p in model.head.parameters():
+                p.requires_grad_(False)
         self.model: MaskedLM = model.to(self.device).train()
+        if self.objective == "contrastive":
+            # public words, embedded by the public base weights BEFORE any step: a constant
+            self.negatives = embed_public_negatives(
+                self.model.bert,
+                self.tokenizer,
+                public_negative_texts(config.public_negatives),
+                self.device,
+            )
         self.params = self.model.trainable()
         self.optimizer = torch.optim.Adam(self.params, lr=config.learning_rate)
         # ``seed`` fixes the head's initialisation and the masking. For a private training the
@@ -124,8 +144,47 @@ class Trainer:
         for t, g in zip(total, grads, strict=True):
             t.add_(g.float() * factor)
 
+    # -- the contrastive objective (models.contrastive) -------------------------------------
+    def _contrastive(
+        self, chunk: Sequence[Example]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(loss per sender [len(chunk)], pairs per sender, owner of each ROW) of a chunk, or
+        None when no sender of the chunk has a pair. An example is ``[a1, p1, a2, p2, ...]``;
+        similarities across senders are masked, so each sender's loss is its own."""
+        sequences: list[list[int]] = []
+        owner: list[int] = []
+        for i, example in enumerate(chunk):
+            k = len(example) // 2
+            sequences += [list(s) for s in example[: 2 * k]]
+            owner += [i] * k
+        if not owner:
+            return None
+        ids, attention, _special = collate(sequences, self.tokenizer.pad_token_id, set())
+        ids, attention = ids.to(self.device), attention.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            hidden = self.model.bert(input_ids=ids, attention_mask=attention).last_hidden_state
+        emb = mean_pool(hidden.float(), attention)
+        pair_owner = torch.tensor(owner, device=self.device)
+        losses, counts = sender_contrastive_losses(
+            emb[0::2],
+            emb[1::2],
+            pair_owner,
+            len(chunk),
+            self.negatives,
+            self.config.temperature,
+        )
+        return losses, counts, pair_owner.repeat_interleave(2)
+
     def _clipped_sum_microbatch(self, batch: Sequence[Example]) -> list[torch.Tensor]:
         total = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
+        if self.objective == "contrastive":
+            for example in batch:
+                out = self._contrastive([example])
+                if out is None:
+                    continue  # no pair: a zero gradient (still part of the batch)
+                grads = torch.autograd.grad(out[0].sum(), self.params)
+                self._clip_into(total, grads)
+            return total
         for example in batch:
             prepared = self._prepare([list(s) for s in example])
             losses = self._token_losses(self.model, prepared)
@@ -139,19 +198,33 @@ class Trainer:
     def _clipped_sum_opacus(self, batch: Sequence[Example]) -> list[torch.Tensor]:
         total = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         for chunk in self._chunks(batch):
-            sequences = [list(s) for ex in chunk for s in ex]
-            if not sequences:
-                continue
-            owner = torch.tensor([i for i, ex in enumerate(chunk) for _ in ex], device=self.device)
-            prepared = self._prepare(sequences)
-            labels = prepared[3]
-            per_msg = (labels != -100).sum(1).float()
-            per_sender = torch.zeros(len(chunk), device=self.device).index_add_(0, owner, per_msg)
-            weight = 1.0 / per_sender.clamp(min=1.0)  # sender mean over its masked tokens
-            losses = self._token_losses(self.gsm, prepared)
+            if self.objective == "contrastive":
+                # bert's modules carry the GradSampleModule hooks: per-row gradients of the
+                # sum of sender losses; summed per sender they are each sender's gradient
+                # (a row's loss terms all belong to its own sender)
+                out = self._contrastive(chunk)
+                if out is None:
+                    continue
+                loss, owner = out[0].sum(), out[2]
+            else:
+                sequences = [list(s) for ex in chunk for s in ex]
+                if not sequences:
+                    continue
+                owner = torch.tensor(
+                    [i for i, ex in enumerate(chunk) for _ in ex], device=self.device
+                )
+                prepared = self._prepare(sequences)
+                labels = prepared[3]
+                per_msg = (labels != -100).sum(1).float()
+                per_sender = torch.zeros(len(chunk), device=self.device).index_add_(
+                    0, owner, per_msg
+                )
+                weight = 1.0 / per_sender.clamp(min=1.0)  # sender mean over its masked tokens
+                losses = self._token_losses(self.gsm, prepared)
+                loss = (losses.sum(1) * weight[owner]).sum()
             with warnings.catch_warnings():  # frozen embeddings: no input needs a gradient
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                (losses.sum(1) * weight[owner]).sum().backward()
+                loss.backward()
             sums = []
             for p in self.params:
                 gs = p.grad_sample.float()  # type: ignore[attr-defined]
@@ -185,6 +258,11 @@ class Trainer:
         """One ordinary step: mean over senders of each sender's mean token loss."""
         n = max(1, len(batch))
         for chunk in self._chunks(batch):
+            if self.objective == "contrastive":
+                out = self._contrastive(chunk)
+                if out is not None:
+                    (out[0].sum() / n).backward()
+                continue
             sequences = [list(s) for ex in chunk for s in ex]
             if not sequences:
                 continue

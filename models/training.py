@@ -1,4 +1,10 @@
-"""Sender-level DP fine-tuning of the public MiniLM encoder with masked-token prediction.
+"""Sender-level DP fine-tuning of the public MiniLM encoder.
+
+Two objectives (``TrainingConfig.objective``): ``"mlm"``, masked-token prediction (described
+below), and ``"contrastive"``, a sender-local InfoNCE loss between a sender's own consecutive
+messages with negatives only from that sender and from fixed public word embeddings; see
+:mod:`models.contrastive` for why its loss, too, depends on one sender's data only, so the
+clipping, sampling, noise and accounting below are unchanged.
 
 Privacy unit: the sender. One training example = one sender's bounded sample of messages
 (:mod:`models.data`); its loss is the mean masked-token cross-entropy over that sender's masked
@@ -48,13 +54,17 @@ __all__ = [
 ]
 
 ENGINES = ("auto", "microbatch", "opacus")
+OBJECTIVES = ("mlm", "contrastive")
 PRIVACY_STATEMENT = (
     "Sender-level (epsilon, delta)-DP for the fine-tuned weights: two corpora are neighbours when "
     "they differ in all messages of one sender. DP-SGD with Poisson sampling of senders, each "
-    "sender's bounded sample (messages with msg_rank < max_messages_per_sender, each truncated "
-    "to max_seq_len tokens) clipped as one unit to max_grad_norm; epsilon by privacy loss "
-    "distributions (dp-accounting, Poisson-subsampled Gaussian). The number of senders sets the "
-    "sampling rate and the default delta and is treated as public. Noise is floating-point "
+    "sender's bounded sample (objective 'mlm': messages with msg_rank < max_messages_per_sender; "
+    "objective 'contrastive': up to max_messages_per_sender // 2 pairs of the sender's own "
+    "consecutive messages in one conversation, the anchors of lowest msg_rank, with negatives "
+    "only from the same sender's pairs and from fixed public word embeddings; each message "
+    "truncated to max_seq_len tokens) clipped as one unit to max_grad_norm; epsilon by privacy "
+    "loss distributions (dp-accounting, Poisson-subsampled Gaussian). The number of senders sets "
+    "the sampling rate and the default delta and is treated as public. Noise is floating-point "
     "Gaussian from torch's generator, and batches are drawn by torch's generator, both seeded "
     "from the OS CSPRNG (never from the config's seed); torch's generators are not "
     "cryptographic and floating-point noise is not hardened against precision attacks "
@@ -76,6 +86,12 @@ class TrainingConfig:
     ``private=False`` trains without clipping or noise (benchmarks and baselines only; the API
     never sets it). ``seed`` fixes the head's initialisation and the masking; for a private
     training the batch sampling and the noise are seeded from the OS CSPRNG regardless.
+
+    ``objective``: ``"mlm"`` (masked-token prediction over the sender's messages) or
+    ``"contrastive"`` (sender-local InfoNCE between the sender's own consecutive messages, see
+    :mod:`models.contrastive`; needs ``trainable_layers`` >= 1). ``temperature`` and
+    ``public_negatives`` (how many public vocabulary words serve as fixed negatives) apply to
+    the contrastive objective only.
     """
 
     target_epsilon: float = 8.0
@@ -93,6 +109,9 @@ class TrainingConfig:
     amp: bool = True
     private: bool = True
     seed: int | None = None
+    objective: str = "mlm"
+    temperature: float = 0.05
+    public_negatives: int = 256
 
     def validate(self) -> TrainingConfig:
         check_positive("target_epsilon", self.target_epsilon)
@@ -118,6 +137,21 @@ class TrainingConfig:
             raise InvalidParameterError("trainable_layers must be in [0, 6]")
         if self.engine not in ENGINES:
             raise InvalidParameterError(f"engine must be one of {ENGINES}")
+        if self.objective not in OBJECTIVES:
+            raise InvalidParameterError(
+                f"objective must be one of {OBJECTIVES}, got {self.objective!r}"
+            )
+        check_positive("temperature", self.temperature)
+        pn = self.public_negatives
+        if isinstance(pn, bool) or not isinstance(pn, int) or pn < 0:
+            raise InvalidParameterError(f"public_negatives must be an integer >= 0, got {pn!r}")
+        if self.objective == "contrastive":
+            if self.trainable_layers < 1:
+                raise InvalidParameterError("the contrastive objective needs trainable_layers >= 1")
+            if self.max_messages_per_sender < 2:
+                raise InvalidParameterError(
+                    "the contrastive objective needs max_messages_per_sender >= 2 (one pair)"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,7 +253,7 @@ def train(
     (TrainingCancelled). On any failure the staging directory is removed and nothing is
     published. Returns the :class:`~models.registry.ModelVersion`.
     """
-    from models.data import count_senders, load_sender_examples
+    from models.data import count_senders, load_sender_examples, load_sender_pair_examples
     from models.registry import ModelRegistry, base_model_path
     from models.trainer import Trainer, save_version
     from service.corpus.store import SnapshotStore
@@ -238,7 +272,10 @@ def train(
     try:
         seed = config.seed if config.seed is not None else secrets.randbits(62)
         trainer = Trainer(config, base_model_path(), seed=seed, event=planned)
-        data = load_sender_examples(
+        loader = (
+            load_sender_pair_examples if config.objective == "contrastive" else load_sender_examples
+        )
+        data = loader(
             data_dir,
             trainer.tokenizer,
             snapshot_id=info.id,
