@@ -131,7 +131,10 @@ def run_charged(
     try:
         released = dict(compute())
     except BaseException:
-        # Nothing left the process: the reservation may be returned.
+        # Nothing left the process: the reservation may be returned. Caution: if a failure
+        # could depend on the private data, the refund (and the error the analyst sees)
+        # would tell one bit about it; compute functions must fail only for data-independent
+        # reasons (the query code validates everything before reading the corpus).
         ledger.refund(reservation.id)
         audit.record(
             engine,
