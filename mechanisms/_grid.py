@@ -101,6 +101,20 @@ class GridMechanism:
             units = np.rint(scaled).astype(np.int64)
         return units, scalar
 
+    def _draw(self, size: int) -> np.ndarray:
+        """``size`` exact noise draws in grid units (each mechanism's own sampler)."""
+        raise NotImplementedError
+
+    def randomise(self, value: int | float | np.ndarray) -> int | float | np.ndarray:
+        """Noisy value(s) on the grid; same shape as ``value``.
+
+        Raises InvalidParameterError for a float value without a granularity, non-finite values,
+        or values beyond 2**52 grid units.
+        """
+        units, scalar = self._to_grid(value)
+        noise = self._draw(units.size)
+        return self._from_grid(units + noise.reshape(units.shape), scalar)
+
     def _from_grid(self, units: np.ndarray, scalar: bool) -> int | float | np.ndarray:
         if self.granularity is None:
             return int(units.reshape(-1)[0]) if scalar else units

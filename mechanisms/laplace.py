@@ -110,16 +110,10 @@ class LaplaceMechanism(GridMechanism):
         """
         return _quantile(self._p, check_level(level)) * self.unit + self.rounding_error
 
-    def randomise(self, value: int | float | np.ndarray) -> int | float | np.ndarray:
-        """Noisy value(s) on the grid; same shape as ``value``.
-
-        Raises InvalidParameterError for a float value without a granularity, non-finite values,
-        or values beyond 2**52 grid units.
-        """
-        units, scalar = self._to_grid(value)
-        noise = discrete_laplace(self._scale_units, units.size, rng=self._rng)
+    def _draw(self, size: int) -> np.ndarray:
+        noise = discrete_laplace(self._scale_units, size, rng=self._rng)
         assert isinstance(noise, np.ndarray)
-        return self._from_grid(units + noise.reshape(units.shape), scalar)
+        return noise
 
     def event(self) -> PrivacyEvent:
         """The privacy event to charge for one call of :meth:`randomise`."""
