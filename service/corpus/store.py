@@ -218,6 +218,17 @@ class SnapshotStore:
         return self.activate(snapshot_id) if activate else self.get(snapshot_id)
 
     # -- querying ------------------------------------------------------------------------
+    def _resolve(self, snapshot: str | SnapshotInfo | None) -> SnapshotInfo:
+        """The snapshot named by an id or an info; the live one for ``None``."""
+        if snapshot is None:
+            info = self.live()
+            if info is None:
+                raise SnapshotNotFound("no live snapshot")
+            return info
+        if isinstance(snapshot, SnapshotInfo):
+            return snapshot
+        return self.get(snapshot)
+
     def connect(self, snapshot: str | SnapshotInfo | None = None) -> duckdb.DuckDBPyConnection:
         """A new DuckDB connection with a read-only view ``messages`` over one snapshot.
 
@@ -227,14 +238,7 @@ class SnapshotStore:
         A DuckDB connection is not thread-safe: create one per process (see
         :meth:`cursor`) and give each thread its own ``conn.cursor()``.
         """
-        if snapshot is None:
-            info = self.live()
-            if info is None:
-                raise SnapshotNotFound("no live snapshot")
-        elif isinstance(snapshot, SnapshotInfo):
-            info = snapshot
-        else:
-            info = self.get(snapshot)
+        info = self._resolve(snapshot)
         parquet = str(info.messages_path.resolve())
         quoted = parquet.replace("'", "''")
         conn = duckdb.connect(":memory:")
@@ -259,14 +263,7 @@ class SnapshotStore:
         With ``snapshot=None`` the LIVE pointer is re-read on every call, so a switch takes
         effect on the next request.
         """
-        if snapshot is None:
-            info = self.live()
-            if info is None:
-                raise SnapshotNotFound("no live snapshot")
-        elif isinstance(snapshot, SnapshotInfo):
-            info = snapshot
-        else:
-            info = self.get(snapshot)
+        info = self._resolve(snapshot)
         with self._lock:
             if self._cache_pid != os.getpid():
                 self._cache = {}  # connections do not survive a fork
