@@ -69,6 +69,23 @@ def _budget(row: Any) -> Budget | None:
     return Budget(epsilon=row.epsilon, delta=row.delta)
 
 
+def _insert_reserved(
+    conn: Connection, rid: str, principal_id: str, event: PrivacyEvent
+) -> Reservation:
+    """Record a new reservation (inside the caller's locked transaction)."""
+    created = now()
+    conn.execute(
+        insert(ledger_entries).values(
+            id=rid,
+            principal_id=principal_id,
+            event=json.dumps(event.to_dict(), sort_keys=True),
+            status="reserved",
+            created_at=created,
+        )
+    )
+    return Reservation(rid, principal_id, event, created)
+
+
 class SqlLedger(Ledger):
     """A ledger in the service's state store, shared by every worker process and host."""
 
@@ -120,7 +137,6 @@ class SqlLedger(Ledger):
     def reserve(self, principal_id: str, event: PrivacyEvent) -> Reservation:
         new = Spend.of(event)  # priced before the lock: the transaction stays short
         rid = new_reservation_id()
-        created = now()
         with self._locked() as conn:
             brow = self._lock_budget(conn, principal_id)
             crow = self._lock_cap(conn)
@@ -144,21 +160,11 @@ class SqlLedger(Ledger):
                 .where(corpus_cap.c.id == CAP_ID)
                 .values(spend=_dump(corpus + new))
             )
-            conn.execute(
-                insert(ledger_entries).values(
-                    id=rid,
-                    principal_id=principal_id,
-                    event=json.dumps(event.to_dict(), sort_keys=True),
-                    status="reserved",
-                    created_at=created,
-                )
-            )
-        return Reservation(rid, principal_id, event, created)
+            return _insert_reserved(conn, rid, principal_id, event)
 
     def reserve_corpus(self, principal_id: str, event: PrivacyEvent) -> Reservation:
         new = Spend.of(event)
         rid = new_corpus_reservation_id()
-        created = now()
         with self._locked() as conn:
             crow = self._lock_cap(conn)
             cap, corpus = _budget(crow), _load(crow.spend)
@@ -171,16 +177,7 @@ class SqlLedger(Ledger):
                 .where(corpus_cap.c.id == CAP_ID)
                 .values(spend=_dump(corpus + new))
             )
-            conn.execute(
-                insert(ledger_entries).values(
-                    id=rid,
-                    principal_id=principal_id,
-                    event=json.dumps(event.to_dict(), sort_keys=True),
-                    status="reserved",
-                    created_at=created,
-                )
-            )
-        return Reservation(rid, principal_id, event, created)
+            return _insert_reserved(conn, rid, principal_id, event)
 
     def commit(self, reservation_id: str) -> None:
         with self.engine.begin() as conn:
