@@ -3,7 +3,14 @@
 The public all-MiniLM-L6-v2 package ships a ``BertModel`` without an MLM head. The head added
 here is BERT's: dense + GELU + LayerNorm, then a decoder whose weight is tied to the (frozen)
 word embeddings, plus a trainable output bias. Logits are computed only at the masked
-positions (gathered per message, so the batch dimension stays the message for Opacus' hooks).
+positions.
+
+Packed inputs (:func:`encode_packed`): the DP engine feeds one row per SENDER, ``[S, M, T]``
+(the sender's M messages of T tokens). Each message is still encoded alone (attention never
+crosses messages; the result equals ``bert`` on each message), but every Linear and LayerNorm
+sees its input as ``[S, M*T, H]``. Opacus' per-sample gradient hooks take the first dimension
+as the sample, so they produce per-sender gradients directly: no per-message gradient samples
+([messages x parameters]) to materialise and sum per sender.
 """
 
 from __future__ import annotations
@@ -17,7 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoTokenizer, BertModel
 
-__all__ = ["MaskedLM", "load_base", "mask_tokens", "gather_masked", "save_sentence_transformer"]
+__all__ = [
+    "MaskedLM",
+    "encode_packed",
+    "load_base",
+    "mask_tokens",
+    "gather_masked",
+    "save_sentence_transformer",
+]
 
 
 class MLMHead(nn.Module):
@@ -34,11 +48,56 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(hidden))))
 
 
+def _packed_layer(layer: nn.Module, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """One ``BertLayer`` on ``hidden`` [S, M*T, H] with attention inside each message only.
+
+    ``keep`` [S*M, 1, 1, T] marks real tokens. The same sub-modules and arithmetic as
+    ``BertLayer.forward`` (post-LayerNorm, SDPA attention, dropout when training); only the
+    attention itself is computed on the [S*M, heads, T, head] view.
+    """
+    sa = layer.attention.self
+    n, t = keep.shape[0], keep.shape[-1]
+    heads, size = sa.num_attention_heads, sa.attention_head_size
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(n, t, heads, size).transpose(1, 2)
+
+    q, k, v = split(sa.query(hidden)), split(sa.key(hidden)), split(sa.value(hidden))
+    # additive mask as HF builds it: a fully padded message attends uniformly, never NaN
+    bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device)
+    bias = bias.masked_fill(~keep, torch.finfo(q.dtype).min)
+    context = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, dropout_p=sa.dropout.p if layer.training else 0.0, scale=sa.scaling
+    )
+    context = context.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
+    attended = layer.attention.output(context, hidden)
+    return layer.output(layer.intermediate(attended), attended)
+
+
+def encode_packed(
+    bert: BertModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Token states [S, M*T, H] of ``input_ids``/``attention_mask`` [S, M, T].
+
+    Message (s, m) is encoded exactly as ``bert(input_ids[s, m])`` would encode it, but the
+    Linear and LayerNorm modules see a batch of S rows (see the module docstring).
+    """
+    s, m, t = input_ids.shape
+    hidden = bert.embeddings(input_ids=input_ids.reshape(s * m, t))
+    hidden = hidden.reshape(s, m * t, -1)
+    keep = attention_mask.reshape(s * m, 1, 1, t).bool()
+    for layer in bert.encoder.layer:
+        hidden = _packed_layer(layer, hidden, keep)
+    return hidden
+
+
 class MaskedLM(nn.Module):
     """``bert`` + :class:`MLMHead`; ``forward`` returns logits at gathered positions.
 
     Args to forward: ``input_ids``/``attention_mask`` [N, L]; ``positions`` [N, K] (indices
-    into L of the masked tokens, padded with 0). Returns logits [N, K, vocab].
+    into L of the masked tokens, padded with 0). Returns logits [N, K, vocab]. Packed inputs
+    ``input_ids``/``attention_mask`` [S, M, T] with ``positions`` [S, K] indexing M*T are
+    encoded by :func:`encode_packed` (one row per sender).
     """
 
     def __init__(self, bert: BertModel) -> None:
@@ -50,7 +109,10 @@ class MaskedLM(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if input_ids.dim() == 3:
+            hidden = encode_packed(self.bert, input_ids, attention_mask)
+        else:
+            hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return self.head(torch.gather(hidden, 1, index))
 

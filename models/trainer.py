@@ -26,7 +26,14 @@ from models.contrastive import (
     sender_contrastive_losses,
 )
 from models.data import collate
-from models.mlm import MaskedLM, load_base, mask_tokens, save_sentence_transformer
+from models.mlm import (
+    MaskedLM,
+    encode_packed,
+    gather_masked,
+    load_base,
+    mask_tokens,
+    save_sentence_transformer,
+)
 from models.training import PRIVACY_STATEMENT, TrainingCancelled, TrainingConfig
 
 __all__ = ["Trainer", "save_version", "pick_device"]
@@ -144,36 +151,77 @@ class Trainer:
         for t, g in zip(total, grads, strict=True):
             t.add_(g.float() * factor)
 
+    # -- packed batches: one row per sender (models.mlm.encode_packed) ----------------------
+    def _pack(
+        self, rows: Sequence[Sequence[Sequence[int]]], special_ids: set[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input ids, attention, special-token mask), each [S, M, T]: sender s's messages in
+        row s, padded with empty messages to the chunk's most messages M."""
+        m = max(1, max(len(r) for r in rows))
+        flat: list[list[int]] = []
+        for r in rows:
+            flat += [list(seq) for seq in r] + [[] for _ in range(m - len(r))]
+        ids, attention, special = collate(flat, self.tokenizer.pad_token_id, special_ids)
+        shape = (len(rows), m, ids.shape[1])
+        return ids.view(shape), attention.view(shape), special.view(shape)
+
+    def _prepare_packed(self, chunk: Sequence[Example]) -> tuple[torch.Tensor, ...]:
+        """The masked-token batch of :meth:`_prepare` with one row per sender: ids and
+        attention [S, M, T], positions and labels [S, K] indexing M*T. Each message is masked
+        by ``mask_tokens`` exactly as in the unpacked batch."""
+        ids, attention, special = self._pack(chunk, self.special_ids)
+        s, m, t = ids.shape
+        masked, positions, labels = mask_tokens(
+            ids.view(s * m, t),
+            special.view(s * m, t),
+            probability=self.config.mlm_probability,
+            mask_id=self.tokenizer.mask_token_id,
+            vocab_size=self.vocab_size,
+            generator=self.generator,
+        )
+        chosen = torch.zeros(s * m, t, dtype=torch.bool)
+        valid = labels != -100
+        rows = torch.arange(s * m).unsqueeze(1).expand_as(positions)
+        chosen[rows[valid], positions[valid]] = True
+        masked, positions, labels = gather_masked(
+            ids.view(s, m * t), masked.view(s, m * t), chosen.view(s, m * t)
+        )
+        dev = self.device
+        return (
+            masked.view(s, m, t).to(dev),
+            attention.to(dev),
+            positions.to(dev),
+            labels.to(dev),
+        )
+
     # -- the contrastive objective (models.contrastive) -------------------------------------
-    def _contrastive(
-        self, chunk: Sequence[Example]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(loss per sender [len(chunk)], pairs per sender, owner of each ROW) of a chunk, or
-        None when no sender of the chunk has a pair. An example is ``[a1, p1, a2, p2, ...]``;
-        similarities across senders are masked, so each sender's loss is its own."""
-        sequences: list[list[int]] = []
-        owner: list[int] = []
-        for i, example in enumerate(chunk):
-            k = len(example) // 2
-            sequences += [list(s) for s in example[: 2 * k]]
-            owner += [i] * k
-        if not owner:
+    def _contrastive(self, chunk: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(loss per sender [len(chunk)], pairs per sender) of a chunk, or None when no sender
+        of the chunk has a pair. An example is ``[a1, p1, a2, p2, ...]``; one row per sender
+        (packed), and similarities across senders are masked, so each sender's loss is its
+        own."""
+        pairs = [len(example) // 2 for example in chunk]
+        if not any(pairs):
             return None
-        ids, attention, _special = collate(sequences, self.tokenizer.pad_token_id, set())
+        rows = [example[: 2 * k] for example, k in zip(chunk, pairs, strict=True)]
+        ids, attention, _special = self._pack(rows, set())
+        s, m, t = ids.shape
         ids, attention = ids.to(self.device), attention.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            hidden = self.model.bert(input_ids=ids, attention_mask=attention).last_hidden_state
-        emb = mean_pool(hidden.float(), attention)
-        pair_owner = torch.tensor(owner, device=self.device)
-        losses, counts = sender_contrastive_losses(
-            emb[0::2],
-            emb[1::2],
-            pair_owner,
-            len(chunk),
+            hidden = encode_packed(self.model.bert, ids, attention)
+        emb = mean_pool(hidden.float().reshape(s * m, t, -1), attention.reshape(s * m, t))
+        emb = emb.reshape(s, m // 2, 2, -1)
+        count = torch.tensor(pairs, device=self.device)
+        valid = torch.arange(m // 2, device=self.device).unsqueeze(0) < count.unsqueeze(1)
+        owner = torch.arange(s, device=self.device).unsqueeze(1).expand(s, m // 2)[valid]
+        return sender_contrastive_losses(
+            emb[:, :, 0][valid],
+            emb[:, :, 1][valid],
+            owner,
+            s,
             self.negatives,
             self.config.temperature,
         )
-        return losses, counts, pair_owner.repeat_interleave(2)
 
     def _clipped_sum_microbatch(self, batch: Sequence[Example]) -> list[torch.Tensor]:
         total = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
@@ -196,47 +244,34 @@ class Trainer:
         return total
 
     def _clipped_sum_opacus(self, batch: Sequence[Example]) -> list[torch.Tensor]:
+        """Per-sender gradients from Opacus' per-sample hooks on packed rows (one row per
+        sender, so a grad sample IS a sender's gradient), clipped and summed per chunk."""
         total = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         for chunk in self._chunks(batch):
             if self.objective == "contrastive":
-                # bert's modules carry the GradSampleModule hooks: per-row gradients of the
-                # sum of sender losses; summed per sender they are each sender's gradient
-                # (a row's loss terms all belong to its own sender)
                 out = self._contrastive(chunk)
                 if out is None:
                     continue
-                loss, owner = out[0].sum(), out[2]
+                loss = out[0].sum()
             else:
-                sequences = [list(s) for ex in chunk for s in ex]
-                if not sequences:
+                if not any(chunk):
                     continue
-                owner = torch.tensor(
-                    [i for i, ex in enumerate(chunk) for _ in ex], device=self.device
-                )
-                prepared = self._prepare(sequences)
-                labels = prepared[3]
-                per_msg = (labels != -100).sum(1).float()
-                per_sender = torch.zeros(len(chunk), device=self.device).index_add_(
-                    0, owner, per_msg
-                )
-                weight = 1.0 / per_sender.clamp(min=1.0)  # sender mean over its masked tokens
+                prepared = self._prepare_packed(chunk)
+                counts = (prepared[3] != -100).sum(1).clamp(min=1)
                 losses = self._token_losses(self.gsm, prepared)
-                loss = (losses.sum(1) * weight[owner]).sum()
+                loss = (losses.sum(1) / counts).sum()  # each sender's mean token loss
             with warnings.catch_warnings():  # frozen embeddings: no input needs a gradient
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 loss.backward()
-            sums = []
+            samples = []
             for p in self.params:
-                gs = p.grad_sample.float()  # type: ignore[attr-defined]
-                sums.append(
-                    torch.zeros((len(chunk), *p.shape), device=self.device).index_add_(0, owner, gs)
-                )
+                samples.append(p.grad_sample)  # type: ignore[attr-defined]
                 p.grad_sample = None  # type: ignore[attr-defined]
                 p.grad = None
-            norms = torch.stack([s.flatten(1).pow(2).sum(1) for s in sums]).sum(0).sqrt()
-            factors = torch.clamp(self.config.max_grad_norm / (norms + 1e-6), max=1.0)
-            for t, s in zip(total, sums, strict=True):
-                t.add_(torch.einsum("b,b...->...", factors, s))
+            norms = torch.stack([g.float().flatten(1).pow(2).sum(1) for g in samples]).sum(0)
+            factors = torch.clamp(self.config.max_grad_norm / (norms.sqrt() + 1e-6), max=1.0)
+            for t, g in zip(total, samples, strict=True):
+                t.add_(torch.einsum("b,b...->...", factors, g.float()))
         return total
 
     # -- steps ----------------------------------------------------------------------------

@@ -19,9 +19,11 @@ Two ways to get the per-sender gradients, equal up to float rounding (tested):
 
 * ``"microbatch"``: one backward per sampled sender. No extra memory, and on CPU the cheapest
   (a CPU gains little from larger batches); slow on a GPU.
-* ``"opacus"``: Opacus ``GradSampleModule`` hooks give per-message gradients for a chunk of
-  senders in one backward; they are summed per sender (``index_add``) and clipped. Memory grows
-  with messages x trainable parameters, hence ``senders_per_chunk``. The GPU default.
+* ``"opacus"``: Opacus ``GradSampleModule`` hooks give per-sample gradients for a chunk of
+  senders in one backward. The chunk is packed one row per sender
+  (:func:`models.mlm.encode_packed`: each message still encoded alone), so each grad sample
+  is a sender's gradient, clipped as is. Memory grows with senders x trainable parameters,
+  hence ``senders_per_chunk``. The GPU default.
 
 The noise and the Poisson sampling come from torch's generators (Philox on CUDA, Mersenne Twister
 on CPU) seeded from ``secrets`` for every private training, whatever ``seed`` says (``seed`` fixes
@@ -105,7 +107,7 @@ class TrainingConfig:
     mlm_probability: float = 0.15
     trainable_layers: int = 2
     engine: str = "auto"
-    senders_per_chunk: int = 8
+    senders_per_chunk: int = 32
     amp: bool = True
     private: bool = True
     seed: int | None = None

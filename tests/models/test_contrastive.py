@@ -58,9 +58,10 @@ def test_a_senders_gradient_is_the_same_alone_and_in_any_batch(
     for batch, idx in (([B, A, C], 1), ([A, B], 0), ([C, other_b, A], 2)):
         out = trainer._contrastive(batch)
         assert out is not None
-        losses, counts, _owner = out
+        losses, counts = out
         torch.testing.assert_close(losses[idx], alone[0][0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(_grad(trainer, losses[idx]), g_alone, rtol=1e-4, atol=1e-7)
+        # padding to the batch's shapes changes float summation order only: ~3e-7 at most
+        torch.testing.assert_close(_grad(trainer, losses[idx]), g_alone, rtol=1e-4, atol=1e-6)
         assert [int(c) for c in counts] == [len(e) // 2 for e in batch]
     # a sender without a pair: zero loss in a batch, nothing at all alone
     out = trainer._contrastive([C, A])
