@@ -37,7 +37,7 @@ test-slow: install-test
 
 lint: install-test
 	$(BIN)/ruff check service mechanisms models tests bench
-	$(BIN)/mypy service mechanisms
+	$(BIN)/mypy service mechanisms models
 
 bench: install-test
 	@echo "see BENCHMARKS.md for each benchmark's command"

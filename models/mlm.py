@@ -48,7 +48,7 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(hidden))))
 
 
-def _packed_layer(layer: nn.Module, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def _packed_layer(layer: Any, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """One ``BertLayer`` on ``hidden`` [S, M*T, H] with attention inside each message only.
 
     ``keep`` [S*M, 1, 1, T] marks real tokens. The same sub-modules and arithmetic as
