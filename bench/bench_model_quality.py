@@ -100,6 +100,27 @@ def audit(mlm: Any, tok: Any, data: dict, device: torch.device) -> dict:
     return {"planted": planted, "references": refs}
 
 
+def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``kind-objective[@lr][:L<layers>][:S<steps>]``, e.g. ``dp-mlm@5e-5`` or
+    ``np-mlm@5e-4:L6:S400``; kind ``dp`` (private) or ``np`` (non-private)."""
+    head, *opts = spec.split(":")
+    name, _, lr = head.partition("@")
+    kind, objective = name.split("-")
+    if kind not in ("dp", "np") or objective not in ("mlm", "contrastive"):
+        raise SystemExit(f"bad run {spec!r}")
+    run = {
+        "private": kind == "dp",
+        "objective": objective,
+        "lr": float(lr) if lr else args.lr,
+        "layers": args.trainable_layers,
+        "steps": args.steps,
+    }
+    for opt in opts:
+        key = {"L": "layers", "S": "steps"}[opt[0]]
+        run[key] = int(opt[1:])
+    return run
+
+
 def main() -> None:
     from mechanisms.accountant import Accountant
     from models.mlm import load_base
@@ -110,13 +131,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=Path("bench/out/model_bench_data.pt"))
     ap.add_argument("--base", type=Path, default=None)
+    ap.add_argument("--runs", default="dp-mlm,np-mlm", help="comma-separated, see parse_run")
     ap.add_argument("--epsilon", type=float, default=8.0)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--nonprivate-lr", type=float, default=None)
     ap.add_argument("--trainable-layers", type=int, default=2)
-    ap.add_argument("--chunk", type=int, default=8)
+    ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--max-grad-norm", type=float, default=1.0)
     ap.add_argument("--pairs", type=int, default=None, help="use only the first N pairs")
     ap.add_argument("--out", type=Path, default=Path("bench/out/model_quality.json"))
@@ -124,51 +145,55 @@ def main() -> None:
     args = ap.parse_args()
 
     data = torch.load(args.data, weights_only=False)
-    pairs = data["pairs"][: args.pairs] if args.pairs else data["pairs"]
+    test = data["pairs"][: args.pairs] if args.pairs else data["pairs"]
+    val = data["val_pairs"][: args.pairs] if args.pairs else data["val_pairs"]
     base = args.base or base_model_path()
     device = pick_device()
-    n = len(data["train"])
     results: dict[str, Any] = {
-        "settings": {
-            **vars(args),
-            "data": str(args.data),
-            "base": str(base),
-            "n_senders": n,
-            "device": str(device),
-        }
+        "settings": {k: str(v) for k, v in vars(args).items()}
+        | {"base": str(base), "device": str(device)},
     }
-    for k in ("data", "out", "base"):
-        results["settings"][k] = str(results["settings"][k])
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+
     mlm, tok = load_base(base)
-    bert = mlm.bert.to(device)
-    results["base"] = {"retrieval": retrieval(bert, tok, pairs, device)}
-    print("base", results["base"], flush=True)
-    del mlm, bert
-    for kind in ("dp", "nonprivate"):
-        private = kind == "dp"
-        lr = args.lr if private or args.nonprivate_lr is None else args.nonprivate_lr
+    mlm = mlm.to(device)
+    results["base"] = {
+        "val": retrieval(mlm.bert, tok, val, device),
+        "test": retrieval(mlm.bert, tok, test, device),
+    }
+    print("base", json.dumps(results["base"]), flush=True)
+    del mlm
+    save()
+    for spec in args.runs.split(","):
+        run = parse_run(spec, args)
+        examples = data["train"] if run["objective"] == "mlm" else data["train_pairs"]
+        n = len(examples)
         config = TrainingConfig(
             target_epsilon=args.epsilon,
-            steps=args.steps,
+            steps=run["steps"],
             expected_senders_per_batch=args.batch,
-            learning_rate=lr,
-            trainable_layers=args.trainable_layers,
+            learning_rate=run["lr"],
+            trainable_layers=run["layers"],
             senders_per_chunk=args.chunk,
             max_grad_norm=args.max_grad_norm,
-            private=private,
+            objective=run["objective"],
+            private=run["private"],
             seed=1,
             amp=not args.no_amp,
         )
-        event = plan_training(config, n_senders=n) if private else None
+        event = plan_training(config, n_senders=n) if run["private"] else None
         trainer = Trainer(config, base, seed=1, event=event)
         t0 = time.perf_counter()
-        trainer.fit(data["train"])
+        trainer.fit(examples)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        entry: dict[str, Any] = {
+        entry: dict[str, Any] = run | {
             "train_s": time.perf_counter() - t0,
             "engine": trainer.engine,
-            "lr": lr,
+            "n_senders": n,
         }
         if event is not None:
             delta = default_delta(n)
@@ -180,33 +205,44 @@ def main() -> None:
                 "noise_multiplier": event.noise_multiplier,
                 "sampling_rate": event.sampling_rate,
             }
-        entry["retrieval"] = retrieval(trainer.model.bert, tok, pairs, device)
-        entry["canaries"] = audit(trainer.model, tok, data, device)
-        results[kind] = entry
-        print(kind, json.dumps(entry), flush=True)
+        entry["val"] = retrieval(trainer.model.bert, tok, val, device)
+        entry["test"] = retrieval(trainer.model.bert, tok, test, device)
+        if run["objective"] == "mlm":
+            entry["canaries"] = audit(trainer.model, tok, data, device)
+        results[spec] = entry
+        print(spec, json.dumps({k: v for k, v in entry.items() if k != "canaries"}), flush=True)
+        save()
         del trainer
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     print_tables(results)
 
 
 def print_tables(r: dict) -> None:
-    print("\n| model | recall@10 (+- 1 se) | MRR | train s |")
-    print("| --- | --- | --- | --- |")
-    for kind in ("base", "dp", "nonprivate"):
-        ret = r[kind]["retrieval"]
+    print("\n| model | val recall@10 | test recall@10 (+- 1 se) | test MRR | epsilon | train s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for key, entry in r.items():
+        if key == "settings":
+            continue
+        v, t = entry["val"], entry["test"]
+        eps = f"{entry['epsilon_pld']:.2f}" if "epsilon_pld" in entry else "-"
         print(
-            f"| {kind} | {ret['recall@10']:.3f} +- {ret['se']:.3f} | {ret['mrr']:.3f} | "
-            f"{r[kind].get('train_s', 0):.0f} |"
+            f"| {key} | {v['recall@10']:.3f} | {t['recall@10']:.3f} +- {t['se']:.3f} | "
+            f"{t['mrr']:.3f} | {eps} | {entry.get('train_s', 0):.0f} |"
         )
-    print("\n| model | canary reps | exposure bits (each canary) | unplanted references |")
+    print("\n| model | canary reps | exposure bits: mean, max (n) | unplanted: mean, max (n) |")
     print("| --- | --- | --- | --- |")
-    for kind in ("dp", "nonprivate"):
-        can = r[kind]["canaries"]
+    for key, entry in r.items():
+        if key == "settings" or "canaries" not in entry:
+            continue
+        can = entry["canaries"]
+        refs = can["references"]
         for reps in sorted({c["reps"] for c in can["planted"]}):
-            ex = [f"{c['exposure']:.1f}" for c in can["planted"] if c["reps"] == reps]
-            refs = ", ".join(f"{x:.1f}" for x in can["references"])
-            print(f"| {kind} | {reps} | {', '.join(ex)} | {refs} |")
+            ex = [c["exposure"] for c in can["planted"] if c["reps"] == reps]
+            print(
+                f"| {key} | {reps} | {sum(ex) / len(ex):.1f}, {max(ex):.1f} ({len(ex)}) | "
+                f"{sum(refs) / len(refs):.1f}, {max(refs):.1f} ({len(refs)}) |"
+            )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,13 @@ From the demo corpus snapshot (``privtext ingest --demo``) it builds, once, a to
   the service's rule (the sender's first ``max_messages`` messages by ``msg_rank``), each
   message truncated to ``max_seq_len`` tokens;
 * ``pairs``: (query turn, next turn) texts from held-out conversations, a turn being a maximal
-  run of one sender's consecutive messages; one pair per conversation, in pools of 100;
+  run of one sender's consecutive messages; one pair per conversation, in pools of 100 (the
+  test set);
+* ``val_pairs``: the same from another ``validation`` held-out conversations (for choosing
+  settings; never reported as the result);
+* ``train_pairs``: one example per sender for the contrastive objective
+  (:func:`models.data.load_sender_pair_examples`, same conversations as ``train``, no
+  canaries);
 * ``canaries``: random 6-digit secrets ("my locker code is 3 9 1 4 2 8", one prefix word per
   canary), each planted by one NEW sender who repeats it ``reps`` times (their whole example),
   plus, per prefix, an unplanted random reference secret.
@@ -23,7 +29,12 @@ from typing import Any
 
 import torch
 
-CANARY_WORDS = ("locker", "alarm", "safe", "bike", "wifi", "phone", "garage", "vault")
+CANARY_WORDS = (
+    "locker", "alarm", "safe", "bike", "wifi", "phone", "garage", "vault",
+    "door", "gate", "card", "pin", "bank", "office", "laptop", "email",
+    "server", "router", "tablet", "camera", "printer", "mailbox", "storage", "backup",
+    "account", "building", "parking", "cabinet", "desk", "drawer", "shed", "boat",
+)  # fmt: skip
 CANARY_DIGITS = 6
 
 
@@ -40,14 +51,16 @@ def build(
     tokenizer_dir: Path,
     *,
     held_out: int = 1000,
+    validation: int = 1000,
     max_messages: int = 16,
     max_seq_len: int = 64,
-    canaries: int = 8,
+    canaries: int = 32,
     canary_reps: tuple[int, ...] = (1, 16),
     seed: int = 0,
 ) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
+    from models.data import load_sender_pair_examples
     from service.corpus.store import SnapshotStore
 
     rng = random.Random(seed)
@@ -61,7 +74,8 @@ def build(
     ]
     rng.shuffle(convs)
     held = sorted(convs[:held_out])
-    cur.execute("CREATE TEMP TABLE held AS SELECT unnest(?::INTEGER[]) AS c", [held])
+    val = sorted(convs[held_out : held_out + validation])
+    cur.execute("CREATE TEMP TABLE held AS SELECT unnest(?::INTEGER[]) AS c", [held + val])
     rows = cur.execute(
         "SELECT sender_id, text FROM (SELECT sender_id, text, row_number() OVER "
         "(PARTITION BY sender_id ORDER BY msg_rank) AS r FROM messages "
@@ -93,14 +107,17 @@ def build(
             conv_turns[-1][1] += " " + (text or "")
         else:
             conv_turns.append([sender, text or ""])
-    pairs = []
-    for conv in held:
-        t = turns.get(conv, [])
-        if len(t) >= 2:
-            i = rng.randrange(len(t) - 1)
-            pairs.append((t[i][1], t[i + 1][1]))
-    pairs = pairs[: len(pairs) // 100 * 100]
 
+    def next_turn_pairs(conversations: list[int], r: random.Random) -> list[tuple[str, str]]:
+        pairs = []
+        for conv in conversations:
+            t = turns.get(conv, [])
+            if len(t) >= 2:
+                i = r.randrange(len(t) - 1)
+                pairs.append((t[i][1], t[i + 1][1]))
+        return pairs[: len(pairs) // 100 * 100]
+
+    pairs = next_turn_pairs(held, rng)
     planted = []
     for k in range(canaries):
         digits = [rng.randrange(10) for _ in range(CANARY_DIGITS)]
@@ -109,15 +126,26 @@ def build(
         planted.append({"k": k, "prefix": canary_prefix(k), "digits": digits, "reps": reps})
         train.append([list(seq) for _ in range(min(reps, max_messages))])
     references = [[rng.randrange(10) for _ in range(CANARY_DIGITS)] for _ in range(canaries)]
+    val_pairs = next_turn_pairs(val, random.Random(seed + 1))
+    train_pairs = load_sender_pair_examples(
+        data_dir,
+        tok,
+        max_messages_per_sender=max_messages,
+        max_seq_len=max_seq_len,
+        exclude_conversations=held + val,
+    ).examples
     return {
         "snapshot_id": info.id,
         "train": train,
         "n_canary_senders": canaries,
         "pairs": pairs,
+        "val_pairs": val_pairs,
+        "train_pairs": train_pairs,
         "canaries": planted,
         "references": references,
         "settings": {
             "held_out_conversations": held_out,
+            "validation_conversations": validation,
             "max_messages": max_messages,
             "max_seq_len": max_seq_len,
             "seed": seed,
@@ -138,7 +166,9 @@ def main() -> None:
     n_msgs = sum(len(e) for e in data["train"])
     print(
         f"{len(data['train'])} sender examples ({data['n_canary_senders']} canary senders), "
-        f"{n_msgs} messages; {len(data['pairs'])} held-out pairs -> {args.out}"
+        f"{n_msgs} messages; {len(data['pairs'])} test pairs, {len(data['val_pairs'])} "
+        f"validation pairs; contrastive: {len(data['train_pairs'])} senders, "
+        f"{sum(len(e) // 2 for e in data['train_pairs'])} own-message pairs -> {args.out}"
     )
 
 

@@ -92,8 +92,10 @@ def load_sender_pair_examples(
 
     A pair (a, p) is a message of the sender and the SAME sender's next message in the same
     conversation (by ``ts``, ties by ``msg_rank``); never another sender's message (see
-    :mod:`models.contrastive` for why). Of a sender's pairs, those whose anchor has the lowest
-    ``msg_rank`` (uniformly random, content-independent) are kept, at most
+    :mod:`models.contrastive` for why). At most one pair per conversation (the one whose anchor
+    has the lowest ``msg_rank``), so the other pairs of the example, which serve as its
+    negatives, always come from other conversations; of those, the pairs with the lowest
+    anchor ``msg_rank`` (uniformly random, content-independent) are kept, at most
     ``max_messages_per_sender // 2``, so an example holds at most ``max_messages_per_sender``
     sequences. Every sender of the snapshot has an example, in ``sender_id`` order like
     :func:`load_sender_examples` (an empty one when they have no pair: a zero gradient), so the
@@ -124,9 +126,12 @@ def load_sender_pair_examples(
         rows = (
             cur.execute(
                 "SELECT sender_id, text, next_text FROM ("
-                " SELECT sender_id, text, msg_rank, lead(text) OVER ("
-                "  PARTITION BY sender_id, conversation_id ORDER BY ts, msg_rank) AS next_text"
-                f" FROM {source}) WHERE next_text IS NOT NULL "
+                " SELECT sender_id, text, msg_rank, next_text FROM ("
+                "  SELECT sender_id, conversation_id, text, msg_rank, lead(text) OVER ("
+                "   PARTITION BY sender_id, conversation_id ORDER BY ts, msg_rank) AS next_text"
+                f"  FROM {source}) WHERE next_text IS NOT NULL"
+                "  QUALIFY row_number() OVER ("
+                "   PARTITION BY sender_id, conversation_id ORDER BY msg_rank) = 1) "
                 "QUALIFY row_number() OVER (PARTITION BY sender_id ORDER BY msg_rank) <= ? "
                 "ORDER BY sender_id, msg_rank",
                 [max_pairs],

@@ -94,6 +94,9 @@ def test_pairs_are_the_senders_own_consecutive_messages(tmp_path: Path) -> None:
                  "timestamp": start.isoformat()})  # fmt: skip
     rows.append({"sender": "carol", "conversation": "conv2", "text": "carol once",
                  "timestamp": start.isoformat()})  # fmt: skip
+    for i in range(2):  # alice writes twice in conv3
+        rows.append({"sender": "alice", "conversation": "conv3", "text": f"alice again {i}",
+                     "timestamp": (start + timedelta(hours=1, minutes=i)).isoformat()})  # fmt: skip
     data = tmp_path / "data"
     data.mkdir()
     ingest_file(write_jsonl(tmp_path / "c.jsonl", rows), data, workers=1)
@@ -104,16 +107,17 @@ def test_pairs_are_the_senders_own_consecutive_messages(tmp_path: Path) -> None:
     assert len(ex) == count_senders(data) == 3
     texts = [[tok.decode(s, skip_special_tokens=True) for s in e] for e in ex.examples]
     decoded = [list(zip(t[0::2], t[1::2], strict=True)) for t in texts]
-    got = {frozenset(p) for d in decoded for p in d}
-    assert got == {
-        frozenset({"alice says 0", "alice says 2"}),
-        frozenset({"alice says 2", "alice says 4"}),
-        frozenset({"bob says 1", "bob says 3"}),
-        frozenset({"bob says 3", "bob says 5"}),
+    by_sender = {d[0][0].split()[0]: d for d in decoded if d}
+    assert sorted(by_sender) == ["alice", "bob"] and sorted(len(d) for d in decoded) == [0, 1, 2]
+    # one pair per conversation: each a message and the same sender's next one there
+    conv1 = {
+        "alice": [("alice says 0", "alice says 2"), ("alice says 2", "alice says 4")],
+        "bob": [("bob says 1", "bob says 3"), ("bob says 3", "bob says 5")],
     }
-    for d in decoded:  # never another sender's text in a sender's example
-        assert len({text.split()[0] for pair in d for text in pair}) <= 1
-    assert sorted(len(d) for d in decoded) == [0, 2, 2]  # carol: an empty example
+    assert by_sender["bob"][0] in conv1["bob"]
+    alice = by_sender["alice"]
+    assert ("alice again 0", "alice again 1") in alice
+    assert len([p for p in alice if p in conv1["alice"]]) == 1
     # the bound: at most max_messages_per_sender // 2 pairs
     ex = load_sender_pair_examples(data, tok, max_messages_per_sender=3, max_seq_len=16)
     assert sorted(len(e) for e in ex.examples) == [0, 2, 2]
