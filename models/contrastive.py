@@ -43,6 +43,7 @@ conversation) contributes a zero gradient; it is still part of the Poisson sampl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,12 +98,12 @@ def sender_contrastive_losses(
     return totals / counts.clamp(min=1.0), counts
 
 
-def public_negative_texts(n: int) -> list[str]:
-    """``n`` public words (the public vocabulary list, spread evenly over it): never corpus
-    text."""
+def public_negative_texts(n: int, vocab_file: Path | None = None) -> list[str]:
+    """``n`` public words (the public vocabulary list of ``vocab_file``, by default the base
+    model's, spread evenly over it): never corpus text."""
     from models.vocabulary import public_words
 
-    words = public_words()
+    words = public_words(vocab_file)
     if n <= 0:
         return []
     if n >= len(words):

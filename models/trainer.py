@@ -85,7 +85,7 @@ class Trainer:
             self.negatives = embed_public_negatives(
                 self.model.bert,
                 self.tokenizer,
-                public_negative_texts(config.public_negatives),
+                public_negative_texts(config.public_negatives, self.base_dir / "vocab.txt"),
                 self.device,
             )
         self.params = self.model.trainable()
