@@ -5,8 +5,12 @@ texts, same process, same threads. Texts are demo-corpus-like: runs of 1 to 8 co
 chitchat-dataset utterances joined, so lengths are mixed (seeded). Each side is warmed up on
 512 texts first, then timed over all texts; the order of the two is alternated over --repeats.
 Quality: max abs difference and min / mean cosine between the two outputs.
+``--runtime`` picks the Encoder's runtime (auto, torch or onnx; ONNX Runtime on the CPU);
+``--also-torch`` times the torch Encoder too, in the same run, and prints the ONNX / torch
+ratio. The load average is printed before and after (the machine may be shared).
 
-    .venv/bin/python bench/bench_embeddings.py --n 2000 [--precision fp32|bf16] [--device cpu]
+    .venv/bin/python bench/bench_embeddings.py --n 2000 [--precision fp32|bf16|int8] \
+        [--device cpu] [--runtime auto|torch|onnx] [--also-torch]
 """
 
 from __future__ import annotations
@@ -51,13 +55,18 @@ def main() -> None:
     ap.add_argument("--st-batch-size", type=int, default=32, help="encode()'s default is 32")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--texts-file", default=None, help="a JSON list of texts instead of the demo")
-    ap.add_argument("--max-batch-tokens", type=int, default=16384)
+    ap.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="default: the Encoder's (16384 on CUDA, 1024 on the CPU)")
+    ap.add_argument("--runtime", default="auto", choices=["auto", "torch", "onnx"])
+    ap.add_argument("--also-torch", action="store_true",
+                    help="also time Encoder(runtime='torch') and print the ratio to it")
+    ap.add_argument("--onnx-cache-dir", default=None, help="default: $PRIVTEXT_DATA_DIR/cache/onnx")
     args = ap.parse_args()
 
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from models.encoder import Encoder, default_device
+    from models.encoder import Encoder, available_cores, default_device
 
     path = args.model
     if path is None:
@@ -72,13 +81,24 @@ def main() -> None:
     chars = [len(t) for t in texts]
     print(f"texts: {len(texts)}, chars mean {statistics.mean(chars):.0f}, max {max(chars)}")
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     if device.startswith("cuda"):
         print(f"gpu: {torch.cuda.get_device_name(0)}")
 
     st = SentenceTransformer(path, device=device)
-    enc = Encoder(path, device=device, precision=args.precision,
-                  max_batch_tokens=args.max_batch_tokens)
-    print(f"encoder precision: {enc.precision}, max_batch_tokens {enc.max_batch_tokens}")
+    enc = Encoder(path, device=device, precision=args.precision, runtime=args.runtime,
+                  max_batch_tokens=args.max_batch_tokens, onnx_cache_dir=args.onnx_cache_dir)
+    print(f"encoder precision: {enc.precision}, runtime {enc.runtime}, "
+          f"max_batch_tokens {enc.max_batch_tokens}")
+    if enc.runtime == "onnx":
+        import onnxruntime
+
+        print(f"onnxruntime {onnxruntime.__version__}, intra-op threads "
+              f"{enc.threads or available_cores()}")
+    enc_torch = None
+    if args.also_torch and enc.runtime != "torch":
+        enc_torch = Encoder(path, device=device, precision="fp32", runtime="torch",
+                            max_batch_tokens=args.max_batch_tokens)
 
     def run_st() -> np.ndarray:
         return st.encode(  # type: ignore[no-any-return]
@@ -89,16 +109,24 @@ def main() -> None:
     def run_enc() -> np.ndarray:
         return enc.encode(texts)
 
+    def run_torch() -> np.ndarray:
+        assert enc_torch is not None
+        return enc_torch.encode(texts)
+
     def sync() -> None:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
     st.encode(texts[:512], normalize_embeddings=True, show_progress_bar=False)
     enc.encode(texts[:512])
-    times: dict[str, list[float]] = {"st": [], "enc": []}
+    contenders = [("st", run_st), ("enc", run_enc)]
+    if enc_torch is not None:
+        enc_torch.encode(texts[:512])
+        contenders.append(("torch", run_torch))
+    times: dict[str, list[float]] = {name: [] for name, _ in contenders}
     outs: dict[str, np.ndarray] = {}
     for r in range(args.repeats):
-        order = [("st", run_st), ("enc", run_enc)]
+        order = list(contenders)
         if r % 2:
             order.reverse()
         for name, fn in order:
@@ -115,10 +143,19 @@ def main() -> None:
     runs = {k: [round(t, 2) for t in v] for k, v in times.items()}
     print(f"sentence-transformers encode(batch_size={args.st_batch_size}): "
           f"{st_t:.2f} s, {len(texts) / st_t:.1f} texts/s  (runs: {runs['st']})")
-    print(f"models.encoder.Encoder ({enc.precision}): "
+    print(f"models.encoder.Encoder ({enc.precision}, {enc.runtime}): "
           f"{enc_t:.2f} s, {len(texts) / enc_t:.1f} texts/s  (runs: {runs['enc']})")
     print(f"ratio (Encoder / sentence-transformers throughput): {st_t / enc_t:.2f}x on the best "
           f"runs, {st_med / enc_med:.2f}x on the medians")
+    if "torch" in times:
+        tt, tt_med = min(times["torch"]), statistics.median(times["torch"])
+        t_cos = (outs["torch"] * outs["enc"]).sum(1)
+        print(f"models.encoder.Encoder (fp32, torch): {tt:.2f} s, {len(texts) / tt:.1f} texts/s"
+              f"  (runs: {runs['torch']})")
+        print(f"ratio (Encoder {enc.runtime} / Encoder torch throughput): {tt / enc_t:.2f}x on the "
+              f"best runs, {tt_med / enc_med:.2f}x on the medians; max abs difference "
+              f"{np.abs(outs['torch'] - outs['enc']).max():.3g}, cosine min {t_cos.min():.7f}")
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print(f"max abs difference: {np.abs(a - b).max():.3g}; cosine min {cos.min():.7f}, "
           f"mean {cos.mean():.7f}; shapes {a.shape} {b.shape}; "
           f"norms {np.linalg.norm(b, axis=1).min():.6f}..{np.linalg.norm(b, axis=1).max():.6f}")
