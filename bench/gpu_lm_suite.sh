@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The language-model measurements of BENCHMARKS.md on a lent GPU, as one device call.
 #
+#   bash bench/gpu_lm_suite.sh speed   # DP vs non-private: one step, and 50 steps end to end
 #   bash bench/gpu_lm_suite.sh smoke   # the speed benchmark + every training path for 3 steps
 #   bash bench/gpu_lm_suite.sh full    # the quality / canary runs at epsilon 8
 #
@@ -18,6 +19,16 @@ python3 -c "import torch, transformers, opacus; print('torch', torch.__version__
 'transformers', transformers.__version__, 'opacus', opacus.__version__)"
 BASE=(--base bench/out/base_fp16)
 case "${1:-smoke}" in
+speed)
+  python3 bench/bench_model_speed.py "${BASE[@]}" --batch 64 --rounds 5 --chunk 64 \
+    --engines opacus 2>&1 | grep -v "Loading weights" | tee "$OUT/speed.txt"
+  python3 bench/bench_model_speed.py "${BASE[@]}" --batch 64 --rounds 3 --chunk 64 \
+    --engines opacus --no-amp 2>&1 | grep -v "Loading weights" | tee "$OUT/speed_fp32.txt"
+  # end to end: 50 Poisson-sampled steps of 256 senders, non-private then DP, same settings
+  timeout 70 python3 bench/bench_model_quality.py "${BASE[@]}" --steps 50 --pairs 100 \
+    --runs np-mlm@5e-5,dp-mlm@5e-5 --out "$OUT/e2e.json" 2>&1 | grep -v "Loading weights" \
+    | tail -6
+  ;;
 smoke)
   python3 bench/bench_model_speed.py "${BASE[@]}" --batch 64 --rounds 5 --chunk 64 \
     --engines opacus 2>&1 | grep -v "Loading weights" | tee "$OUT/speed.txt"

@@ -5,17 +5,21 @@ here is BERT's: dense + GELU + LayerNorm, then a decoder whose weight is tied to
 word embeddings, plus a trainable output bias. Logits are computed only at the masked
 positions.
 
-Packed inputs (:func:`encode_packed`): the DP engine feeds one row per SENDER, ``[S, M, T]``
-(the sender's M messages of T tokens). Each message is still encoded alone (attention never
-crosses messages; the result equals ``bert`` on each message), but every Linear and LayerNorm
-sees its input as ``[S, M*T, H]``. Opacus' per-sample gradient hooks take the first dimension
-as the sample, so they produce per-sender gradients directly: no per-message gradient samples
-([messages x parameters]) to materialise and sum per sender.
+Packed rows (:class:`Packing`, :func:`encode_packed`): the DP engine gives Opacus one row per
+SENDER. The frozen bottom of the model (embeddings and the frozen lower layers) runs on the
+messages as usual, [N, T]; the real tokens of each sender's messages are then laid end to end
+in one row, [S, L, H] (L = the most tokens of one sender in the chunk, no per-message padding),
+and the trainable top layers run on those rows with attention restricted to each message
+(block-diagonal mask), so every message is still encoded alone: the result equals ``bert`` on
+each message. Opacus' per-sample gradient hooks take the first dimension of a module's input
+as the sample, so they give per-sender gradients directly: no per-message gradient samples
+([messages x parameters]) to materialise and sum per sender, and no padded messages.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from transformers import AutoTokenizer, BertModel
 
 __all__ = [
     "MaskedLM",
+    "Packing",
     "encode_packed",
     "load_base",
     "mask_tokens",
@@ -48,45 +53,102 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(hidden))))
 
 
-def _packed_layer(layer: Any, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """One ``BertLayer`` on ``hidden`` [S, M*T, H] with attention inside each message only.
+@dataclass
+class Packing:
+    """Where each real token of N messages (rows of an [N, T] batch, grouped by sender) goes in
+    S sender rows of length L. ``token_message``/``token_row``/``token_col`` [tokens];
+    ``segment`` [S, L]: the message index of each slot, -1 for padding."""
 
-    ``keep`` [S*M, 1, 1, T] marks real tokens. The same sub-modules and arithmetic as
-    ``BertLayer.forward`` (post-LayerNorm, SDPA attention, dropout when training); only the
-    attention itself is computed on the [S*M, heads, T, head] view.
-    """
+    rows: int
+    length: int
+    flat: torch.Tensor  # [N * T] bool: the real tokens of the [N, T] batch
+    token_message: torch.Tensor
+    token_row: torch.Tensor
+    token_col: torch.Tensor
+    segment: torch.Tensor
+
+    @classmethod
+    def of(cls, attention: torch.Tensor, owner: torch.Tensor, rows: int) -> Packing:
+        """``attention`` [N, T]; ``owner`` [N] (non-decreasing: messages grouped by sender)."""
+        n, t = attention.shape
+        device = attention.device
+        flat = attention.reshape(-1).bool()
+        token_message = torch.arange(n, device=device).repeat_interleave(t)[flat]
+        token_row = owner[token_message]
+        counts = torch.bincount(token_row, minlength=rows)
+        starts = torch.cumsum(counts, 0) - counts
+        token_col = torch.arange(token_row.numel(), device=device) - starts[token_row]
+        length = max(1, int(counts.max()) if rows else 1)
+        segment = torch.full((rows, length), -1, dtype=torch.long, device=device)
+        segment[token_row, token_col] = token_message
+        return cls(rows, length, flat, token_message, token_row, token_col, segment)
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """[N, T, ...] (values at every position) -> [S, L, ...], zeros in the padding."""
+        real = values.reshape(-1, *values.shape[2:])[self.flat]
+        out = real.new_zeros((self.rows, self.length, *values.shape[2:]))
+        out[self.token_row, self.token_col] = real
+        return out
+
+    def per_message(self, hidden: torch.Tensor, messages: int) -> torch.Tensor:
+        """Mean over each message's tokens of ``hidden`` [S, L, H] -> [N, H] (differentiable)."""
+        real = hidden[self.token_row, self.token_col]
+        sums = real.new_zeros((messages, hidden.shape[-1])).index_add_(0, self.token_message, real)
+        counts = torch.bincount(self.token_message, minlength=messages).clamp(min=1)
+        return sums / counts.unsqueeze(1).to(sums.dtype)
+
+
+def _packed_layer(layer: Any, hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """One ``BertLayer`` on ``hidden`` [S, L, H] with attention allowed where ``keep``
+    [S, 1, L, L] is True. The same sub-modules and arithmetic as ``BertLayer.forward``
+    (post-LayerNorm, SDPA attention, dropout when training)."""
     sa = layer.attention.self
-    n, t = keep.shape[0], keep.shape[-1]
+    s, length, _ = hidden.shape
     heads, size = sa.num_attention_heads, sa.attention_head_size
 
     def split(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(n, t, heads, size).transpose(1, 2)
+        return x.reshape(s, length, heads, size).transpose(1, 2)
 
     q, k, v = split(sa.query(hidden)), split(sa.key(hidden)), split(sa.value(hidden))
-    # additive mask as HF builds it: a fully padded message attends uniformly, never NaN
+    # additive mask as HF builds it: a padding slot attends uniformly, never NaN
     bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device)
     bias = bias.masked_fill(~keep, torch.finfo(q.dtype).min)
     context = F.scaled_dot_product_attention(
         q, k, v, attn_mask=bias, dropout_p=sa.dropout.p if layer.training else 0.0, scale=sa.scaling
     )
-    context = context.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[1], -1)
+    context = context.transpose(1, 2).reshape(s, length, -1)
     attended = layer.attention.output(context, hidden)
     return layer.output(layer.intermediate(attended), attended)
 
 
-def encode_packed(
-    bert: BertModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Token states [S, M*T, H] of ``input_ids``/``attention_mask`` [S, M, T].
+def first_trainable_layer(bert: BertModel) -> int:
+    """Index of the lowest encoder layer with a trainable parameter (len(layers) if none)."""
+    layers = bert.encoder.layer
+    for i, layer in enumerate(layers):
+        if any(p.requires_grad for p in layer.parameters()):
+            return i
+    return len(layers)
 
-    Message (s, m) is encoded exactly as ``bert(input_ids[s, m])`` would encode it, but the
-    Linear and LayerNorm modules see a batch of S rows (see the module docstring).
-    """
-    s, m, t = input_ids.shape
-    hidden = bert.embeddings(input_ids=input_ids.reshape(s * m, t))
-    hidden = hidden.reshape(s, m * t, -1)
-    keep = attention_mask.reshape(s * m, 1, 1, t).bool()
-    for layer in bert.encoder.layer:
+
+def encode_packed(
+    bert: BertModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: Packing
+) -> torch.Tensor:
+    """Token states [S, L, H] of the messages ``input_ids``/``attention_mask`` [N, T], laid
+    out by ``packing``. Every real token's state equals what ``bert`` gives it on its message
+    alone (see the module docstring); padding slots hold junk."""
+    top = first_trainable_layer(bert)
+    if bert.embeddings.word_embeddings.weight.requires_grad:
+        raise ValueError("packed encoding needs frozen word embeddings")
+    hidden = bert.embeddings(input_ids=input_ids)
+    if top > 0:
+        mask = attention_mask.bool()[:, None, None, :]
+        for layer in bert.encoder.layer[:top]:  # frozen: per message, as bert runs them
+            hidden = _packed_layer(layer, hidden, mask)
+    hidden = packing.scatter(hidden)
+    segment = packing.segment
+    keep = (segment.unsqueeze(2) == segment.unsqueeze(1)) & (segment >= 0).unsqueeze(1)
+    keep = keep.unsqueeze(1)
+    for layer in bert.encoder.layer[top:]:
         hidden = _packed_layer(layer, hidden, keep)
     return hidden
 
@@ -95,9 +157,9 @@ class MaskedLM(nn.Module):
     """``bert`` + :class:`MLMHead`; ``forward`` returns logits at gathered positions.
 
     Args to forward: ``input_ids``/``attention_mask`` [N, L]; ``positions`` [N, K] (indices
-    into L of the masked tokens, padded with 0). Returns logits [N, K, vocab]. Packed inputs
-    ``input_ids``/``attention_mask`` [S, M, T] with ``positions`` [S, K] indexing M*T are
-    encoded by :func:`encode_packed` (one row per sender).
+    into L of the masked tokens, padded with 0). Returns logits [N, K, vocab]. With a
+    ``packing``, the messages are encoded into sender rows (:func:`encode_packed`) and
+    ``positions`` [S, K] index those rows; logits are [S, K, vocab].
     """
 
     def __init__(self, bert: BertModel) -> None:
@@ -107,10 +169,14 @@ class MaskedLM(nn.Module):
         self.head = MLMHead(cfg.hidden_size, cfg.layer_norm_eps, bert.embeddings.word_embeddings)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        packing: Packing | None = None,
     ) -> torch.Tensor:
-        if input_ids.dim() == 3:
-            hidden = encode_packed(self.bert, input_ids, attention_mask)
+        if packing is not None:
+            hidden = encode_packed(self.bert, input_ids, attention_mask, packing)
         else:
             hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])

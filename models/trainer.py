@@ -21,13 +21,13 @@ from mechanisms.accountant import Accountant
 from mechanisms.events import PrivacyEvent
 from models.contrastive import (
     embed_public_negatives,
-    mean_pool,
     public_negative_texts,
     sender_contrastive_losses,
 )
 from models.data import collate
 from models.mlm import (
     MaskedLM,
+    Packing,
     encode_packed,
     gather_masked,
     load_base,
@@ -122,10 +122,10 @@ class Trainer:
         dev = self.device
         return masked.to(dev), attention.to(dev), positions.to(dev), labels.to(dev)
 
-    def _token_losses(self, forward: Any, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        masked, attention, positions, labels = batch
+    def _token_losses(self, forward: Any, batch: tuple[Any, ...]) -> torch.Tensor:
+        masked, attention, positions, labels, *extra = batch
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = forward(masked, attention, positions)
+            logits = forward(masked, attention, positions, *extra)
         return F.cross_entropy(
             logits.float().reshape(-1, self.vocab_size),
             labels.reshape(-1),
@@ -151,48 +151,41 @@ class Trainer:
         for t, g in zip(total, grads, strict=True):
             t.add_(g.float() * factor)
 
-    # -- packed batches: one row per sender (models.mlm.encode_packed) ----------------------
-    def _pack(
+    # -- packed batches: one row per sender (models.mlm.Packing) ----------------------------
+    def _messages(
         self, rows: Sequence[Sequence[Sequence[int]]], special_ids: set[int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(input ids, attention, special-token mask), each [S, M, T]: sender s's messages in
-        row s, padded with empty messages to the chunk's most messages M."""
-        m = max(1, max(len(r) for r in rows))
-        flat: list[list[int]] = []
-        for r in rows:
-            flat += [list(seq) for seq in r] + [[] for _ in range(m - len(r))]
-        ids, attention, special = collate(flat, self.tokenizer.pad_token_id, special_ids)
-        shape = (len(rows), m, ids.shape[1])
-        return ids.view(shape), attention.view(shape), special.view(shape)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Packing]:
+        """The senders' messages as one [N, T] batch (ids, attention, special-token mask, on
+        the CPU) and the :class:`~models.mlm.Packing` of its tokens into one row per sender
+        (on the device)."""
+        sequences = [list(seq) for r in rows for seq in r]
+        owner = torch.tensor([i for i, r in enumerate(rows) for _ in r], dtype=torch.long)
+        ids, attention, special = collate(sequences, self.tokenizer.pad_token_id, special_ids)
+        packing = Packing.of(attention.to(self.device), owner.to(self.device), len(rows))
+        return ids, attention, special, packing
 
-    def _prepare_packed(self, chunk: Sequence[Example]) -> tuple[torch.Tensor, ...]:
-        """The masked-token batch of :meth:`_prepare` with one row per sender: ids and
-        attention [S, M, T], positions and labels [S, K] indexing M*T. Each message is masked
-        by ``mask_tokens`` exactly as in the unpacked batch."""
-        ids, attention, special = self._pack(chunk, self.special_ids)
-        s, m, t = ids.shape
+    def _prepare_packed(self, chunk: Sequence[Example]) -> tuple[Any, ...]:
+        """The masked-token batch of :meth:`_prepare` (each message masked by ``mask_tokens``
+        exactly as there), plus its packing; positions and labels [S, K] index the sender
+        rows."""
+        ids, attention, special, packing = self._messages(chunk, self.special_ids)
         masked, positions, labels = mask_tokens(
-            ids.view(s * m, t),
-            special.view(s * m, t),
+            ids,
+            special,
             probability=self.config.mlm_probability,
             mask_id=self.tokenizer.mask_token_id,
             vocab_size=self.vocab_size,
             generator=self.generator,
         )
-        chosen = torch.zeros(s * m, t, dtype=torch.bool)
+        chosen = torch.zeros(ids.shape, dtype=torch.bool)
         valid = labels != -100
-        rows = torch.arange(s * m).unsqueeze(1).expand_as(positions)
+        rows = torch.arange(ids.shape[0]).unsqueeze(1).expand_as(positions)
         chosen[rows[valid], positions[valid]] = True
-        masked, positions, labels = gather_masked(
-            ids.view(s, m * t), masked.view(s, m * t), chosen.view(s, m * t)
-        )
         dev = self.device
-        return (
-            masked.view(s, m, t).to(dev),
-            attention.to(dev),
-            positions.to(dev),
-            labels.to(dev),
-        )
+        row_ids = packing.scatter(ids.to(dev))
+        row_chosen = packing.scatter(chosen.to(dev))
+        _, positions, labels = gather_masked(row_ids, row_ids, row_chosen)
+        return masked.to(dev), attention.to(dev), positions, labels, packing
 
     # -- the contrastive objective (models.contrastive) -------------------------------------
     def _contrastive(self, chunk: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -204,21 +197,17 @@ class Trainer:
         if not any(pairs):
             return None
         rows = [example[: 2 * k] for example, k in zip(chunk, pairs, strict=True)]
-        ids, attention, _special = self._pack(rows, set())
-        s, m, t = ids.shape
+        ids, attention, _special, packing = self._messages(rows, set())
         ids, attention = ids.to(self.device), attention.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            hidden = encode_packed(self.model.bert, ids, attention)
-        emb = mean_pool(hidden.float().reshape(s * m, t, -1), attention.reshape(s * m, t))
-        emb = emb.reshape(s, m // 2, 2, -1)
-        count = torch.tensor(pairs, device=self.device)
-        valid = torch.arange(m // 2, device=self.device).unsqueeze(0) < count.unsqueeze(1)
-        owner = torch.arange(s, device=self.device).unsqueeze(1).expand(s, m // 2)[valid]
+            hidden = encode_packed(self.model.bert, ids, attention, packing)
+        emb = F.normalize(packing.per_message(hidden.float(), ids.shape[0]), dim=-1)
+        owner = torch.tensor([i for i, k in enumerate(pairs) for _ in range(k)], device=self.device)
         return sender_contrastive_losses(
-            emb[:, :, 0][valid],
-            emb[:, :, 1][valid],
+            emb[0::2],
+            emb[1::2],
             owner,
-            s,
+            len(chunk),
             self.negatives,
             self.config.temperature,
         )
