@@ -307,6 +307,7 @@ class Encoder:
             raise FileNotFoundError(f"not a model directory: {self.path}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
+        from_env = runtime is None
         runtime = default_runtime() if runtime is None else runtime
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}")
@@ -316,6 +317,12 @@ class Encoder:
             precision = "fp16" if self.device.type == "cuda" else "fp32"
         if precision == "fp16" and on_cpu:
             raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        if from_env and runtime == "onnx" and not (on_cpu and precision in ("fp32", "int8")):
+            # A host-wide setting that cannot apply here (a GPU, bf16): torch, not an error.
+            log.warning(
+                "%s=onnx ignored for %s %s: using torch", RUNTIME_ENV, self.device, precision
+            )
+            runtime = "torch"
         if runtime == "onnx" and not on_cpu:
             raise ValueError("the ONNX runtime runs on the CPU only")
         if runtime == "onnx" and precision not in ("fp32", "int8"):

@@ -77,6 +77,12 @@ def test_auto_is_onnx_on_cpu_and_env_selects(
     monkeypatch.setenv(E.RUNTIME_ENV, "auto")
     bf16 = Encoder(base_model_path(), device="cpu", precision="bf16", onnx_cache_dir=onnx_cache)
     assert bf16.runtime == "torch"
+    # A host-wide "onnx" that cannot apply (bf16 here, or a GPU) means torch, not an error;
+    # the same request as an argument is refused.
+    monkeypatch.setenv(E.RUNTIME_ENV, "onnx")
+    assert Encoder(base_model_path(), device="cpu", precision="bf16").runtime == "torch"
+    with pytest.raises(ValueError):
+        Encoder(base_model_path(), device="cpu", precision="bf16", runtime="onnx")
 
 
 def test_bad_runtime_arguments() -> None:
