@@ -140,11 +140,22 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--max-grad-norm", type=float, default=1.0)
     ap.add_argument("--pairs", type=int, default=None, help="use only the first N pairs")
+    ap.add_argument(
+        "--senders",
+        type=int,
+        default=None,
+        help="train on the first N real senders (plus every canary sender) only: a small "
+        "setting where the canaries are sampled often, for the audit on a CPU",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench/out/model_quality.json"))
     ap.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
     args = ap.parse_args()
 
     data = torch.load(args.data, weights_only=False)
+    if args.senders:
+        canaries = data["n_canary_senders"]
+        data["train"] = data["train"][: args.senders] + data["train"][-canaries:]
+        data["train_pairs"] = data["train_pairs"][: args.senders]
     test = data["pairs"][: args.pairs] if args.pairs else data["pairs"]
     val = data["val_pairs"][: args.pairs] if args.pairs else data["val_pairs"]
     base = args.base or base_model_path()

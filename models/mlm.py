@@ -240,7 +240,7 @@ def gather_masked(
     k = max(1, int(counts.max()) if n else 1)
     # stable sort puts chosen positions first, in order
     order = torch.sort((~chosen).to(torch.int8), dim=1, stable=True).indices[:, :k]
-    valid = torch.arange(k).unsqueeze(0) < counts.unsqueeze(1)
+    valid = torch.arange(k, device=input_ids.device).unsqueeze(0) < counts.unsqueeze(1)
     positions = torch.where(valid, order, torch.zeros_like(order))
     labels = torch.where(valid, torch.gather(input_ids, 1, order), torch.full_like(order, -100))
     return masked, positions, labels
