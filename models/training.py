@@ -101,9 +101,9 @@ class TrainingConfig:
     max_messages_per_sender: int = 16
     max_seq_len: int = 64
     steps: int = 200
-    expected_senders_per_batch: int = 64
+    expected_senders_per_batch: int = 256
     max_grad_norm: float = 1.0
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-5
     mlm_probability: float = 0.15
     trainable_layers: int = 2
     engine: str = "auto"

@@ -61,7 +61,7 @@ class TrainingJobRequest(_Strict):
         load_default=200, validate=validate.Range(min=1, max=100_000), strict=True
     )
     expected_senders_per_batch = fields.Integer(
-        load_default=64, validate=validate.Range(min=1, max=100_000), strict=True
+        load_default=256, validate=validate.Range(min=1, max=100_000), strict=True
     )
     max_messages_per_sender = fields.Integer(
         load_default=16, validate=validate.Range(min=1, max=1000), strict=True
@@ -73,7 +73,7 @@ class TrainingJobRequest(_Strict):
         load_default=1.0, validate=validate.Range(min=0, max=1000, min_inclusive=False)
     )
     learning_rate = FiniteFloat(
-        load_default=2e-4, validate=validate.Range(min=0, max=1, min_inclusive=False)
+        load_default=5e-5, validate=validate.Range(min=0, max=1, min_inclusive=False)
     )
     trainable_layers = fields.Integer(
         load_default=2, validate=validate.Range(min=0, max=6), strict=True
