@@ -4,12 +4,18 @@ A job is a plain function first (``run_training_job``, ``run_embedding_job``: ea
 id and a :class:`JobContext`) and a queued huey task second (``make_queue`` registers thin
 wrappers). Tests call the functions directly or run the queue inline (``memory://``).
 
-States: ``queued -> running -> succeeded | failed``. A job that raises is marked ``failed`` with
-a fixed, data-free message (the exception's class name; the traceback goes to the operator
-log only), and publishes nothing: an embedding job's result file is renamed into place only
-after it is complete; a training job's model version is the trainer's to publish atomically,
-and its ledger reservation is refunded only when training raised (nothing was published) and
-committed only after training returned.
+States: ``queued -> running -> succeeded | failed``, and cancelling (``cancel_job``):
+``queued -> cancelled`` at once, ``running -> cancelling -> cancelled`` once the worker has
+stopped (``cancelling -> succeeded`` when the cancel came too late: the result was already
+being published). Every transition is one conditional UPDATE (``_transition``), so the API
+and a worker racing on a job resolve atomically: exactly one of them moves it.
+
+A job that raises is marked ``failed`` with a fixed, data-free message (the exception's class
+name; the traceback goes to the operator log only), and publishes nothing: an embedding job's
+result file is renamed into place only after it is complete; a training job's model version is
+the trainer's to publish atomically, and its ledger reservation is refunded only when training
+raised (nothing was published: failed or cancelled) or never started (cancelled while queued),
+and committed only after training returned.
 
 This module knows no Flask; the service passes the engine, the data directory and a ledger in.
 """
@@ -25,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import (
@@ -43,11 +49,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
+if TYPE_CHECKING:
+    from mechanisms.events import PrivacyEvent
+    from mechanisms.ledger import Reservation
+
 log = logging.getLogger("privtext.jobs")
 
 KINDS = ("training", "embedding")
-STATUSES = ("queued", "running", "succeeded", "failed")
-FINAL = ("succeeded", "failed")
+STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+FINAL = ("succeeded", "failed", "cancelled")
 
 #: The jobs table lives in the service's state database. It has its own MetaData so that
 #: ``models`` does not import ``service`` (imports go one way); ``create_tables`` makes it.
@@ -127,6 +137,10 @@ class JobStateError(RuntimeError):
     """A transition that the job's current state does not allow."""
 
 
+class JobCancelled(RuntimeError):
+    """The job was asked to stop (its status is ``cancelling``); nothing was published."""
+
+
 # -- state transitions -------------------------------------------------------------------
 
 
@@ -195,21 +209,35 @@ def mark_running(engine: Engine, job_id: str) -> None:
     _transition(engine, job_id, ("queued",), status="running", started_at=now(), progress=0.0)
 
 
+def job_status(engine: Engine, job_id: str) -> str | None:
+    """The job's status alone (one indexed column: cheap enough to poll once per step)."""
+    with engine.connect() as conn:
+        status = conn.execute(select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+    return str(status) if status is not None else None
+
+
+def cancel_requested(engine: Engine, job_id: str) -> bool:
+    """True once the job is ``cancelling``: what a worker polls to stop early."""
+    return job_status(engine, job_id) == "cancelling"
+
+
 def set_progress(engine: Engine, job_id: str, fraction: float) -> None:
     fraction = min(1.0, max(0.0, float(fraction)))
     with engine.begin() as conn:
         conn.execute(
             update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.status == "running")
+            .where(jobs.c.id == job_id, jobs.c.status.in_(("running", "cancelling")))
             .values(progress=fraction)
         )
 
 
 def mark_succeeded(engine: Engine, job_id: str, result: Mapping[str, Any]) -> None:
+    """``running | cancelling -> succeeded``: a cancel that came after the work was done (the
+    result is being published) is too late; the job succeeds and its charge is committed."""
     _transition(
         engine,
         job_id,
-        ("running",),
+        ("running", "cancelling"),
         status="succeeded",
         progress=1.0,
         finished_at=now(),
@@ -221,11 +249,25 @@ def mark_failed(engine: Engine, job_id: str, message: str) -> None:
     _transition(
         engine,
         job_id,
-        ("queued", "running"),
+        ("queued", "running", "cancelling"),
         status="failed",
         finished_at=now(),
         error=message[:500],
     )
+
+
+def mark_cancelled(engine: Engine, job_id: str) -> bool:
+    """``cancelling -> cancelled``: the worker stopped and removed what it had made. False
+    (nothing changed) when the job is not ``cancelling``."""
+    return _try(engine, job_id, ("cancelling",), status="cancelled", finished_at=now())
+
+
+def _try(engine: Engine, job_id: str, allowed: tuple[str, ...], **values: Any) -> bool:
+    try:
+        _transition(engine, job_id, allowed, **values)
+    except JobStateError:
+        return False
+    return True
 
 
 def update_result(engine: Engine, job_id: str, result: Mapping[str, Any]) -> None:
@@ -264,6 +306,46 @@ class JobContext:
         return self.data_dir / "jobs" / job_id
 
 
+# -- cancelling ----------------------------------------------------------------------------
+
+
+def cancel_job(ctx: JobContext, job_id: str) -> Job:
+    """Ask a job to stop; returns the job as it is now (``cancelled`` or ``cancelling``).
+
+    * ``queued -> cancelled`` here: nothing ran. A training job's reservation is refunded
+      now (``ctx.ledger``), an embedding job's texts are deleted; the worker that later
+      picks the task finds the job not queued and returns without touching it.
+    * ``running -> cancelling``: the worker stops at its next check (training: before each
+      step; embedding: between chunks), removes what it made, refunds, marks it cancelled.
+    * ``cancelling``: already asked; unchanged.
+
+    Raises JobStateError when the job is final (succeeded, failed, cancelled) or missing.
+    Each step is a conditional UPDATE, so a worker moving the job at the same moment either
+    wins (then the next step sees its new state) or loses; there is no check-then-write gap.
+    """
+    engine = ctx.engine
+    if _try(engine, job_id, ("queued",), status="cancelled", finished_at=now()):
+        job = get_job(engine, job_id)
+        assert job is not None
+        if job.kind == "training":
+            reservation = _reservation(job)
+            if reservation is not None and ctx.ledger is not None:
+                from models.charge import refund_training
+
+                # Nothing was trained or read: giving the reservation back reveals nothing.
+                refund_training(ctx.ledger, reservation)
+        else:
+            (ctx.job_dir(job_id) / INPUT_FILE).unlink(missing_ok=True)
+        return job
+    _try(engine, job_id, ("running",), status="cancelling")
+    job = get_job(engine, job_id)
+    if job is None:
+        raise JobStateError(f"no job {job_id}")
+    if job.status != "cancelling":
+        raise JobStateError(f"job {job_id} is {job.status}")
+    return job
+
+
 # -- embedding jobs ------------------------------------------------------------------------
 
 INPUT_FILE = "input.json"
@@ -289,7 +371,8 @@ def run_embedding_job(job_id: str, ctx: JobContext) -> None:
     """
     from models.encoder import get_encoder
 
-    mark_running(ctx.engine, job_id)
+    if not _start(ctx.engine, job_id):
+        return
     d = ctx.job_dir(job_id)
     try:
         texts = json.loads((d / INPUT_FILE).read_text(encoding="utf-8"))
@@ -299,8 +382,10 @@ def run_embedding_job(job_id: str, ctx: JobContext) -> None:
         chunk = 512
         parts = []
         for start in range(0, len(texts), chunk):
+            _stop_if_cancelled(ctx.engine, job_id)
             parts.append(encoder.encode(texts[start : start + chunk]))
             set_progress(ctx.engine, job_id, min(len(texts), start + chunk) / max(1, len(texts)))
+        _stop_if_cancelled(ctx.engine, job_id)  # the last chunk too: nothing written yet
         vectors = np.concatenate(parts) if parts else np.empty((0, encoder.dim), np.float32)
         tmp = d / (RESULT_FILE + ".tmp")
         with open(tmp, "wb") as fh:
@@ -318,13 +403,34 @@ def run_embedding_job(job_id: str, ctx: JobContext) -> None:
             },
         )
     except Exception as exc:
-        log.exception("embedding job failed", extra={"job_id": job_id})
         (d / (RESULT_FILE + ".tmp")).unlink(missing_ok=True)
         (d / RESULT_FILE).unlink(missing_ok=True)
+        if isinstance(exc, JobCancelled) and mark_cancelled(ctx.engine, job_id):
+            log.info("embedding job cancelled", extra={"job_id": job_id})
+            return
+        log.exception("embedding job failed", extra={"job_id": job_id})
         mark_failed(ctx.engine, job_id, failure_message(exc))
         raise
     finally:
         (d / INPUT_FILE).unlink(missing_ok=True)
+
+
+def _start(engine: Engine, job_id: str) -> bool:
+    """``queued -> running``; False (logged, nothing raised) when the job is no longer queued:
+    cancelled before a worker got to it, or a task delivered twice."""
+    try:
+        mark_running(engine, job_id)
+    except JobStateError:
+        log.info(
+            "job is %s, not queued: skipped", job_status(engine, job_id), extra={"job_id": job_id}
+        )
+        return False
+    return True
+
+
+def _stop_if_cancelled(engine: Engine, job_id: str) -> None:
+    if cancel_requested(engine, job_id):
+        raise JobCancelled(job_id)
 
 
 def result_path(ctx: JobContext, job: Job) -> Path | None:
@@ -374,21 +480,24 @@ def run_training_job(
     refunded when it raised: ``train`` publishes atomically and removes its staging directory
     on failure, so nothing was released. ``train`` defaults to ``models.training.train``; it
     gets the charged event back and refuses if the plan no longer matches it.
+
+    A job that is not queued any more (cancelled before it started) is left as it is. A job
+    asked to stop (``cancelling``) is seen by ``should_stop`` before the next step; ``train``
+    raises TrainingCancelled, the reservation is refunded and the job marked ``cancelled``
+    (nothing raised to the queue). A cancel after ``train`` returned changes nothing.
     """
-    from mechanisms.events import PrivacyEvent
-    from mechanisms.ledger import Reservation
     from models.charge import commit_training, refund_training
-    from models.training import TrainingConfig
+    from models.training import TrainingCancelled, TrainingConfig
 
     job = get_job(ctx.engine, job_id)
     if job is None:
         raise JobStateError(f"no job {job_id}")
-    mark_running(ctx.engine, job_id)
+    if not _start(ctx.engine, job_id):
+        return
     reservation = None
     try:
-        event = PrivacyEvent.from_dict(job.params["event"])
-        if job.reservation_id is not None:
-            reservation = Reservation(job.reservation_id, job.created_by, event, job.created_at)
+        event = _event(job)
+        reservation = _reservation(job)
         if train is None:
             from models.training import train as train_fn
         else:
@@ -399,14 +508,21 @@ def run_training_job(
             data_dir=ctx.data_dir,
             snapshot_id=job.params.get("snapshot_id"),
             progress=lambda f: set_progress(ctx.engine, job_id, f),
-            should_stop=None,
+            should_stop=lambda: cancel_requested(ctx.engine, job_id),
             event=event,
             activate=bool(job.params.get("activate", False)),
         )
     except BaseException as exc:
-        log.exception("training job failed", extra={"job_id": job_id})
+        # train raised, so its staging directory is gone and no version was published: the
+        # refund releases nothing. For a cancel this is sound for a further reason: the
+        # decision to stop is the admin's, taken without seeing the data, so "refunded" says
+        # nothing about the corpus (a refund decided by the data would, service/charging.py).
         if reservation is not None and ctx.ledger is not None:
             refund_training(ctx.ledger, reservation)
+        if isinstance(exc, TrainingCancelled) and mark_cancelled(ctx.engine, job_id):
+            log.info("training job cancelled", extra={"job_id": job_id})
+            return
+        log.exception("training job failed", extra={"job_id": job_id})
         mark_failed(ctx.engine, job_id, failure_message(exc))
         raise
     if reservation is not None and ctx.ledger is not None:
@@ -418,12 +534,34 @@ def run_training_job(
     )
 
 
+def _event(job: Job) -> PrivacyEvent:
+    from mechanisms.events import PrivacyEvent
+
+    return PrivacyEvent.from_dict(job.params["event"])
+
+
+def _reservation(job: Job) -> Reservation | None:
+    """The training job's ledger reservation (None for a job charged to nothing)."""
+    from mechanisms.ledger import Reservation
+
+    if job.reservation_id is None:
+        return None
+    return Reservation(job.reservation_id, job.created_by, _event(job), job.created_at)
+
+
 def fail_interrupted(engine: Engine) -> list[str]:
-    """Mark every ``running`` job failed (a worker that starts finds its predecessor's jobs
-    cut short). Their reservations stay charged: whether a model was published before the
-    crash is not known here. Only for a single consumer (the default SQLite queue)."""
+    """Mark every ``running`` or ``cancelling`` job failed (a worker that starts finds its
+    predecessor's jobs cut short). Their reservations stay charged: whether a model was
+    published before the crash is not known here, so a ``cancelling`` job is not taken as
+    cancelled (that would refund a release that may exist). Only for a single consumer (the
+    default SQLite queue)."""
     with engine.connect() as conn:
-        ids = [r.id for r in conn.execute(select(jobs.c.id).where(jobs.c.status == "running"))]
+        ids = [
+            r.id
+            for r in conn.execute(
+                select(jobs.c.id).where(jobs.c.status.in_(("running", "cancelling")))
+            )
+        ]
     for jid in ids:
         try:
             mark_failed(engine, jid, "the worker stopped while the job ran")

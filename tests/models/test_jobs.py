@@ -228,3 +228,142 @@ def test_a_job_crosses_the_sqlite_queue_by_task_name(ctx: J.JobContext, tmp_path
     worker.huey.execute(task)
     assert J.get_job(ctx.engine, job.id).status == "succeeded"  # type: ignore[union-attr]
     assert worker.huey.dequeue() is None
+
+
+# -- cancelling ----------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_training_job_refunds_and_the_task_then_does_nothing(
+    ctx: J.JobContext, tmp_path: Path
+) -> None:
+    job, reservation = _training_job(ctx)
+    cancelled = J.cancel_job(ctx, job.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert _entry_status(ctx.ledger, reservation.id) == "refunded"
+    assert ctx.ledger.corpus_remaining().spent_epsilon == 0.0
+
+    def must_not_run(config: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a cancelled job was trained")
+
+    J.run_training_job(job.id, ctx, train=must_not_run)  # returns quietly
+    queue = J.make_queue(J.make_huey("memory://", tmp_path), lambda: ctx)
+    queue.enqueue_training(job.id)  # the huey task too: no exception, no second refund
+    after = J.get_job(ctx.engine, job.id)
+    assert after == cancelled
+    assert _entry_status(ctx.ledger, reservation.id) == "refunded"
+    with pytest.raises(J.JobStateError):
+        J.cancel_job(ctx, job.id)  # final: unchanged
+    assert J.get_job(ctx.engine, job.id) == cancelled
+
+
+def test_cancel_a_running_training_job_stops_it_refunded_and_unpublished(
+    ctx: J.JobContext,
+) -> None:
+    job, reservation = _training_job(ctx)
+    from models.training import TrainingCancelled
+
+    published: list[str] = []
+
+    def fake_train(config: Any, **kwargs: Any) -> Any:
+        should_stop = kwargs["should_stop"]
+        for step in range(10):
+            if should_stop():
+                raise TrainingCancelled("training cancelled")
+            kwargs["progress"]((step + 1) / 10)
+            if step == 2:
+                asked = J.cancel_job(ctx, job.id)
+                assert asked.status == "cancelling"
+                assert J.cancel_job(ctx, job.id).status == "cancelling"  # asking twice: same
+        published.append("m-1")
+        return SimpleNamespace(id="m-1", epsilon=2.0, delta=1e-5)
+
+    J.run_training_job(job.id, ctx, train=fake_train)  # no exception for a cancel
+    done = J.get_job(ctx.engine, job.id)
+    assert done is not None and done.status == "cancelled" and done.finished_at is not None
+    assert done.result is None and done.error is None and done.progress == 0.3
+    assert published == []
+    assert _entry_status(ctx.ledger, reservation.id) == "refunded"
+    assert ctx.ledger.corpus_remaining().spent_epsilon == 0.0
+
+
+def test_a_cancel_after_training_returned_is_too_late(ctx: J.JobContext) -> None:
+    job, reservation = _training_job(ctx)
+
+    def fake_train(config: Any, **kwargs: Any) -> Any:
+        assert not kwargs["should_stop"]()
+        assert J.cancel_job(ctx, job.id).status == "cancelling"  # while publishing
+        return SimpleNamespace(id="m-1", epsilon=2.0, delta=1e-5)
+
+    J.run_training_job(job.id, ctx, train=fake_train)
+    done = J.get_job(ctx.engine, job.id)
+    assert done is not None and done.status == "succeeded" and done.result is not None
+    assert done.result["model_id"] == "m-1"
+    assert _entry_status(ctx.ledger, reservation.id) == "committed"
+    with pytest.raises(J.JobStateError):
+        J.cancel_job(ctx, job.id)
+    assert J.get_job(ctx.engine, job.id) == done
+
+
+class _CancellingEncoder:
+    """Asks for its own job to be cancelled while it encodes (as the API would)."""
+
+    dim = 4
+
+    def __init__(self, ctx: J.JobContext, job_id: str) -> None:
+        self.ctx, self.job_id, self.calls = ctx, job_id, 0
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        assert J.cancel_job(self.ctx, self.job_id).status == "cancelling"
+        return np.ones((len(texts), self.dim), np.float32)
+
+
+def test_cancel_a_running_embedding_job_leaves_no_result(
+    ctx: J.JobContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models.encoder
+
+    job = J.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 600})
+    inp = J.write_embedding_input(ctx, job.id, ["text"] * 600)  # two chunks of 512
+    encoder = _CancellingEncoder(ctx, job.id)
+    monkeypatch.setattr(models.encoder, "get_encoder", lambda *a, **k: encoder)
+    J.run_embedding_job(job.id, ctx)  # no exception for a cancel
+    done = J.get_job(ctx.engine, job.id)
+    assert done is not None and done.status == "cancelled" and done.result is None
+    assert encoder.calls == 1  # stopped between chunks
+    assert not inp.exists() and list(ctx.job_dir(job.id).iterdir()) == []
+    assert J.result_path(ctx, done) is None
+
+
+def test_cancel_a_queued_embedding_job_deletes_its_texts(ctx: J.JobContext) -> None:
+    job = J.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 1})
+    inp = J.write_embedding_input(ctx, job.id, ["private words"])
+    assert J.cancel_job(ctx, job.id).status == "cancelled"
+    assert not inp.exists()
+    J.run_embedding_job(job.id, ctx)  # the task, delivered later: nothing
+    assert J.get_job(ctx.engine, job.id).status == "cancelled"  # type: ignore[union-attr]
+    assert not ctx.job_dir(job.id).joinpath(J.RESULT_FILE).exists()
+
+
+def test_cancel_of_a_final_or_missing_job_changes_nothing(ctx: J.JobContext) -> None:
+    ok = J.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={})
+    J.mark_running(ctx.engine, ok.id)
+    J.mark_succeeded(ctx.engine, ok.id, {"count": 0})
+    bad = J.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={})
+    J.mark_failed(ctx.engine, bad.id, "broken")
+    for jid in (ok.id, bad.id):
+        before = J.get_job(ctx.engine, jid)
+        with pytest.raises(J.JobStateError):
+            J.cancel_job(ctx, jid)
+        assert J.get_job(ctx.engine, jid) == before
+    with pytest.raises(J.JobStateError):
+        J.cancel_job(ctx, "emb_missing")
+
+
+def test_cancelling_jobs_are_failed_at_worker_start_and_stay_charged(ctx: J.JobContext) -> None:
+    job, reservation = _training_job(ctx)
+    J.mark_running(ctx.engine, job.id)
+    assert J.cancel_job(ctx, job.id).status == "cancelling"
+    assert J.fail_interrupted(ctx.engine) == [job.id]
+    assert J.get_job(ctx.engine, job.id).status == "failed"  # type: ignore[union-attr]
+    assert _entry_status(ctx.ledger, reservation.id) == "reserved"
