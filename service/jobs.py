@@ -6,6 +6,9 @@
   commits the reservation once the model is published, or refunds it when training fails.
 * ``GET /v1/jobs`` and ``GET /v1/jobs/<id>``: an admin sees every job, anyone else only their
   own (someone else's job is a 404, like a missing one).
+* ``POST /v1/jobs/<id>/cancel``: the same visibility; a queued job is cancelled at once (200;
+  a training job's reservation refunded), a running one is asked to stop (202 ``cancelling``;
+  the worker refunds and marks it ``cancelled``), a finished one is a 409.
 * ``GET /v1/models``, ``POST /v1/admin/models/<id>/activate``: the model registry (admin).
 
 The queue (huey) and the per-process job context hang off ``app.extensions["privtext"].extra``.
@@ -233,6 +236,22 @@ def list_jobs() -> Response:
 @require("admin", "analyst", "app")
 def get_job(job_id: str) -> Response:
     return jsonify(job_view(visible_job(job_id)))
+
+
+@bp.post("/v1/jobs/<job_id>/cancel")
+@require("admin", "analyst", "app")
+def cancel_job(job_id: str) -> tuple[Response, int]:
+    """Takes no body (one sent is ignored, as on the other body-less POSTs) and no query."""
+    reject_unknown_args()
+    job = visible_job(job_id)
+    try:
+        job = jobstore.cancel_job(get_context(), job.id)
+    except jobstore.JobStateError:
+        job = jobstore.get_job(current_app.extensions["privtext"].engine, job.id) or job
+        raise APIError(
+            409, "job_finished", f"The job is {job.status}; it can no longer be cancelled."
+        ) from None
+    return jsonify(job_view(job)), 200 if job.status == "cancelled" else 202
 
 
 # -- models ------------------------------------------------------------------------------

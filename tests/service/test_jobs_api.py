@@ -250,3 +250,179 @@ def test_job_list_rejects_unknown_parameters(client: FlaskClient, admin: dict[st
     assert bad.status_code == 422 and "kind" in bad.get_json()["errors"]
     extra = client.get("/v1/jobs?surprise=1", headers=admin)
     assert extra.status_code == 422 and "surprise" in extra.get_json()["errors"]
+
+
+# -- cancelling --------------------------------------------------------------------------
+
+
+def _principal(app: Flask, role: str) -> tuple[str, dict[str, str]]:
+    engine = app.extensions["privtext"].engine
+    pid = create_principal(engine, name=role, role=role)
+    return pid, bearer(issue_key(engine, pid))
+
+
+def _entry_status(ledger: SqlLedger, principal_id: str, rid: str) -> str:
+    return next(e.status for e in ledger.history(principal_id) if e.id == rid)
+
+
+def test_cancel_a_queued_training_job_refunds_it(
+    jobs_app: Flask,
+    client: FlaskClient,
+    admin: dict[str, str],
+    ledger: SqlLedger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from models import jobs as J
+    from service.jobs import job_context
+
+    calls = _fake_train(monkeypatch)
+    monkeypatch.setattr(J.Queue, "enqueue_training", lambda self, job_id: None)  # stays queued
+    ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
+    job = client.post("/v1/admin/training-jobs", json=TINY, headers=admin).json
+    assert job["status"] == "queued" and ledger.corpus_remaining().spent_epsilon > 0
+    rid = job["cost"]["reservation_id"]
+    r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=admin)
+    assert r.status_code == 200, r.json
+    assert r.json["status"] == "cancelled" and r.json["finished_at"] is not None
+    assert _entry_status(ledger, job["created_by"], rid) == "refunded"
+    assert ledger.corpus_remaining().spent_epsilon == 0.0
+    # The worker picks the task up later: it finds the job cancelled and does nothing.
+    engine = jobs_app.extensions["privtext"].engine
+    ctx = job_context(jobs_app.extensions["privtext"].settings, engine)
+    J.run_training_job(job["id"], ctx)
+    assert calls == []
+    assert client.get(f"/v1/jobs/{job['id']}", headers=admin).json == r.json
+    assert _entry_status(ledger, job["created_by"], rid) == "refunded"
+
+
+def test_cancel_a_running_training_job(
+    jobs_app: Flask,
+    client: FlaskClient,
+    admin: dict[str, str],
+    ledger: SqlLedger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The admin cancels while the (inline) worker trains; the trainer's next should_stop()
+    sees it, nothing is published, the reservation is refunded."""
+    import models.training
+    from models.training import TrainingCancelled
+
+    answers: list[Any] = []
+
+    def train(config: Any, **kwargs: Any) -> Any:
+        job_id = client.get("/v1/jobs", headers=admin).json["jobs"][0]["id"]
+        kwargs["progress"](0.25)
+        r = jobs_app.test_client().post(f"/v1/jobs/{job_id}/cancel", headers=admin)
+        answers.append((r.status_code, r.json["status"]))
+        if kwargs["should_stop"]():
+            raise TrainingCancelled("training cancelled")
+        raise AssertionError("should_stop did not see the cancel")
+
+    monkeypatch.setattr(models.training, "train", train)
+    ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
+    r = client.post("/v1/admin/training-jobs", json=TINY, headers=admin)
+    assert r.status_code == 201, r.json
+    assert answers == [(202, "cancelling")]
+    job = client.get(f"/v1/jobs/{r.json['id']}", headers=admin).json
+    assert job["status"] == "cancelled" and job["result"] is None and job["error"] is None
+    rid = r.json["cost"]["reservation_id"]
+    assert _entry_status(ledger, job["created_by"], rid) == "refunded"
+    assert ledger.corpus_remaining().spent_epsilon == 0.0
+    assert [m["id"] for m in client.get("/v1/models", headers=admin).json["models"]] == ["base"]
+
+
+def test_a_late_cancel_still_succeeds_and_is_committed(
+    jobs_app: Flask,
+    client: FlaskClient,
+    admin: dict[str, str],
+    ledger: SqlLedger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import models.training
+    from models.registry import ModelRegistry
+
+    def train(config: Any, **kwargs: Any) -> Any:
+        job_id = client.get("/v1/jobs", headers=admin).json["jobs"][0]["id"]
+        assert not kwargs["should_stop"]()  # the last step ran; now it publishes
+        r = jobs_app.test_client().post(f"/v1/jobs/{job_id}/cancel", headers=admin)
+        assert r.status_code == 202 and r.json["status"] == "cancelling"
+        return ModelRegistry(kwargs["data_dir"]).get("base")
+
+    monkeypatch.setattr(models.training, "train", train)
+    ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
+    r = client.post("/v1/admin/training-jobs", json=TINY, headers=admin)
+    assert r.status_code == 201, r.json
+    job = client.get(f"/v1/jobs/{r.json['id']}", headers=admin).json
+    assert job["status"] == "succeeded" and job["result"]["model_id"] == "base"
+    rid = r.json["cost"]["reservation_id"]
+    assert _entry_status(ledger, job["created_by"], rid) == "committed"
+
+
+def test_cancel_of_a_finished_job_is_409_and_changes_nothing(
+    client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_train(monkeypatch)
+    ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
+    job_id = client.post("/v1/admin/training-jobs", json=TINY, headers=admin).json["id"]
+    before = client.get(f"/v1/jobs/{job_id}", headers=admin).json
+    assert before["status"] == "succeeded"
+    spent = ledger.corpus_remaining()
+    r = client.post(f"/v1/jobs/{job_id}/cancel", headers=admin)
+    assert r.status_code == 409
+    assert r.json["code"] == "job_finished" and r.json["status"] == 409
+    assert set(r.json) >= {"code", "status", "message", "errors"}
+    assert client.get(f"/v1/jobs/{job_id}", headers=admin).json == before
+    assert ledger.corpus_remaining() == spent
+    assert client.post("/v1/jobs/trn_missing/cancel", headers=admin).status_code == 404
+    unknown = client.post(f"/v1/jobs/{job_id}/cancel?force=1", headers=admin)
+    assert unknown.status_code == 422 and "force" in unknown.json["errors"]
+
+
+def test_who_may_cancel(jobs_app: Flask, client: FlaskClient, admin: dict[str, str]) -> None:
+    from models import jobs as J
+
+    engine = jobs_app.extensions["privtext"].engine
+    alice, alice_h = _principal(jobs_app, "analyst")
+    bob, bob_h = _principal(jobs_app, "analyst")
+    _, app_h = _principal(jobs_app, "app")
+    mine = J.create_job(engine, kind="embedding", created_by=alice, params={"count": 1})
+    theirs = J.create_job(engine, kind="embedding", created_by=bob, params={"count": 1})
+    for h in (alice_h, app_h):
+        assert client.post(f"/v1/jobs/{theirs.id}/cancel", headers=h).status_code == 404
+    assert J.get_job(engine, theirs.id).status == "queued"  # type: ignore[union-attr]
+    assert client.post(f"/v1/jobs/{theirs.id}/cancel").status_code == 401
+    r = client.post(f"/v1/jobs/{mine.id}/cancel", headers=alice_h, json={"ignored": True})
+    assert r.status_code == 200 and r.json["status"] == "cancelled"  # a body is ignored
+    r = client.post(f"/v1/jobs/{theirs.id}/cancel", headers=admin)  # an admin: any job
+    assert r.status_code == 200 and r.json["status"] == "cancelled"
+
+
+def test_cancel_a_running_embedding_job_leaves_no_result(
+    jobs_app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    import models.encoder
+    from models import jobs as J
+
+    _, app_h = _principal(jobs_app, "app")
+    answers: list[int] = []
+
+    class Encoder:
+        dim = 4
+
+        def encode(self, texts: list[str]) -> Any:
+            job_id = client.get("/v1/jobs", headers=app_h).json["jobs"][0]["id"]
+            r = jobs_app.test_client().post(f"/v1/jobs/{job_id}/cancel", headers=app_h)
+            answers.append(r.status_code)
+            return np.ones((len(texts), self.dim), np.float32)
+
+    monkeypatch.setattr(models.encoder, "get_encoder", lambda *a, **k: Encoder())
+    r = client.post("/v1/embedding-jobs", json={"texts": ["a", "b"]}, headers=app_h)
+    assert r.status_code == 201, r.json
+    assert answers == [202] and r.json["status"] == "cancelled" and "result_url" not in r.json
+    data_dir = Path(jobs_app.extensions["privtext"].settings.data_dir)
+    job_dir = data_dir / "jobs" / r.json["id"]
+    assert not (job_dir / J.RESULT_FILE).exists() and list(job_dir.iterdir()) == []
+    result = client.get(f"/v1/embedding-jobs/{r.json['id']}/result", headers=app_h)
+    assert result.status_code == 409
