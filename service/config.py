@@ -31,7 +31,9 @@ class Settings:
     # (requests and texts per window), the body limit of POST /v1/embedding-jobs alone, how
     # long a job's result file is kept, and the encoder's device ("": CUDA when present, else
     # CPU) and precision ("auto": fp16 autocast on CUDA, fp32 on the CPU; "bf16" trades a
-    # little accuracy for about 2x on CPUs with AVX512-BF16; "fp32").
+    # little accuracy for about 2x on CPUs with AVX512-BF16; "fp32"; "int8", ONNX only, moves
+    # vectors), and its runtime ("" or "auto": ONNX Runtime on the CPU, torch on CUDA; "torch";
+    # "onnx").
     embedding_rate_requests: int = 120
     embedding_rate_texts: int = 60_000
     embedding_rate_window_s: int = 60
@@ -39,6 +41,7 @@ class Settings:
     embedding_result_ttl_s: int = 24 * 3600
     embedding_device: str = ""
     embedding_precision: str = "auto"
+    embedding_runtime: str = ""
     log_level: str = "INFO"
     testing: bool = False
 

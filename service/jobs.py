@@ -16,6 +16,7 @@ The queue (huey) and the per-process job context hang off ``app.extensions["priv
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,15 @@ def active_model(data_dir: str | Path) -> tuple[str, Path]:
 
 
 def encoder_options(settings: Settings) -> dict[str, Any]:
-    return {"device": settings.embedding_device or None, "precision": settings.embedding_precision}
+    runtime = settings.embedding_runtime or None
+    if runtime is not None and runtime == os.environ.get("PRIVTEXT_EMBEDDING_RUNTIME"):
+        # set for the host: the encoder reads it itself, and runs torch where it cannot apply
+        runtime = None
+    return {
+        "device": settings.embedding_device or None,
+        "precision": settings.embedding_precision,
+        "runtime": runtime,
+    }
 
 
 def job_context(settings: Settings, engine: Any) -> jobstore.JobContext:

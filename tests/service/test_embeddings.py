@@ -182,3 +182,15 @@ def test_rate_limit_counts_texts(data_dir: Path, ingested: Any) -> None:
     assert c.post("/v1/embedding-jobs", json={"texts": ["a"] * 60}, headers=h).status_code == 201
     assert c.post("/v1/embeddings", json={"texts": ["a"] * 41}, headers=h).status_code == 429
     assert c.post("/v1/embeddings", json={"texts": ["a"] * 40}, headers=h).status_code == 200
+
+
+def test_the_encoder_runtime_comes_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.config import Settings
+    from service.jobs import encoder_options
+
+    monkeypatch.delenv("PRIVTEXT_EMBEDDING_RUNTIME", raising=False)
+    assert encoder_options(Settings.load())["runtime"] is None  # the encoder's own default
+    assert encoder_options(Settings.load({"embedding_runtime": "torch"}))["runtime"] == "torch"
+    monkeypatch.setenv("PRIVTEXT_EMBEDDING_RUNTIME", "onnx")  # host-wide: the encoder reads it
+    assert encoder_options(Settings.load())["runtime"] is None
+    assert encoder_options(Settings.load({"embedding_runtime": "torch"}))["runtime"] == "torch"
