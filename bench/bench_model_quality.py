@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-LOG2_SPACE = 6 * math.log2(10)
+CANARY_LEN = 6
+LOG2_SPACE = CANARY_LEN * math.log2(10)
 
 
 @torch.no_grad()
@@ -88,7 +90,43 @@ def exposure(mlm: Any, tok: Any, prefix: str, digits: list[int], device: torch.d
     return LOG2_SPACE - math.log2(rank)
 
 
-def audit(mlm: Any, tok: Any, data: dict, device: torch.device) -> dict:
+@torch.no_grad()
+def pll_scores(
+    mlm: Any, tok: Any, prefix: str, candidates: list[list[int]], device: torch.device
+) -> torch.Tensor:
+    """Pseudo-log-likelihood of each digit string after ``prefix``: the sum over the six
+    positions of log p(digit i | the prefix and the five other digits), one masked position
+    at a time (how masked-token training sees a canary)."""
+    mlm.eval()
+    digit_ids = torch.tensor(tok.convert_tokens_to_ids([str(d) for d in range(10)]))
+    base = tok(prefix + " " + " ".join(["0"] * CANARY_LEN))["input_ids"]
+    start = len(base) - 1 - CANARY_LEN  # the digits sit before [SEP]
+    cand = torch.tensor(candidates)  # [C, 6]
+    ids = torch.tensor(base).repeat(len(candidates), 1)
+    ids[:, start : start + CANARY_LEN] = digit_ids[cand]
+    total = torch.zeros(len(candidates), dtype=torch.float64)
+    for i in range(CANARY_LEN):
+        masked = ids.clone()
+        masked[:, start + i] = tok.mask_token_id
+        for b in range(0, len(candidates), 2048):
+            chunk = masked[b : b + 2048].to(device)
+            pos = torch.full((chunk.shape[0], 1), start + i, device=device)
+            logits = mlm(chunk, torch.ones_like(chunk), pos)[:, 0].float()
+            lp = torch.log_softmax(logits, -1)[:, digit_ids.to(device)].cpu().double()
+            total[b : b + 2048] += lp.gather(1, cand[b : b + 2048, i : i + 1]).squeeze(1)
+    return total
+
+
+def pll_exposure(score: float, sample: torch.Tensor) -> float:
+    """Exposure from a uniform sample of the 10^6 candidates: rank estimated as 1 + the
+    sampled candidates that score higher, scaled to the whole space; at most log2(sample
+    size) can be resolved (no sampled candidate above the secret)."""
+    higher = int((sample > score + 1e-12).sum())
+    rank = max(1.0, higher * (10**CANARY_LEN) / len(sample))
+    return min(LOG2_SPACE - math.log2(rank), math.log2(len(sample)))
+
+
+def audit(mlm: Any, tok: Any, data: dict, device: torch.device, samples: int = 0) -> dict:
     planted = [
         {"reps": c["reps"], "exposure": exposure(mlm, tok, c["prefix"], c["digits"], device)}
         for c in data["canaries"]
@@ -97,7 +135,18 @@ def audit(mlm: Any, tok: Any, data: dict, device: torch.device) -> dict:
         exposure(mlm, tok, c["prefix"], r, device)
         for c, r in zip(data["canaries"], data["references"], strict=True)
     ]
-    return {"planted": planted, "references": refs}
+    out: dict[str, Any] = {"planted": planted, "references": refs}
+    if samples:
+        # pseudo-likelihood exposure, each canary's secret and reference against the same
+        # sample of random candidates under its prefix
+        rng = random.Random(7)
+        for c, r, entry in zip(data["canaries"], data["references"], planted, strict=True):
+            sample = [[rng.randrange(10) for _ in range(CANARY_LEN)] for _ in range(samples)]
+            scores = pll_scores(mlm, tok, c["prefix"], [c["digits"], r, *sample], device)
+            entry["pll_exposure"] = pll_exposure(float(scores[0]), scores[2:])
+            entry["pll_reference"] = pll_exposure(float(scores[1]), scores[2:])
+        out["pll_samples"] = samples
+    return out
 
 
 def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -149,6 +198,13 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=Path("bench/out/model_quality.json"))
     ap.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    ap.add_argument(
+        "--exposure-samples",
+        type=int,
+        default=0,
+        help="also estimate each canary's pseudo-likelihood exposure against this many random "
+        "candidates (0: only the exact masked-joint exposure)",
+    )
     args = ap.parse_args()
 
     data = torch.load(args.data, weights_only=False)
@@ -219,7 +275,7 @@ def main() -> None:
         entry["val"] = retrieval(trainer.model.bert, tok, val, device)
         entry["test"] = retrieval(trainer.model.bert, tok, test, device)
         if run["objective"] == "mlm":
-            entry["canaries"] = audit(trainer.model, tok, data, device)
+            entry["canaries"] = audit(trainer.model, tok, data, device, args.exposure_samples)
         results[spec] = entry
         print(spec, json.dumps({k: v for k, v in entry.items() if k != "canaries"}), flush=True)
         save()
@@ -254,6 +310,14 @@ def print_tables(r: dict) -> None:
                 f"| {key} | {reps} | {sum(ex) / len(ex):.1f}, {max(ex):.1f} ({len(ex)}) | "
                 f"{sum(refs) / len(refs):.1f}, {max(refs):.1f} ({len(refs)}) |"
             )
+            pll = [c["pll_exposure"] for c in can["planted"] if c["reps"] == reps]
+            if pll:
+                pref = [c["pll_reference"] for c in can["planted"]]
+                print(
+                    f"| {key} (pseudo-likelihood, {can['pll_samples']} samples) | {reps} | "
+                    f"{sum(pll) / len(pll):.1f}, {max(pll):.1f} ({len(pll)}) | "
+                    f"{sum(pref) / len(pref):.1f}, {max(pref):.1f} ({len(pref)}) |"
+                )
 
 
 if __name__ == "__main__":
