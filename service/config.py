@@ -42,6 +42,7 @@ class Settings:
     embedding_device: str = ""
     embedding_precision: str = "auto"
     embedding_runtime: str = ""
+    embedding_cache_dir: str = ""  # ONNX exports; "": <data_dir>/cache/onnx
     log_level: str = "INFO"
     testing: bool = False
 

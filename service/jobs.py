@@ -62,6 +62,8 @@ def encoder_options(settings: Settings) -> dict[str, Any]:
         "device": settings.embedding_device or None,
         "precision": settings.embedding_precision,
         "runtime": runtime,
+        "onnx_cache_dir": settings.embedding_cache_dir
+        or str(Path(settings.data_dir) / "cache" / "onnx"),
     }
 
 

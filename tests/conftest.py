@@ -3,6 +3,8 @@ its test client and CLI runner, and keys of each role."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from service.app import create_app
+
+# One ONNX export of each model for the whole session, whatever data dir a test's app uses
+# (an export takes seconds; tests of the cache itself pass their own directory).
+os.environ.setdefault(
+    "PRIVTEXT_EMBEDDING_CACHE_DIR", tempfile.mkdtemp(prefix="privtext-test-onnx-")
+)
 from service.auth import create_principal, issue_key
 from tests.factories import make_messages, write_jsonl
 

@@ -189,8 +189,13 @@ def test_the_encoder_runtime_comes_from_the_settings(monkeypatch: pytest.MonkeyP
     from service.jobs import encoder_options
 
     monkeypatch.delenv("PRIVTEXT_EMBEDDING_RUNTIME", raising=False)
+    monkeypatch.delenv("PRIVTEXT_EMBEDDING_CACHE_DIR", raising=False)
     assert encoder_options(Settings.load())["runtime"] is None  # the encoder's own default
     assert encoder_options(Settings.load({"embedding_runtime": "torch"}))["runtime"] == "torch"
+    options = encoder_options(Settings.load({"data_dir": "/srv/privtext"}))
+    assert options["onnx_cache_dir"] == "/srv/privtext/cache/onnx"  # the service's data dir
+    options = encoder_options(Settings.load({"embedding_cache_dir": "/var/cache/pt"}))
+    assert options["onnx_cache_dir"] == "/var/cache/pt"
     monkeypatch.setenv("PRIVTEXT_EMBEDDING_RUNTIME", "onnx")  # host-wide: the encoder reads it
     assert encoder_options(Settings.load())["runtime"] is None
     assert encoder_options(Settings.load({"embedding_runtime": "torch"}))["runtime"] == "torch"
