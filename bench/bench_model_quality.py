@@ -310,7 +310,11 @@ def print_tables(r: dict) -> None:
                 f"| {key} | {reps} | {sum(ex) / len(ex):.1f}, {max(ex):.1f} ({len(ex)}) | "
                 f"{sum(refs) / len(refs):.1f}, {max(refs):.1f} ({len(refs)}) |"
             )
-            pll = [c["pll_exposure"] for c in can["planted"] if c["reps"] == reps]
+            pll = [
+                c["pll_exposure"]
+                for c in can["planted"]
+                if c["reps"] == reps and "pll_exposure" in c
+            ]
             if pll:
                 pref = [c["pll_reference"] for c in can["planted"]]
                 print(
