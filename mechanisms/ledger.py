@@ -93,6 +93,17 @@ _CURVE_KINDS = ("laplace", "gaussian", "subsampled_gaussian")
 _FIELDS = ("pure_epsilon", "curve_count", "approx_epsilon", "approx_delta")
 
 
+def _rdp_entry(x: float, y: float, sign: int) -> float:
+    """One order of ``x + sign * y``. A refund (sign -1) clamps at zero, so float residue
+    never goes negative; but where either side is infinite (dp-accounting gives ``inf`` at
+    orders where its series does not converge), the sum of the other events at that order is
+    unknown: ``inf - inf`` would be NaN, which the clamp turned into 0, an order at which
+    everything looked free (epsilon 0). Such an order keeps ``x``: conservative, never low."""
+    if sign < 0 and (math.isinf(x) or math.isinf(y)):
+        return x
+    return max(0.0, x + sign * y)
+
+
 @dataclass(frozen=True)
 class Spend:
     """Additive summary of a set of privacy events (what the ledger stores per principal).
@@ -134,8 +145,7 @@ class Spend:
         n = max(len(a), len(b))
         a += [0.0] * (n - len(a))
         b += [0.0] * (n - len(b))
-        # Clamp at zero: subtracting a refund must not leave a negative float residue.
-        rdp = tuple(max(0.0, x + sign * y) for x, y in zip(a, b, strict=True))
+        rdp = tuple(_rdp_entry(x, y, sign) for x, y in zip(a, b, strict=True))
         sums = {f: max(0, getattr(self, f) + sign * getattr(other, f)) for f in _FIELDS}
         return Spend(rdp=rdp, count=max(0, self.count + sign * other.count), **sums)
 

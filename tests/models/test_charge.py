@@ -47,6 +47,44 @@ def EVENT_RDP_EPS() -> float:  # noqa: N802 - a constant computed lazily
     return Spend.of(EVENT).epsilon(1e-5)
 
 
+# A small training that stays, and a large one whose RDP curve dp-accounting leaves infinite at
+# the lowest orders (its series does not converge there): the events of a real session.
+SMALL = PrivacyEvent.subsampled_gaussian(
+    noise_multiplier=0.3376484289730087, sampling_rate=8 / 1315, steps=2
+)
+LARGE = PrivacyEvent.subsampled_gaussian(
+    noise_multiplier=1.8439745610393274, sampling_rate=256 / 1315, steps=200
+)
+
+
+def test_refunding_an_event_with_infinite_orders_never_lowers_what_stays(
+    any_ledger: Ledger, make_analyst
+) -> None:  # type: ignore[no-untyped-def]
+    """Found on a fresh ``make run``: a cancelled default training (refunded) left the corpus
+    cap reading epsilon 0 after a committed one, because inf - inf became 0 at some orders."""
+    from mechanisms.ledger import Spend
+
+    admin = make_analyst(any_ledger, "admin")
+    any_ledger.set_corpus_cap(Budget(50.0, 1e-5))
+    commit_training(any_ledger, charge_training(any_ledger, SMALL, principal_id=admin))
+    alone = any_ledger.corpus_remaining().spent_epsilon
+    assert alone == pytest.approx(Spend.of(SMALL).epsilon(1e-5), rel=1e-9) and alone > 1
+    refund_training(any_ledger, charge_training(any_ledger, LARGE, principal_id=admin))
+    after = any_ledger.corpus_remaining().spent_epsilon
+    assert after >= alone - 1e-9  # conservative where the orders are unknown, never lower
+    assert after <= Spend.of(SMALL).epsilon(1e-5) * 1.5  # and the finite orders were refunded
+
+
+def test_spend_subtraction_keeps_infinite_orders() -> None:
+    from mechanisms.ledger import Spend
+
+    inf = float("inf")
+    a = Spend(rdp=(inf, 2.0, 3.0), curve_count=2, count=2)
+    b = Spend(rdp=(inf, 1.0, 1.0), curve_count=1, count=1)
+    assert (a - b).rdp == (inf, 1.0, 2.0)
+    assert (a - a) == Spend()  # everything refunded: exactly nothing spent
+
+
 def test_refused_when_the_cap_cannot_afford_it(any_ledger: Ledger, make_analyst) -> None:  # type: ignore[no-untyped-def]
     admin = make_analyst(any_ledger, "admin")
     with pytest.raises(BudgetExhaustedError, match="no corpus-wide cap"):
