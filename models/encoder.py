@@ -23,35 +23,33 @@ The output is what ``SentenceTransformer(path).encode(texts, normalize_embedding
 returns (float32, L2-normalised, ``(n, dim)``), within float rounding in fp32.
 
 On the CPU the forward pass runs by default on ONNX Runtime (``runtime="auto"``; the
-``PRIVTEXT_EMBEDDING_RUNTIME`` environment variable sets the default: auto, torch or onnx):
-the BERT model plus mean pooling is exported once with ``torch.onnx.export`` (the TorchScript
-exporter: it gives the graph that onnxruntime's BERT optimizer fuses into Attention,
-SkipLayerNormalization and BiasGelu nodes; the dynamo exporter's graph does not fuse and was
-slower), optimised with ``onnxruntime.transformers.optimizer`` and cached under
-``$PRIVTEXT_DATA_DIR/cache/onnx``, keyed by the model directory and by a hash of its weights
-and config, so changed weights are exported again. On this 2-core CPU the ONNX path is about
-1.7-1.9x the torch path in fp32 with vectors equal to 3e-7 (BENCHMARKS.md "Embeddings
-throughput"). ``precision="int8"`` (opt-in, ONNX only) quantises the weights dynamically:
-faster again, but the vectors move. When onnxruntime is missing, or the export, check or a
-forward pass fails, the encoder logs a warning and uses torch: an embedding request never
-fails for the runtime's sake. CUDA always uses torch.
+``PRIVTEXT_EMBEDDING_RUNTIME`` environment variable sets the default: auto, torch or onnx);
+the export, its cache keyed by the weights, the check against torch and int8 quantisation
+(``precision="int8"``, opt-in, ONNX only) live in ``models.onnx_runtime``. When onnxruntime
+is missing, or the export, check or a forward pass fails, the encoder logs a warning and uses
+torch: an embedding request never fails for the runtime's sake. CUDA always uses torch.
 
 Nothing here downloads: the path must be a local directory (``HF_HUB_OFFLINE`` is set).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import threading
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from models.onnx_runtime import (
+    default_onnx_cache_dir,
+    onnx_model_file,
+    onnx_session,
+    onnxruntime_available,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -63,9 +61,6 @@ RUNTIMES = ("auto", "torch", "onnx")
 RUNTIME_ENV = "PRIVTEXT_EMBEDDING_RUNTIME"
 CUDA_BATCH_TOKENS = 16384  # padded tokens per batch (see the module docstring)
 CPU_BATCH_TOKENS = 1024
-ONNX_OPSET = 17
-ONNX_FORMAT = 1  # part of the cache key: bump when the exported graph changes
-ONNX_CHECK_ATOL = 1e-4  # an export that differs more from torch on the probe is not used
 
 
 def default_device() -> str:
@@ -79,10 +74,6 @@ def default_runtime() -> str:
     return os.environ.get(RUNTIME_ENV, "").strip().lower() or "auto"
 
 
-def default_onnx_cache_dir() -> Path:
-    return Path(os.environ.get("PRIVTEXT_DATA_DIR") or "data") / "cache" / "onnx"
-
-
 def available_cores() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -90,183 +81,11 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def onnxruntime_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-# -- ONNX export, cache and session ------------------------------------------------------
-
-
-def weights_fingerprint(path: Path) -> str:
-    """Hash of the model's weights and config (and of the export's format and torch version)."""
-    import torch
-
-    h = hashlib.sha256(f"onnx {ONNX_FORMAT} opset {ONNX_OPSET} torch {torch.__version__}".encode())
-    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
-        f = path / name
-        if f.is_file():
-            with f.open("rb") as fh:
-                h.update(name.encode() + hashlib.file_digest(fh, "sha256").digest())
-    return h.hexdigest()[:32]
-
-
-def _probe(tokenizer: Any) -> dict[str, np.ndarray]:
-    texts = ["", "a short probe", "a somewhat longer probe sentence, with padding around it"]
-    enc = tokenizer(texts, padding=True, return_tensors="np")
-    return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
-
-
-def _export(path: Path, tokenizer: Any, out: Path) -> None:
-    """Export BERT plus mean pooling to ``out`` (fp32, dynamic batch and sequence axes), fuse
-    it with onnxruntime's BERT optimizer when that works, and check it against torch."""
-    import torch
-    from transformers import AutoModel
-
-    # Eager attention: its graph is the one the optimizer fuses into Attention nodes.
-    model = AutoModel.from_pretrained(
-        str(path), local_files_only=True, attn_implementation="eager"
-    ).eval()
-
-    class MeanPooled(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = model
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            hidden = self.bert(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=torch.zeros_like(input_ids),
-            ).last_hidden_state
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-
-    module = MeanPooled().eval()
-    probe = _probe(tokenizer)  # padded, so the traced graph keeps the attention mask
-    args = (torch.from_numpy(probe["input_ids"]), torch.from_numpy(probe["attention_mask"]))
-    raw = out.with_name(out.name + ".raw")
-    axes = {0: "batch", 1: "sequence"}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and trace notes
-        torch.onnx.export(
-            module,
-            args,
-            str(raw),
-            dynamo=False,
-            opset_version=ONNX_OPSET,
-            input_names=["input_ids", "attention_mask"],
-            output_names=["mean_pooled"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "mean_pooled": {0: "batch"}},
-        )
-        expected = module(*args).numpy()
-    try:
-        from onnxruntime.transformers import optimizer
-
-        cfg = model.config
-        fused = optimizer.optimize_model(
-            str(raw),
-            model_type="bert",
-            num_heads=int(cfg.num_attention_heads),
-            hidden_size=int(cfg.hidden_size),
-            opt_level=0,
-            use_gpu=False,
-        )
-        fused.save_model_to_file(str(out))
-        raw.unlink()
-    except Exception as exc:  # the unfused graph is correct, only slower
-        log.warning("onnxruntime BERT optimizer failed (%s); using the unfused export", exc)
-        os.replace(raw, out)
-    got = _session(out, 1).run(None, probe)[0]
-    diff = float(np.abs(got - expected).max())
-    if not diff <= ONNX_CHECK_ATOL:
-        out.unlink(missing_ok=True)
-        raise RuntimeError(f"ONNX export differs from torch by {diff:.3g} on the probe")
-
-
-def _quantize(src: Path, out: Path) -> None:
-    """Dynamic int8 quantisation of ``src``'s weights (per channel), except the feed-forward
-    output projections, whose outlier activations cost the most accuracy when quantised
-    (measured on 300 demo texts: mean cosine to fp32 0.992 without them, 0.987 with them)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    ffn_out = [
-        n.name
-        for n in onnx.load(str(src), load_external_data=False).graph.node
-        if n.op_type == "MatMul"
-        and n.name.endswith("/output/dense/MatMul")
-        and "/attention/" not in n.name
-    ]
-    quantize_dynamic(
-        str(src),
-        str(out),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        reduce_range=True,
-        nodes_to_exclude=ffn_out,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-
-
-def onnx_model_file(path: Path, tokenizer: Any, cache_dir: Path, precision: str = "fp32") -> Path:
-    """The cached ONNX file for the model in ``path``, exported when missing or when the
-    weights changed (older exports of the same directory are removed).
-
-    Files: ``cache_dir/<hash of the directory>/<hash of the weights>.<precision>.onnx``,
-    written under a temporary name and renamed, so concurrent workers never read a partial
-    file. ``precision``: "fp32" or "int8" (dynamically quantised weights).
-    """
-    folder = cache_dir / hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    key = weights_fingerprint(path)
-    target = folder / f"{key}.{precision}.onnx"
-    if target.is_file():
-        return target
-    folder.mkdir(parents=True, exist_ok=True)
-    fp32 = folder / f"{key}.fp32.onnx"
-    tmp_suffix = f".{os.getpid()}.{threading.get_ident()}.tmp"
-    if not fp32.is_file():
-        log.info("exporting %s to ONNX (%s)", path, fp32)
-        tmp = fp32.with_name(fp32.name + tmp_suffix)
-        try:
-            _export(path, tokenizer, tmp)
-            os.replace(tmp, fp32)
-        finally:
-            for leftover in (tmp, tmp.with_name(tmp.name + ".raw")):
-                leftover.unlink(missing_ok=True)
-    if precision != "fp32" and not target.is_file():
-        tmp = target.with_name(target.name + tmp_suffix)
-        try:
-            _quantize(fp32, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-    for old in folder.glob("*.onnx"):
-        if not old.name.startswith(key + "."):
-            old.unlink(missing_ok=True)
-    return target
-
-
-def _session(file: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
 
 
 # -- the encoder --------------------------------------------------------------------------
@@ -365,7 +184,7 @@ class Encoder:
             cache = Path(onnx_cache_dir) if onnx_cache_dir else default_onnx_cache_dir()
             try:
                 file = onnx_model_file(self.path, self.tokenizer, cache, self.precision)
-                self._session = _session(file, threads or available_cores())
+                self._session = onnx_session(file, threads or available_cores())
                 self.runtime = "onnx"
             except Exception as exc:  # never fail an embedding request for the runtime's sake
                 self._fall_back(f"ONNX runtime unavailable ({type(exc).__name__}: {exc})")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from models import encoder as E
+from models import onnx_runtime as R
 from models.encoder import Encoder
 from models.registry import base_model_path
 
@@ -101,7 +102,7 @@ def test_cache_is_reused(
     def no_export(*args: Any) -> None:
         raise AssertionError("exported again although the weights did not change")
 
-    monkeypatch.setattr(E, "_export", no_export)
+    monkeypatch.setattr(R, "_export", no_export)
     before = sorted(onnx_cache.rglob("*"))
     again = Encoder(base_model_path(), device="cpu", runtime="onnx", onnx_cache_dir=onnx_cache)
     assert again.runtime == "onnx"
@@ -120,19 +121,19 @@ def test_cache_rebuilt_when_weights_change(
         calls.append(out)
         shutil.copyfile(exported, out)
 
-    monkeypatch.setattr(E, "_export", fake_export)
+    monkeypatch.setattr(R, "_export", fake_export)
     model = tmp_path / "model"
     shutil.copytree(base_model_path(), model)
     cache = tmp_path / "cache"
-    first = E.onnx_model_file(model, None, cache)
+    first = R.onnx_model_file(model, None, cache)
     assert len(calls) == 1 and first.is_file()
-    assert E.onnx_model_file(model, None, cache) == first and len(calls) == 1
+    assert R.onnx_model_file(model, None, cache) == first and len(calls) == 1
 
     weights = load_file(str(model / "model.safetensors"))
     name = next(iter(weights))
     weights[name] = weights[name] + np.float32(1e-3)
     save_file(weights, str(model / "model.safetensors"))
-    second = E.onnx_model_file(model, None, cache)
+    second = R.onnx_model_file(model, None, cache)
     assert len(calls) == 2 and second != first and second.is_file()
     assert not first.exists()  # the stale export of this directory is removed
     assert [p.name for p in cache.rglob("*") if p.is_file()] == [second.name]
@@ -161,7 +162,7 @@ def test_falls_back_when_export_fails(
     def broken_export(*args: Any) -> None:
         raise RuntimeError("ONNX export differs from torch by 0.5 on the probe")
 
-    monkeypatch.setattr(E, "_export", broken_export)
+    monkeypatch.setattr(R, "_export", broken_export)
     with caplog.at_level(logging.WARNING, logger="models.encoder"):
         enc = Encoder(base_model_path(), device="cpu", runtime="onnx", onnx_cache_dir=tmp_path)
     assert enc.runtime == "torch" and "differs from torch" in caplog.text
