@@ -1,4 +1,4 @@
-"""``privtext analysts|budget|cap|audit``: the admin API's tasks from the command line.
+"""``privtext analysts|budget|cap|ledger|audit``: the admin API's tasks from the command line.
 
 Registered on the ``privtext`` group by ``service.cli``; reads the same settings (state store
 URL) as the app, so it works against SQLite or PostgreSQL alike.
@@ -156,6 +156,37 @@ def cap_show(ctx: Context) -> None:
     click.echo(json.dumps(SqlLedger(ctx.engine).corpus_remaining().to_dict(), indent=2))
 
 
+@click.group("ledger")
+def ledger_group() -> None:
+    """Check (and repair) the stored spends against the ledger's entries."""
+
+
+@ledger_group.command("recompute")
+@click.option("--apply", is_flag=True, help="Write the recomputed spends (default: only show).")
+@pass_ctx
+def ledger_recompute(ctx: Context, apply: bool) -> None:
+    """Sum every budget's and the cap's live entries again and compare with what is stored.
+
+    Exit status 1 when a stored spend is below its entries' (under-charged) and --apply was
+    not given."""
+    rows = SqlLedger(ctx.engine).recompute_spends(apply=apply)
+    low = False
+    for r in rows:
+        who = "corpus cap" if r["scope"] == "corpus" else f"analyst {r['principal_id']}"
+        stored, fresh = r["stored_epsilon"], r["recomputed_epsilon"]
+        flag = ""
+        if stored < fresh - 1e-9:
+            flag, low = "  UNDER-CHARGED", True
+        click.echo(
+            f"{who}: stored epsilon {stored:.6g}, from {r['entries']} live entries "
+            f"{fresh:.6g} (delta {r['delta']:g}){flag}"
+        )
+    if apply:
+        click.echo("stored spends replaced by the recomputed ones")
+    elif low:
+        raise SystemExit(1)
+
+
 @click.group("audit")
 def audit_group() -> None:
     """The append-only audit log of every query."""
@@ -198,4 +229,4 @@ def audit_export(
     click.echo(f"{len(rows)} entries", err=True)
 
 
-COMMANDS: list[click.Command] = [analysts, budget_group, cap, audit_group]
+COMMANDS: list[click.Command] = [analysts, budget_group, cap, ledger_group, audit_group]

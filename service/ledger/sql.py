@@ -341,6 +341,73 @@ class SqlLedger(Ledger):
                 )
             )
 
+    def recompute_spends(self, *, apply: bool = False) -> list[dict[str, Any]]:
+        """Recompute every stored spend from the live (reserved or committed) entries.
+
+        The stored spends are running sums, updated on every reserve and refund; this sums
+        the entries again, for an operator to check them, or to repair them (``apply``) after
+        a bug (a refund of an event with infinite RDP orders once zeroed those orders). An
+        analyst's spend is the sum of their entries except corpus-only ones (training); the
+        cap's is the sum of all. Runs under the write locks, budgets before the cap, like
+        every other transaction. Returns, per budget row and for the cap, the epsilon stored
+        and recomputed (at the budget's delta, or REPORT_DELTA without one).
+        """
+        from collections import defaultdict
+
+        from mechanisms.ledger import REPORT_DELTA
+
+        with self._locked() as conn:
+            brows = conn.execute(
+                select(budgets).order_by(budgets.c.principal_id).with_for_update()
+            ).all()
+            crow = self._lock_cap(conn)
+            entries = conn.execute(
+                select(ledger_entries.c.id, ledger_entries.c.principal_id, ledger_entries.c.event)
+                .where(ledger_entries.c.status != "refunded")
+                .order_by(ledger_entries.c.created_at, ledger_entries.c.id)
+            ).all()
+            priced: dict[str, Spend] = {}
+            own: dict[str, Spend] = defaultdict(Spend)
+            corpus = Spend()
+            for e in entries:
+                if e.event not in priced:
+                    priced[e.event] = Spend.of(PrivacyEvent.from_dict(json.loads(e.event)))
+                corpus = corpus + priced[e.event]
+                if not is_corpus_reservation(e.id):
+                    own[e.principal_id] = own[e.principal_id] + priced[e.event]
+            report = []
+            rows: list[tuple[str | None, Budget | None, Spend, Spend]] = [
+                (r.principal_id, _budget(r), _load(r.spend), own[r.principal_id]) for r in brows
+            ]
+            rows.append((None, _budget(crow), _load(crow.spend), corpus))
+            for principal_id, budget, stored, fresh in rows:
+                delta = budget.delta if budget else REPORT_DELTA
+                report.append(
+                    {
+                        "scope": "corpus" if principal_id is None else "analyst",
+                        "principal_id": principal_id,
+                        "delta": delta,
+                        "stored_epsilon": stored.epsilon(delta),
+                        "recomputed_epsilon": fresh.epsilon(delta),
+                        "entries": fresh.count,
+                    }
+                )
+                if not apply:
+                    continue
+                if principal_id is None:
+                    conn.execute(
+                        update(corpus_cap)
+                        .where(corpus_cap.c.id == CAP_ID)
+                        .values(spend=_dump(fresh), updated_at=now())
+                    )
+                else:
+                    conn.execute(
+                        update(budgets)
+                        .where(budgets.c.principal_id == principal_id)
+                        .values(spend=_dump(fresh), updated_at=now())
+                    )
+        return report
+
     def corpus_remaining(self, *, tight: bool = False) -> Remaining:
         with self.engine.connect() as conn, conn.begin():
             crow = conn.execute(select(corpus_cap).where(corpus_cap.c.id == CAP_ID)).one()

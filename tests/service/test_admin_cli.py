@@ -83,3 +83,28 @@ def test_audit_export(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-d
     parsed = list(csv.DictReader(io.StringIO(out.read_text())))
     assert len(parsed) == 3 and parsed[0]["principal_id"] == aid
     assert json.loads(run("audit", "export", "--since", "2999-01-01").stdout) == []
+
+
+def test_ledger_recompute_command(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import update
+
+    from mechanisms.events import PrivacyEvent
+    from mechanisms.ledger import Spend
+    from service.ledger.tables import corpus_cap
+
+    aid = _id(run("analysts", "create", "alice", "--epsilon", "5", "--delta", "1e-6"))
+    run("cap", "set", "--epsilon", "10", "--delta", "1e-6")
+    engine = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    ledger = SqlLedger(engine)
+    ledger.commit(ledger.reserve(aid, PrivacyEvent.laplace(0.5)).id)
+    out = run("ledger", "recompute").stdout
+    assert "corpus cap: stored epsilon 0.5, from 1 live entries 0.5" in out
+    assert f"analyst {aid}: stored epsilon 0.5" in out and "UNDER-CHARGED" not in out
+    with engine.begin() as conn:  # a cap that lost its history
+        conn.execute(update(corpus_cap).values(spend=json.dumps(Spend().to_dict())))
+    bad = run("ledger", "recompute", ok=False)
+    assert bad.exit_code == 1 and "corpus cap: stored epsilon 0, " in bad.stdout
+    assert "UNDER-CHARGED" in bad.stdout
+    assert "replaced" in run("ledger", "recompute", "--apply").stdout
+    assert ledger.corpus_remaining().spent_epsilon == 0.5
+    assert "UNDER-CHARGED" not in run("ledger", "recompute").stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -202,3 +203,46 @@ def test_corpus_spend_without_a_cap_is_reported_at_report_delta(
     expected = Spend.of(PrivacyEvent.gaussian(10.0)).epsilon(REPORT_DELTA)
     assert rem.spent_epsilon == pytest.approx(expected) and rem.to_dict()["delta"] == REPORT_DELTA
     assert any_ledger.remaining(a).to_dict()["delta"] == 1e-5
+
+
+def test_recompute_spends_finds_and_repairs_an_under_charged_store(
+    any_ledger: Ledger, make_analyst
+) -> None:  # type: ignore[no-untyped-def]
+    """``privtext ledger recompute``: the stored running sums against the live entries."""
+    from sqlalchemy import update
+
+    from service.ledger.sql import SqlLedger
+    from service.ledger.tables import corpus_cap
+
+    if not isinstance(any_ledger, SqlLedger):
+        pytest.skip("the SQL ledger's repair tool")
+    a = make_analyst(any_ledger)
+    any_ledger.set_budget(a, Budget(5.0, 1e-5))
+    any_ledger.set_corpus_cap(Budget(50.0, 1e-5))
+    any_ledger.commit(any_ledger.reserve(a, PrivacyEvent.gaussian(3.0)).id)
+    any_ledger.refund(any_ledger.reserve(a, LAP).id)
+    training = PrivacyEvent.subsampled_gaussian(
+        noise_multiplier=1.0, sampling_rate=0.05, steps=100
+    )
+    any_ledger.commit(any_ledger.reserve_corpus(a, training).id)  # the cap only
+    cap_before = any_ledger.corpus_remaining().spent_epsilon
+    own_before = any_ledger.remaining(a).spent_epsilon
+    rows = {r["scope"]: r for r in any_ledger.recompute_spends()}
+    assert rows["corpus"]["entries"] == 2 and rows["analyst"]["entries"] == 1
+    for r in rows.values():  # an honest store: the running sums equal the entries
+        assert r["stored_epsilon"] == pytest.approx(r["recomputed_epsilon"], rel=1e-9)
+    assert rows["analyst"]["stored_epsilon"] == pytest.approx(own_before, rel=1e-9)
+    assert rows["analyst"]["recomputed_epsilon"] == pytest.approx(
+        Spend.of(PrivacyEvent.gaussian(3.0)).epsilon(1e-5), rel=1e-9
+    )
+    # the bug this tool exists for: a cap whose stored spend lost its history
+    with any_ledger.engine.begin() as conn:
+        conn.execute(update(corpus_cap).values(spend=json.dumps(Spend().to_dict())))
+    assert any_ledger.corpus_remaining().spent_epsilon == 0.0
+    shown = {r["scope"]: r for r in any_ledger.recompute_spends()}
+    assert shown["corpus"]["stored_epsilon"] == 0.0
+    assert shown["corpus"]["recomputed_epsilon"] == pytest.approx(cap_before, rel=1e-9)
+    assert any_ledger.corpus_remaining().spent_epsilon == 0.0  # only shown, not written
+    any_ledger.recompute_spends(apply=True)
+    assert any_ledger.corpus_remaining().spent_epsilon == pytest.approx(cap_before, rel=1e-9)
+    assert any_ledger.remaining(a).spent_epsilon == pytest.approx(own_before, rel=1e-9)
