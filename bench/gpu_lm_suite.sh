@@ -4,7 +4,7 @@
 #   bash bench/gpu_lm_suite.sh speed   # DP vs non-private: one step, and 50 steps end to end
 #   bash bench/gpu_lm_suite.sh smoke   # the speed benchmark + every training path for 3 steps
 #   bash bench/gpu_lm_suite.sh full    # the quality / canary runs at epsilon 8 (the default
-#                                      # RUNS took about 6 minutes on an H200 in 2026-11)
+#                                      # RUNS trained for 349 s in all on an H200, 2026-11)
 #
 # Expects, carried beside the working tree (see BENCHMARKS.md): bench/out/base_fp16 (the base
 # weights as float16, upcast on load), bench/out/whl (opacus, dp-accounting, dm-tree wheels) and
