@@ -109,9 +109,11 @@ class Trainer:
         self.steps_done = 0
 
     # -- batches --------------------------------------------------------------------------
-    def _prepare(self, sequences: list[list[int]]) -> tuple[torch.Tensor, ...]:
-        ids, attention, special = collate(sequences, self.tokenizer.pad_token_id, self.special_ids)
-        masked, positions, labels = mask_tokens(
+    def _mask(
+        self, ids: torch.Tensor, special: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`~models.mlm.mask_tokens` with this run's masking settings and generator."""
+        return mask_tokens(
             ids,
             special,
             probability=self.config.mlm_probability,
@@ -119,6 +121,10 @@ class Trainer:
             vocab_size=self.vocab_size,
             generator=self.generator,
         )
+
+    def _prepare(self, sequences: list[list[int]]) -> tuple[torch.Tensor, ...]:
+        ids, attention, special = collate(sequences, self.tokenizer.pad_token_id, self.special_ids)
+        masked, positions, labels = self._mask(ids, special)
         dev = self.device
         return masked.to(dev), attention.to(dev), positions.to(dev), labels.to(dev)
 
@@ -169,14 +175,7 @@ class Trainer:
         exactly as there), plus its packing; positions and labels [S, K] index the sender
         rows."""
         ids, attention, special, packing = self._messages(chunk, self.special_ids)
-        masked, positions, labels = mask_tokens(
-            ids,
-            special,
-            probability=self.config.mlm_probability,
-            mask_id=self.tokenizer.mask_token_id,
-            vocab_size=self.vocab_size,
-            generator=self.generator,
-        )
+        masked, positions, labels = self._mask(ids, special)
         chosen = torch.zeros(ids.shape, dtype=torch.bool)
         valid = labels != -100
         rows = torch.arange(ids.shape[0]).unsqueeze(1).expand_as(positions)
