@@ -37,7 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_model_quality import retrieval  # noqa: E402
+from bench_model_quality import privacy_entry, retrieval  # noqa: E402
+from model_bench_data import multi_sender_conversations  # noqa: E402
 
 
 def held_out_conversations(data_dir: Path, held_out: int = 1000, seed: int = 0) -> list[int]:
@@ -47,13 +48,7 @@ def held_out_conversations(data_dir: Path, held_out: int = 1000, seed: int = 0) 
     rng = random.Random(seed)
     _info, cur = SnapshotStore(data_dir).cursor()
     try:
-        convs = [
-            r[0]
-            for r in cur.execute(
-                "SELECT conversation_id FROM messages GROUP BY 1 "
-                "HAVING count(DISTINCT sender_id) >= 2 ORDER BY 1"
-            ).fetchall()
-        ]
+        convs = multi_sender_conversations(cur)
     finally:
         cur.close()
     rng.shuffle(convs)
@@ -73,12 +68,11 @@ def cut(examples: list, max_messages: int, max_seq_len: int, sep: int) -> list:
 
 
 def main() -> None:
-    from mechanisms.accountant import Accountant
     from models.data import load_sender_pair_examples
     from models.mlm import load_base
     from models.registry import base_model_path
     from models.trainer import Trainer, pick_device
-    from models.training import TrainingConfig, default_delta, plan_training
+    from models.training import TrainingConfig, plan_training
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data-dir", type=Path, required=True, help="the demo snapshot")
@@ -183,15 +177,7 @@ def main() -> None:
             "lr": config.learning_rate,
         }
         if event is not None:
-            delta = default_delta(n)
-            acc = Accountant([event])
-            entry |= {
-                "epsilon_pld": acc.epsilon(delta),
-                "epsilon_rdp": acc.epsilon(delta, method="rdp"),
-                "delta": delta,
-                "noise_multiplier": event.noise_multiplier,
-                "sampling_rate": event.sampling_rate,
-            }
+            entry |= privacy_entry(event, n)
         t0 = time.perf_counter()
         entry["retrieval"] = retrieval(trainer.model.bert, tok, pairs, device)
         entry["eval_s"] = time.perf_counter() - t0

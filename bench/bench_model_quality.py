@@ -149,6 +149,23 @@ def audit(mlm: Any, tok: Any, data: dict, device: torch.device, samples: int = 0
     return out
 
 
+def privacy_entry(event: Any, n_senders: int) -> dict[str, Any]:
+    """What a DP run's result records about its privacy: epsilon by PLD (the figure the service
+    reports) and by RDP at the default delta for ``n_senders``, and the event's parameters."""
+    from mechanisms.accountant import Accountant
+    from models.training import default_delta
+
+    delta = default_delta(n_senders)
+    acc = Accountant([event])
+    return {
+        "epsilon_pld": acc.epsilon(delta),
+        "epsilon_rdp": acc.epsilon(delta, method="rdp"),
+        "delta": delta,
+        "noise_multiplier": event.noise_multiplier,
+        "sampling_rate": event.sampling_rate,
+    }
+
+
 def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     """``kind-objective[@lr][:L<layers>][:S<steps>]``, e.g. ``dp-mlm@5e-5`` or
     ``np-mlm@5e-4:L6:S400``; kind ``dp`` (private) or ``np`` (non-private)."""
@@ -171,11 +188,10 @@ def parse_run(spec: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    from mechanisms.accountant import Accountant
     from models.mlm import load_base
     from models.registry import base_model_path
     from models.trainer import Trainer, pick_device
-    from models.training import TrainingConfig, default_delta, plan_training
+    from models.training import TrainingConfig, plan_training
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=Path("bench/out/model_bench_data.pt"))
@@ -263,15 +279,7 @@ def main() -> None:
             "n_senders": n,
         }
         if event is not None:
-            delta = default_delta(n)
-            acc = Accountant([event])
-            entry |= {
-                "epsilon_pld": acc.epsilon(delta),
-                "epsilon_rdp": acc.epsilon(delta, method="rdp"),
-                "delta": delta,
-                "noise_multiplier": event.noise_multiplier,
-                "sampling_rate": event.sampling_rate,
-            }
+            entry |= privacy_entry(event, n)
         entry["val"] = retrieval(trainer.model.bert, tok, val, device)
         entry["test"] = retrieval(trainer.model.bert, tok, test, device)
         if run["objective"] == "mlm":

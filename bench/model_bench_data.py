@@ -46,6 +46,18 @@ def canary_text(k: int, digits: list[int]) -> str:
     return f"{canary_prefix(k)} " + " ".join(str(d) for d in digits)
 
 
+def multi_sender_conversations(cur: Any) -> list[int]:
+    """Ids of the conversations with at least two senders (the ones that have a next turn by
+    another speaker), in id order: what the held-out splits are drawn from."""
+    return [
+        r[0]
+        for r in cur.execute(
+            "SELECT conversation_id FROM messages GROUP BY 1 "
+            "HAVING count(DISTINCT sender_id) >= 2 ORDER BY 1"
+        ).fetchall()
+    ]
+
+
 def build(
     data_dir: Path,
     tokenizer_dir: Path,
@@ -65,13 +77,7 @@ def build(
 
     rng = random.Random(seed)
     info, cur = SnapshotStore(data_dir).cursor()
-    convs = [
-        r[0]
-        for r in cur.execute(
-            "SELECT conversation_id FROM messages GROUP BY 1 "
-            "HAVING count(DISTINCT sender_id) >= 2 ORDER BY 1"
-        ).fetchall()
-    ]
+    convs = multi_sender_conversations(cur)
     rng.shuffle(convs)
     held = sorted(convs[:held_out])
     val = sorted(convs[held_out : held_out + validation])
