@@ -13,12 +13,13 @@ import hashlib
 import io
 import json
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
-from service.ledger.tables import audit_log
+from service.ledger.tables import audit_log, query_claims
 
 STATUSES = ("released", "replay", "failed", "refused")
 CSV_FIELDS = (
@@ -152,3 +153,50 @@ def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
             }
         )
     return buf.getvalue()
+
+
+def claim(
+    engine: Engine, *, principal_id: str, snapshot_id: str, qhash: str, stale_after_s: float
+) -> bool:
+    """Try to become the one request answering this (principal, snapshot, query hash).
+
+    True when the claim was taken (the caller must ``unclaim`` when done, whatever happens);
+    False while another request holds it. A claim older than ``stale_after_s`` seconds was
+    left by a process that died (its reservation stays charged) and is taken over.
+    """
+    key = {"principal_id": principal_id, "snapshot_id": snapshot_id, "query_hash": qhash}
+    now = datetime.now(UTC)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(query_claims).values(**key, created_at=now))
+        return True
+    except IntegrityError:
+        pass
+    cutoff = now - timedelta(seconds=stale_after_s)
+    with engine.begin() as conn:
+        gone = conn.execute(
+            delete(query_claims).where(
+                *(query_claims.c[k] == v for k, v in key.items()),
+                query_claims.c.created_at < cutoff,
+            )
+        ).rowcount
+    if not gone:
+        return False
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(query_claims).values(**key, created_at=now))
+        return True
+    except IntegrityError:
+        return False
+
+
+def unclaim(engine: Engine, *, principal_id: str, snapshot_id: str, qhash: str) -> None:
+    """Release a claim taken by ``claim``."""
+    with engine.begin() as conn:
+        conn.execute(
+            delete(query_claims).where(
+                query_claims.c.principal_id == principal_id,
+                query_claims.c.snapshot_id == snapshot_id,
+                query_claims.c.query_hash == qhash,
+            )
+        )

@@ -1,9 +1,10 @@
 """Tables of the ledger and the audit log, added to ``service.db.metadata``.
 
 ``budgets`` holds one row per analyst (the budget and the running spend), ``corpus_cap`` one
-row (id 1) for the corpus-wide cap and spend, ``ledger_entries`` one row per reservation, and
+row (id 1) for the corpus-wide cap and spend, ``ledger_entries`` one row per reservation,
 ``audit_log`` one row per query answered (append-only: triggers refuse UPDATE and DELETE on
-SQLite and PostgreSQL).
+SQLite and PostgreSQL), and ``query_claims`` one row per query being answered (the replay
+promise under concurrency).
 
 Spends are stored as JSON text (``mechanisms.ledger.Spend.to_dict``): the additive RDP vector
 at the accountant's fixed orders, the sum of pure epsilons and the count of non-pure events.
@@ -77,6 +78,18 @@ audit_log = Table(
     Column("reservation_id", String(64), nullable=True),
     Index("ix_audit_replay", "principal_id", "snapshot_id", "query_hash"),
     Index("ix_audit_created", "created_at"),
+)
+
+#: One row per (analyst, snapshot, normalised query) being answered right now: its primary key
+#: lets exactly one of several identical concurrent requests reserve and compute; the others
+#: wait for its audit row and replay it (``service.ledger.audit.claim``).
+query_claims = Table(
+    "query_claims",
+    metadata,
+    Column("principal_id", String(64), primary_key=True),
+    Column("snapshot_id", String(128), primary_key=True),
+    Column("query_hash", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 _SQLITE_GUARDS = [

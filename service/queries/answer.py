@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from service.queries.compute import AUTO_CAP_BUCKETS, CorpusQuery
-from service.queries.plan import EMBEDDING_KINDS, Plan
+from service.queries.compute import CorpusQuery
+from service.queries.plan import AUTO_CAP_BUCKETS, EMBEDDING_KINDS, Plan
 from service.queries.release import (
     GROUPS_PER_SENDER,
     Part,
@@ -22,32 +22,30 @@ from service.queries.release import (
     rescale,
 )
 
-MAX_CAP = 10_000
 
-
-def choose_cap(q: CorpusQuery, part: Part, main: Part, plan: Plan) -> int:
+def choose_cap(q: CorpusQuery, priced: Priced) -> int:
     """Choose the per-sender cap privately from a noisy histogram of sender activity.
 
     Each sender adds 1 to the bucket of its message count (sensitivity 1), noised by
-    ``part``. The cap is the power of two that minimises (messages the cap would drop,
-    estimated from the noisy histogram) + (the 95% noise half-width of a count released at
-    ``main``'s cost with that cap). Everything after the noise is post-processing.
+    ``priced.cap_part``. The cap is the candidate (checked at pricing, so that whichever is
+    chosen can be released) that minimises (messages the cap would drop, estimated from the
+    noisy histogram) + (the 95% noise half-width of a count released at the main part's cost
+    with that cap, computed at pricing). Everything after the noise is post-processing.
     """
+    part = priced.cap_part
+    assert part is not None and priced.cap_candidates
     hist = noisy(part, q.sender_activity())
     # Buckets whose noisy count is within the noise's own 95% range are treated as empty:
     # otherwise noise in the many empty high buckets would drag the cap up.
     hist = np.where(hist > half_width(part, 0.95), hist, 0.0)
-    best, best_err = 1, math.inf
-    for j in range(AUTO_CAP_BUCKETS):
-        cap = 2**j
+    best, best_err = priced.cap_candidates[0], math.inf
+    for cap in priced.cap_candidates:
         # bucket b holds senders with [2^b, 2^(b+1)) messages: take 1.5 * 2^b as typical
         dropped = sum(hist[b] * max(0.0, 1.5 * 2**b - cap) for b in range(AUTO_CAP_BUCKETS))
-        probe = Part("probe", main.sensitivity, 1.0, main.mechanism)
-        rescale(probe, plan, float(cap))
-        err = dropped + half_width(probe, 0.95)
+        err = dropped + priced.cap_probe_half_width[cap]
         if err < best_err:
             best, best_err = cap, err
-    return min(best, MAX_CAP)
+    return best
 
 
 def _interval(value: float, hw: float) -> list[float]:
@@ -69,8 +67,7 @@ def build_answer(plan: Plan, priced: Priced, q: CorpusQuery) -> dict[str, Any]:
     cap_info: dict[str, Any]
     if plan.max_messages is None:
         assert priced.cap_part is not None
-        main = next(p for n, p in priced.parts.items() if n != "selection")
-        m = choose_cap(q, priced.cap_part, main, plan)
+        m = choose_cap(q, priced)
         cap_info = {"value": m, "chosen": "auto", "cost_share": priced.cap_part.share}
     else:
         m = plan.max_messages

@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from service.queries.plan import NEGATIVE_AT, POSITIVE_AT, Plan
+from service.queries.plan import AUTO_CAP_BUCKETS, NEGATIVE_AT, POSITIVE_AT, Plan
 
 #: Tokens as in service.corpus.features.tokenize (letters/digits with inner apostrophes).
 TOKEN_SQL_RE = r"[\p{L}\p{N}]+(?:['\x{2019}][\p{L}\p{N}]+)*"
@@ -27,7 +27,6 @@ STOPWORDS = tuple(
     than too very can will just don't i'll i've that's there here then out up down all any
     some would could should into over also""".split()
 )
-AUTO_CAP_BUCKETS = 15  # per-sender message counts in [2^j, 2^(j+1)), j = 0..14
 
 
 def _quote(column: str) -> str:
@@ -110,13 +109,22 @@ class CorpusQuery:
         return sql, [*self._params, max_messages]
 
     def _value_q(self) -> str:
+        """A message's value in grid units, centred on the grid's offset.
+
+        The value is clamped to the bounds, divided by the step and rounded (DuckDB rounds
+        half away from zero, Python's ``round`` of the bounds half to even), then clamped again
+        in grid units to ``[lower_q, upper_q]``, the integers the sensitivity is priced on: no
+        value can land one step outside them, whatever the rounding. The first clamp keeps the
+        BIGINT conversion in range (``make_grid`` limits the bounds to 2**40 steps).
+        """
         grid = self.plan.grid
         assert grid is not None and self.plan.feature is not None
         col = _quote(self.plan.feature)
-        return (
+        rounded = (
             f"CAST(round(least(greatest({col}, {grid.lower!r}), {grid.upper!r}) "
-            f"/ {grid.step!r}) AS BIGINT) - {grid.offset_q}"
+            f"/ {grid.step!r}) AS BIGINT)"
         )
+        return f"least(greatest({rounded}, {grid.lower_q}), {grid.upper_q}) - {grid.offset_q}"
 
     def _grouped(self, select: str, source: tuple[str, list[Any]]) -> dict[Any, tuple[Any, ...]]:
         sql, params = source
@@ -214,7 +222,7 @@ class CorpusQuery:
         unigram = "SELECT sender_id, unnest(toks) AS term FROM m"
         bigram = (
             "SELECT sender_id, unnest(list_transform(range(1, len(toks)), "
-            "i -> toks[i] || ' ' || toks[i + 1])) AS term FROM m"
+            "lambda i: toks[i] || ' ' || toks[i + 1])) AS term FROM m"
         )
         terms_sql = unigram + (f" UNION ALL {bigram}" if want_bigrams else "")
         extra: list[Any] = []

@@ -29,7 +29,17 @@ DEFAULT_TOP_K = 10
 DEFAULT_TERMS_PER_SENDER = 10
 QUANTILE_BINS = 32  # coarse enough that bins are not swamped by noise
 AUTO_CAP_SHARE = 0.1  # of the query's cost, spent choosing the per-sender cap
+MAX_CAP = 10_000  # the largest per-sender cap, fixed or automatic
+AUTO_CAP_BUCKETS = 15  # per-sender message counts in [2^j, 2^(j+1)), j = 0..14
+#: The caps an automatic choice picks from: powers of two, the last one limited to MAX_CAP.
+AUTO_CAPS = tuple(sorted({min(2**j, MAX_CAP) for j in range(AUTO_CAP_BUCKETS)}))
 GRID_STEPS = 1024  # a real feature's bound range is cut into about this many grid steps
+#: Public limits on the grid, checked before any data is read (see ``make_grid``): a grid step
+#: is a power of two in [2**-40, 2**40] and a bound is at most 2**40 steps from zero, so every
+#: clamped value converts to a BIGINT in SQL and every per-sender contribution stays exact.
+MIN_GRID_STEP = 2.0**-40
+MAX_GRID_STEP = 2.0**40
+MAX_GRID_UNITS = 2**40
 MAX_TIME_BUCKETS = 1000
 #: VADER's usual thresholds on the compound score.
 POSITIVE_AT = 0.05
@@ -69,15 +79,43 @@ class Grid:
         return max(abs(self.upper_q - self.offset_q), abs(self.lower_q - self.offset_q))
 
 
-def make_grid(feature: str, lower: float, upper: float) -> Grid:
+def make_grid(feature: str, lower: float, upper: float, *, where: str = "bounds") -> Grid:
+    """The grid for values clamped to ``[lower, upper]``.
+
+    Raises APIError(422) when the bounds give no usable grid: a span that is not a finite
+    positive float, a step outside [2**-40, 2**40], or a bound more than 2**40 steps from zero
+    (its grid value would not be exact, and SQL's BIGINT conversion could overflow). Decided
+    from the bounds alone, before any data is read.
+    """
+    span = float(upper) - float(lower)
+    if not (math.isfinite(span) and span > 0):
+        raise _grid_error(where, "the range upper - lower must be a finite positive number")
     if feature in ("chars", "tokens") and float(lower).is_integer() and float(upper).is_integer():
         step = 1.0
-        span = upper - lower
         while span / step > 4 * GRID_STEPS:
             step *= 2
+    elif span / GRID_STEPS < MIN_GRID_STEP:
+        step = 0.0  # too narrow (and log2 of an underflowed ratio would fail)
     else:
-        step = 2.0 ** math.floor(math.log2((upper - lower) / GRID_STEPS))
-    return Grid(lower=lower, upper=upper, step=step)
+        step = 2.0 ** math.floor(math.log2(span / GRID_STEPS))
+    if not MIN_GRID_STEP <= step <= MAX_GRID_STEP:
+        raise _grid_error(
+            where,
+            f"the range is too {'narrow' if step < MIN_GRID_STEP else 'wide'}: its grid step "
+            "must lie in [2**-40, 2**40]",
+        )
+    grid = Grid(lower=lower, upper=upper, step=step)
+    if max(abs(grid.lower_q), abs(grid.upper_q)) > MAX_GRID_UNITS:
+        raise _grid_error(
+            where,
+            "the bounds are too far from zero for their width: each must be within 2**40 grid "
+            f"steps ({step!r} each) of zero",
+        )
+    return grid
+
+
+def _grid_error(where: str, why: str) -> APIError:
+    return APIError(422, "validation_error", f"Unusable {where}: {why}.", {where: [why]})
 
 
 @dataclass(frozen=True)
@@ -119,6 +157,12 @@ class Plan:
     clusters: int = DEFAULT_CLUSTERS
     iterations: int = DEFAULT_ITERATIONS
     model_id: str | None = None
+
+    @property
+    def uses_cap(self) -> bool:
+        """Whether the per-sender message cap matters (a count of distinct senders ignores
+        it: each sender adds at most 1 per group whatever its messages)."""
+        return not (self.kind == "count" and self.of == "senders")
 
     @property
     def needs_partition_selection(self) -> bool:
@@ -194,7 +238,7 @@ def build_plan(req: dict[str, Any], *, metadata_columns: list[str]) -> Plan:
         )
     bins: tuple[float, ...] = tuple(req.get("bins") or ())
     if bins and grid is not None and not req.get("bounds"):
-        grid = make_grid(feature or "", bins[0], bins[-1])  # type: ignore[arg-type]
+        grid = make_grid(feature or "", bins[0], bins[-1], where="bins")  # type: ignore[arg-type]
 
     filters = req.get("filters") or {}
     meta_filter = tuple(
@@ -204,6 +248,8 @@ def build_plan(req: dict[str, Any], *, metadata_columns: list[str]) -> Plan:
         _check_metadata_column(col, metadata_columns, "filters.metadata")
     tr = filters.get("time_range")
     kw = filters.get("keywords") or {}
+    _check_instants(tr, "filters.time_range")
+    _check_instants((req.get("group_by") or {}).get("range"), "group_by.range")
 
     groups = None
     gb = req.get("group_by")
@@ -228,6 +274,10 @@ def build_plan(req: dict[str, Any], *, metadata_columns: list[str]) -> Plan:
 
     cap = req.get("max_messages_per_sender")
     max_messages = None if cap == "auto" else (cap or DEFAULT_MAX_MESSAGES)
+    if kind == "count" and req.get("of") == "senders" and max_messages is None:
+        # A count of distinct senders never uses the cap: choosing one privately would spend
+        # budget on nothing the answer uses.
+        max_messages = DEFAULT_MAX_MESSAGES
 
     plan = Plan(
         kind=kind,
@@ -286,6 +336,30 @@ def build_plan(req: dict[str, Any], *, metadata_columns: list[str]) -> Plan:
             {"bigrams": ["not with terms"]},
         )
     return plan
+
+
+#: Instants a query may name (as UTC): wide enough for any chat corpus, narrow enough that
+#: every date computation on them (UTC conversion, bucket keys) stays in range.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def _check_instants(rng: dict[str, datetime] | None, where: str) -> None:
+    """422 unless both ends of a declared range lie in [1900, 2200) UTC."""
+    if not rng:
+        return
+    for end in ("start", "end"):
+        try:
+            ok = EARLIEST <= rng[end].astimezone(UTC) <= LATEST
+        except (OverflowError, ValueError):
+            ok = False
+        if not ok:
+            raise APIError(
+                422,
+                "validation_error",
+                f"{where}.{end} must lie between {EARLIEST.date()} and {LATEST.date()} (UTC).",
+                {where: {end: ["out of range"]}},
+            )
 
 
 def _check_metadata_column(col: str, columns: list[str], where: str) -> None:

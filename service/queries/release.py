@@ -16,7 +16,22 @@ import numpy as np
 
 from mechanisms.accountant import PrivacyEvent
 from mechanisms.errors import InvalidParameterError
-from service.queries.plan import AUTO_CAP_SHARE, Plan
+from mechanisms.gaussian import GaussianMechanism
+from mechanisms.laplace import LaplaceMechanism
+from service.errors import APIError
+from service.queries.plan import AUTO_CAP_SHARE, AUTO_CAPS, Plan
+
+#: Public limits, checked at pricing before any data is read. A noise scale (or sigma) is at
+#: most 2**39 integer units (the exact samplers take up to 2**40), so with exact aggregates
+#: clamped to +/- ``AGGREGATE_LIMIT`` a noisy value stays far inside int64 and float64's exact
+#: range (noise beyond 2**51 has probability below exp(-4096)).
+MAX_NOISE_UNITS = 2.0**39
+AGGREGATE_LIMIT = 2**50
+MIN_HALF_WIDTH_UNITS = 0.5
+#: The most one query priced by accuracy may cost (the schema's limit on epsilon, and the
+#: zCDP rho of that epsilon as pure DP).
+MAX_QUERY_EPSILON = 10.0
+MAX_QUERY_RHO = MAX_QUERY_EPSILON**2 / 2
 
 Mechanism = Any  # mechanisms.laplace.LaplaceMechanism | mechanisms.gaussian.GaussianMechanism
 
@@ -41,33 +56,28 @@ class Priced:
     cap_part: Part | None = None
     threshold: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: Caps the release may use, each checked at pricing (see ``_check_caps``).
+    cap_candidates: tuple[int, ...] = ()
+    #: For an automatic cap: each candidate's weighed half-width (see ``choose_cap``).
+    cap_probe_half_width: dict[int, float] = field(default_factory=dict)
 
 
 def _rho_for(epsilon: float, delta: float) -> float:
     """The largest rho whose RDP conversion gives at most (epsilon, delta)."""
-    from mechanisms.gaussian import GaussianMechanism
-
     return float(GaussianMechanism(sensitivity=1.0, epsilon=epsilon, delta=delta).rho)
 
 
 def _laplace(sensitivity: float, epsilon: float) -> Mechanism:
-    from mechanisms.laplace import LaplaceMechanism
-
     return LaplaceMechanism(sensitivity=sensitivity, epsilon=epsilon)
 
 
 def _gaussian(sensitivity: float, rho: float) -> Mechanism:
-    from mechanisms.gaussian import GaussianMechanism
-
     return GaussianMechanism(sensitivity=sensitivity, rho=rho)
 
 
 def _from_accuracy(
     mechanism: str, sensitivity: float, half_width: float, level: float
 ) -> Mechanism:
-    from mechanisms.gaussian import GaussianMechanism
-    from mechanisms.laplace import LaplaceMechanism
-
     cls = LaplaceMechanism if mechanism == "laplace" else GaussianMechanism
     return cls.from_accuracy(sensitivity=sensitivity, half_width=half_width, level=level)
 
@@ -139,6 +149,11 @@ def price(plan: Plan, *, max_messages: int | None) -> Priced:
     privately at release, with ``AUTO_CAP_SHARE`` of the cost set aside for that choice
     (the parts are then priced for a provisional cap and re-scaled at release, keeping
     their cost, since cost depends only on epsilon or rho, not on the cap).
+
+    Everything that could make the release fail is decided here, from public inputs only,
+    before the corpus is read (``_check_caps``): every candidate cap's mechanisms are built
+    once, and a plan that no candidate can serve is refused. Raises APIError (422) or
+    InvalidParameterError for such plans.
     """
     selection = plan.needs_partition_selection
     if plan.mechanism == "gaussian" and selection:
@@ -147,29 +162,13 @@ def price(plan: Plan, *, max_messages: int | None) -> Priced:
         )
     provisional = max_messages or 1
     parts = {p.name: p for p in parts_for(plan, provisional)}
-    cap_part = Part("auto_cap", 1.0, AUTO_CAP_SHARE) if max_messages is None else None
+    cap_part = (
+        Part("auto_cap", 1.0, AUTO_CAP_SHARE) if max_messages is None and plan.uses_cap else None
+    )
     main_share = 1.0 - (AUTO_CAP_SHARE if cap_part else 0.0)
 
     if plan.accuracy is not None:
-        # One part only (count, sum, histogram, top_terms): the cheapest noise that delivers
-        # the requested half-width at the requested level.
-        (part,) = parts.values()
-        half_width, level = plan.accuracy
-        unit = plan.grid.step if plan.kind == "sum" and plan.grid else 1.0
-        part.mechanism = _from_accuracy(plan.mechanism, part.sensitivity, half_width / unit, level)
-        if plan.mechanism == "laplace":
-            epsilon = float(part.mechanism.epsilon)
-            event = PrivacyEvent.laplace(epsilon)
-        else:
-            rho = float(part.mechanism.rho)
-            event = PrivacyEvent.gaussian(1.0 / math.sqrt(2.0 * rho))
-            epsilon = None
-        priced = Priced(
-            event=event,
-            parts=parts,
-            epsilon=epsilon,
-            delta=plan.delta if plan.mechanism == "gaussian" else 0.0,
-        )
+        priced = _price_accuracy(plan, parts, selection)
     elif plan.mechanism == "laplace":
         assert plan.epsilon is not None
         eps = plan.epsilon
@@ -202,7 +201,141 @@ def price(plan: Plan, *, max_messages: int | None) -> Priced:
     priced.cap_part = cap_part
     if selection:
         priced.threshold = _threshold(plan, parts)
+    _check_caps(plan, priced, max_messages)
     return priced
+
+
+def _price_accuracy(plan: Plan, parts: dict[str, Part], selection: bool) -> Priced:
+    """The cheapest noise that delivers the requested half-width at the requested level.
+
+    Only single-release plans take an accuracy target (count, sum, histogram, top terms, and
+    a count of senders over undeclared groups, whose selection counts are the answer). When
+    keys are discovered, the threshold spends delta: the event charged is (epsilon, delta).
+    """
+    assert plan.accuracy is not None
+    if len(parts) != 1:
+        raise APIError(
+            422,
+            "validation_error",
+            "An accuracy target needs a query with one noisy release; this one has "
+            f"{len(parts)} ({', '.join(parts)}). Give privacy.epsilon instead.",
+            {"privacy": {"accuracy": ["not supported for this query"]}},
+        )
+    (part,) = parts.values()
+    half_width_, level = plan.accuracy
+    unit = plan.grid.step if plan.kind == "sum" and plan.grid else 1.0
+    target = half_width_ / unit
+    if not MIN_HALF_WIDTH_UNITS <= target <= MAX_NOISE_UNITS:
+        raise APIError(
+            422,
+            "validation_error",
+            "The accuracy target is out of range: its half-width must lie between "
+            f"{MIN_HALF_WIDTH_UNITS * unit!r} and {MAX_NOISE_UNITS * unit!r} for this query.",
+            {"privacy": {"accuracy": {"half_width": ["out of range"]}}},
+        )
+    part.mechanism = _from_accuracy(plan.mechanism, part.sensitivity, target, level)
+    if plan.mechanism == "laplace":
+        epsilon = float(part.mechanism.epsilon)
+        _check_derived(epsilon <= MAX_QUERY_EPSILON, f"epsilon {epsilon:.4g}")
+        if selection:
+            return Priced(
+                event=PrivacyEvent.approx_dp(epsilon, plan.delta),
+                parts=parts,
+                epsilon=epsilon,
+                delta=plan.delta,
+            )
+        return Priced(
+            event=PrivacyEvent.laplace(epsilon), parts=parts, epsilon=epsilon, delta=0.0
+        )
+    rho = float(part.mechanism.rho)
+    _check_derived(rho <= MAX_QUERY_RHO, f"rho {rho:.4g}")
+    return Priced(
+        event=PrivacyEvent.gaussian(1.0 / math.sqrt(2.0 * rho)),
+        parts=parts,
+        epsilon=None,
+        delta=plan.delta,
+    )
+
+
+def _check_derived(ok: bool, what: str) -> None:
+    if not ok:
+        raise APIError(
+            422,
+            "validation_error",
+            f"The accuracy target is too tight: it would cost {what}, above the most one query "
+            f"may spend (epsilon {MAX_QUERY_EPSILON}).",
+            {"privacy": {"accuracy": {"half_width": ["too small"]}}},
+        )
+
+
+def cap_candidates(plan: Plan, max_messages: int | None) -> tuple[int, ...]:
+    """The per-sender caps a plan may end up with: the fixed one, or every automatic one."""
+    if max_messages is not None:
+        return (max_messages,)
+    return AUTO_CAPS
+
+
+def _check_caps(plan: Plan, priced: Priced, max_messages: int | None) -> None:
+    """Build, for every candidate cap, every mechanism the release will use, and keep the caps
+    for which all of them exist, with noise below ``MAX_NOISE_UNITS``; refuse the plan when
+    none is left. After this, nothing in the release depends on a check that can fail.
+
+    Also records, per candidate, the half-width that ``choose_cap`` weighs (a count released
+    at the main part's cost), so that the choice itself builds no mechanism.
+    """
+    main = next((p for n, p in priced.parts.items() if n != "selection"), None)
+    feasible: list[int] = []
+    probe_hw: dict[int, float] = {}
+    why = ""
+    for cap in cap_candidates(plan, max_messages):
+        try:
+            for fresh in parts_for(plan, cap):
+                part = priced.parts[fresh.name]
+                probe = Part(fresh.name, part.sensitivity, part.share, part.mechanism)
+                if probe.sensitivity != fresh.sensitivity:
+                    rescale(probe, plan, fresh.sensitivity)
+                _check_noise(probe, plan.level)
+            if priced.cap_part is not None and main is not None:
+                probe = Part("probe", main.sensitivity, 1.0, main.mechanism)
+                rescale(probe, plan, float(cap))
+                probe_hw[cap] = _check_noise(probe, 0.95)
+        except (InvalidParameterError, ValueError, OverflowError, ZeroDivisionError) as exc:
+            why = str(exc)
+            continue
+        feasible.append(cap)
+    if not feasible:
+        caps = "the per-sender cap" if max_messages is not None else "every automatic cap"
+        raise APIError(
+            422,
+            "validation_error",
+            f"No release is possible with {caps} at this cost and these bounds: the noise "
+            f"would be out of range ({why}). Narrow the bounds, lower the cap or raise epsilon.",
+            {"privacy": ["noise out of range for these bounds and cap"]},
+        )
+    priced.cap_candidates = tuple(feasible)
+    priced.cap_probe_half_width = probe_hw
+    for part in _all(priced.parts, priced.cap_part):
+        _check_noise(part, plan.level)
+
+
+def _check_noise(part: Part, level: float) -> float:
+    """The part's half-width at ``level``; InvalidParameterError if its noise is too large."""
+    scale = _noise_units(part)
+    if not (math.isfinite(scale) and scale <= MAX_NOISE_UNITS):
+        raise InvalidParameterError(
+            f"noise scale {scale:.4g} above the limit of 2**39 units for {part.name}"
+        )
+    hw = half_width(part, level)
+    if not math.isfinite(hw):
+        raise InvalidParameterError(f"non-finite interval for {part.name}")
+    return hw
+
+
+def _noise_units(part: Part) -> float:
+    mech = part.mechanism
+    if isinstance(mech, GaussianMechanism):
+        return float(mech.sigma)
+    return float(mech.scale)
 
 
 def _all(parts: dict[str, Part], cap_part: Part | None) -> list[Part]:
@@ -245,5 +378,15 @@ def half_width(part: Part, level: float) -> float:
 
 
 def noisy(part: Part, values: Any) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.int64)
+    """``part``'s noise added to exact integer aggregates ``values`` (any nesting).
+
+    Each value is first clamped to +/- ``AGGREGATE_LIMIT``: clamping every coordinate to a
+    public interval moves two neighbouring inputs no further apart (in L1 or L2), so the
+    sensitivity is unchanged, and no aggregate, however large the data, can make the
+    mechanism refuse its input after the corpus was read.
+    """
+    exact = np.asarray(values, dtype=object)
+    if exact.size:
+        exact = np.clip(exact, -AGGREGATE_LIMIT, AGGREGATE_LIMIT)
+    arr = exact.astype(np.int64)
     return np.asarray(part.mechanism.randomise(arr), dtype=np.float64)

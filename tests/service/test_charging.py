@@ -12,7 +12,8 @@ from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Budget
 from service.auth import create_principal
-from service.charging import get_ledger, run_charged
+from service.charging import QUERY_FAILED, get_ledger, run_charged
+from service.errors import APIError
 from service.ledger import audit
 from service.ledger.tables import audit_log
 
@@ -123,14 +124,78 @@ def test_exhausted_budget_refuses_before_computing(backend_app: Flask, analyst: 
     assert not _run(backend_app, analyst, compute, dry_run=True, query={"x": 1})["affordable"]
 
 
-def test_compute_failure_refunds_and_reraises(backend_app: Flask, analyst: str) -> None:
-    with pytest.raises(RuntimeError, match="corpus unavailable"):
-        _run(backend_app, analyst, Compute(backend_app, analyst, fail=True))
+@pytest.mark.parametrize(
+    "error", [RuntimeError("corpus unavailable"), MemoryError(), OverflowError("int64")]
+)
+def test_compute_failure_is_charged_with_one_fixed_error(
+    backend_app: Flask, analyst: str, error: BaseException
+) -> None:
+    """A failure after the reservation could depend on the data: it is charged, audited as
+    failed, and answered by one fixed error that says nothing about what failed."""
+
+    def failing() -> dict[str, Any]:
+        raise error
+
+    with pytest.raises(APIError) as exc:
+        _run(backend_app, analyst, failing)  # type: ignore[arg-type]
+    assert (exc.value.status, exc.value.code) == QUERY_FAILED[:2]
+    assert exc.value.message == QUERY_FAILED[2] and exc.value.errors == {}
     with backend_app.app_context():
         rem = get_ledger().remaining(analyst)
-        assert rem.remaining_epsilon == pytest.approx(1.0)
-        assert [e.status for e in get_ledger().history(analyst)] == ["refunded"]
-    assert _audit(backend_app) == ["failed"]
-    # a failed query is not a replay source
+        assert rem.remaining_epsilon == pytest.approx(0.7)
+        assert [e.status for e in get_ledger().history(analyst)] == ["committed"]
+    rows = audit.entries(backend_app.extensions["privtext"].engine, principal_id=analyst)
+    assert [r["status"] for r in rows] == ["failed"]
+    assert rows[0]["cost"]["epsilon"] == pytest.approx(0.3) and rows[0]["released"] is None
+    # a failed query is not a replay source: asking again computes (and charges) again
     out = _run(backend_app, analyst, Compute(backend_app, analyst))
-    assert out["replay"] is False
+    assert out["replay"] is False and out["budget"]["remaining_epsilon"] == pytest.approx(0.4)
+
+
+def test_worker_exit_during_compute_is_charged_and_propagates(
+    backend_app: Flask, analyst: str
+) -> None:
+    """gunicorn's timeout raises SystemExit in the worker: the charge stays, the exit goes on."""
+
+    def timed_out() -> dict[str, Any]:
+        raise SystemExit(1)
+
+    with pytest.raises(SystemExit):
+        _run(backend_app, analyst, timed_out)  # type: ignore[arg-type]
+    with backend_app.app_context():
+        assert [e.status for e in get_ledger().history(analyst)] == ["committed"]
+        assert get_ledger().remaining(analyst).remaining_epsilon == pytest.approx(0.7)
+
+
+def test_concurrent_identical_queries_are_charged_once(backend_app: Flask, analyst: str) -> None:
+    """20 identical queries at once: one is charged and computed, the others replay it."""
+    import threading
+
+    calls: list[int] = []
+    start = threading.Barrier(20)
+    results: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def slow() -> dict[str, Any]:
+        calls.append(1)
+        threading.Event().wait(0.2)  # long enough that every thread arrives meanwhile
+        return {"kind": "count", "value": len(calls)}
+
+    def worker() -> None:
+        start.wait()
+        try:
+            results.append(_run(backend_app, analyst, slow))  # type: ignore[arg-type]
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(calls) == 1
+    assert {r["value"] for r in results} == {1}
+    assert sorted(r["replay"] for r in results) == [False] + [True] * 19
+    with backend_app.app_context():
+        assert [e.status for e in get_ledger().history(analyst)] == ["committed"]
