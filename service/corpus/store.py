@@ -95,6 +95,9 @@ class SnapshotStore:
         self._lock = threading.Lock()
         self._cache: dict[str, duckdb.DuckDBPyConnection] = {}
         self._cache_pid = os.getpid()
+        #: How many times this store handed out access to a snapshot's messages (``cursor``
+        #: and ``connect``): tests use it to check that a refused request read nothing.
+        self.reads = 0
 
     # -- reading -------------------------------------------------------------------------
     def get(self, snapshot_id: str) -> SnapshotInfo:
@@ -239,6 +242,10 @@ class SnapshotStore:
         :meth:`cursor`) and give each thread its own ``conn.cursor()``.
         """
         info = self._resolve(snapshot)
+        self.reads += 1
+        return self._open(info)
+
+    def _open(self, info: SnapshotInfo) -> duckdb.DuckDBPyConnection:
         parquet = str(info.messages_path.resolve())
         quoted = parquet.replace("'", "''")
         conn = duckdb.connect(":memory:")
@@ -264,13 +271,14 @@ class SnapshotStore:
         effect on the next request.
         """
         info = self._resolve(snapshot)
+        self.reads += 1
         with self._lock:
             if self._cache_pid != os.getpid():
                 self._cache = {}  # connections do not survive a fork
                 self._cache_pid = os.getpid()
             conn = self._cache.get(info.id)
             if conn is None:
-                conn = self._cache[info.id] = self.connect(info)
+                conn = self._cache[info.id] = self._open(info)
             return info, conn.cursor()
 
     def close(self) -> None:
