@@ -5,18 +5,23 @@ Every release is charged before it happens: ``reserve`` admits an event only whe
 analyst's budget *and* the corpus-wide cap still afford it, ``commit`` marks it released, and
 ``refund`` returns a reservation whose answer was never released.
 
-Admission uses Renyi DP: each reserved or committed event adds its RDP curve (at the
-accountant's fixed public orders) to a running vector, and the event is admitted when
+Admission has one rule, :func:`mechanisms.spend.within` (through :func:`affordable` here):
+each reserved or committed event adds its RDP curve (at the accountant's fixed public orders)
+to a running vector, and the event is admitted when
 
     min(epsilon_from_rdp(rdp_total + rdp_event, delta), basic composition of pure epsilons)
         <= budget.epsilon + EPSILON_TOLERANCE
 
-at the budget's delta. Both bounds are sound, so their minimum is; the basic-composition term
-makes a handful of Laplace releases cost exactly their epsilons, and the RDP term makes many
-Gaussian releases cost what tight composition says. Because the vector is additive, admission
-is O(number of orders) and can run inside one short database transaction. The tighter PLD figure
-over the whole history is reported by ``remaining`` (``spent_epsilon_tight``) but never used to
-admit, because it is too slow to compute under a lock.
+at the budget's delta (``approx_dp`` events added on top by basic composition). Both bounds
+are sound, so their minimum is; the basic-composition term makes a handful of Laplace releases
+cost exactly their epsilons, and the RDP term makes many Gaussian releases cost what tight
+composition says. Because the vector is additive, admission is O(number of orders) and can
+run inside one short database transaction. ``Accountant.can_afford`` uses the same rule.
+
+``remaining`` also reports ``spent_epsilon_tight``: over the whole history, the PLD figure
+where every event has a known dominating privacy loss distribution, else the admission bound
+(see :meth:`mechanisms.accountant.Accountant.epsilon`). It is never used to admit, because it
+is too slow to compute under a lock; it is always a valid upper bound.
 
 Backends: ``mechanisms.ledger_memory.InMemoryLedger`` (unit tests, one process) and
 ``service.ledger.sql.SqlLedger`` (SQLite or PostgreSQL, shared by every worker and host).
@@ -27,11 +32,12 @@ from __future__ import annotations
 import abc
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from mechanisms.accountant import Accountant
 from mechanisms.errors import (
     BudgetExhaustedError,
     InvalidParameterError,
@@ -39,7 +45,7 @@ from mechanisms.errors import (
     check_positive,
 )
 from mechanisms.events import PrivacyEvent
-from mechanisms.rdp import epsilon_from_rdp, rdp_vector
+from mechanisms.spend import EPSILON_TOLERANCE, Spend, within
 
 __all__ = [
     "Budget",
@@ -53,15 +59,10 @@ __all__ = [
     "EPSILON_TOLERANCE",
 ]
 
-#: Absolute slack on the epsilon comparison so that float rounding in a sum of many small
-#: charges (0.1 + 0.2 + ...) cannot refuse the last query that exactly fits.
-EPSILON_TOLERANCE = 1e-9
-
 STATUSES = ("reserved", "committed", "refunded")
 
 #: The delta at which spending is reported when there is no budget to take it from.
 REPORT_DELTA = 1e-6
-
 
 class UnknownReservationError(InvalidParameterError, KeyError):
     """A commit or refund named a reservation that does not exist or is no longer reserved."""
@@ -89,118 +90,14 @@ class Budget:
         return {"epsilon": self.epsilon, "delta": self.delta}
 
 
-_CURVE_KINDS = ("laplace", "gaussian", "subsampled_gaussian")
-_FIELDS = ("pure_epsilon", "curve_count", "approx_epsilon", "approx_delta")
-
-
-def _rdp_entry(x: float, y: float, sign: int) -> float:
-    """One order of ``x + sign * y``. A refund (sign -1) clamps at zero, so float residue
-    never goes negative; but where either side is infinite (dp-accounting gives ``inf`` at
-    orders where its series does not converge), the sum of the other events at that order is
-    unknown: ``inf - inf`` would be NaN, which the clamp turned into 0, an order at which
-    everything looked free (epsilon 0). Such an order keeps ``x``: conservative, never low."""
-    if sign < 0 and (math.isinf(x) or math.isinf(y)):
-        return x
-    return max(0.0, x + sign * y)
-
-
-@dataclass(frozen=True)
-class Spend:
-    """Additive summary of a set of privacy events (what the ledger stores per principal).
-
-    ``rdp``: sum of the RDP curves (``rdp_vector``) of the events that have one;
-    ``pure_epsilon``: sum of the Laplace events' epsilons (basic composition);
-    ``curve_count``: how many events are not pure (Gaussian, subsampled Gaussian);
-    ``approx_epsilon``/``approx_delta``: sums over ``approx_dp`` events, which have no curve
-    and are added on top by basic composition; ``count``: number of events.
-    """
-
-    rdp: tuple[float, ...] = ()
-    pure_epsilon: float = 0.0
-    curve_count: int = 0
-    approx_epsilon: float = 0.0
-    approx_delta: float = 0.0
-    count: int = 0
-
-    @classmethod
-    def of(cls, event: PrivacyEvent) -> Spend:
-        if event.kind == "approx_dp":
-            return cls(
-                approx_epsilon=float(event.epsilon or 0.0),
-                approx_delta=float(event.delta or 0.0),
-                count=1,
-            )
-        if event.kind not in _CURVE_KINDS:
-            raise InvalidParameterError(f"the ledger cannot price a {event.kind!r} event")
-        pure = event.kind == "laplace"
-        return cls(
-            rdp=tuple(float(x) for x in rdp_vector(event)),
-            pure_epsilon=float(event.epsilon or 0.0) if pure else 0.0,
-            curve_count=0 if pure else 1,
-            count=1,
-        )
-
-    def _combine(self, other: Spend, sign: int) -> Spend:
-        a, b = list(self.rdp), list(other.rdp)
-        n = max(len(a), len(b))
-        a += [0.0] * (n - len(a))
-        b += [0.0] * (n - len(b))
-        rdp = tuple(_rdp_entry(x, y, sign) for x, y in zip(a, b, strict=True))
-        sums = {f: max(0, getattr(self, f) + sign * getattr(other, f)) for f in _FIELDS}
-        return Spend(rdp=rdp, count=max(0, self.count + sign * other.count), **sums)
-
-    def __add__(self, other: Spend) -> Spend:
-        return self._combine(other, +1)
-
-    def __sub__(self, other: Spend) -> Spend:
-        result = self._combine(other, -1)
-        return Spend() if result.count == 0 else result
-
-    def epsilon(self, delta: float) -> float:
-        """A sound epsilon for everything in this spend at ``delta`` (0.0 when empty).
-
-        The approx_dp events take ``approx_delta`` of ``delta`` and add ``approx_epsilon``;
-        the rest is the smaller of basic composition (when all are pure) and the RDP
-        conversion at the delta left. ``inf`` when ``delta`` cannot cover it.
-        """
-        if self.count == 0:
-            return 0.0
-        rest = delta - self.approx_delta
-        if rest < 0:
-            return math.inf
-        curve = 0.0
-        if self.curve_count or self.pure_epsilon:
-            pure = self.pure_epsilon if self.curve_count == 0 else math.inf
-            rdp = float(epsilon_from_rdp(list(self.rdp), rest)) if rest > 0 else math.inf
-            curve = min(pure, rdp)
-        return curve + self.approx_epsilon
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "rdp": list(self.rdp),
-            "count": self.count,
-            **{f: getattr(self, f) for f in _FIELDS},
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Spend:
-        if not data:
-            return cls()
-        return cls(
-            rdp=tuple(float(x) for x in data.get("rdp", ())),
-            pure_epsilon=float(data.get("pure_epsilon", 0.0)),
-            curve_count=int(data.get("curve_count", 0)),
-            approx_epsilon=float(data.get("approx_epsilon", 0.0)),
-            approx_delta=float(data.get("approx_delta", 0.0)),
-            count=int(data.get("count", 0)),
-        )
-
-
 def affordable(spent: Spend, new: Spend, budget: Budget | None) -> bool:
-    """True when ``spent + new`` stays within ``budget`` (False when there is no budget)."""
+    """True when ``spent + new`` stays within ``budget`` (False when there is no budget).
+
+    The one admission rule (:func:`mechanisms.spend.within`), for both backends and quotes.
+    """
     if budget is None:
         return False
-    return (spent + new).epsilon(budget.delta) <= budget.epsilon + EPSILON_TOLERANCE
+    return within(spent + new, budget.epsilon, budget.delta)
 
 
 @dataclass(frozen=True)
@@ -237,8 +134,13 @@ class Remaining:
 
     ``spent_epsilon`` is the admission bound (min of RDP conversion and basic composition of
     pure epsilons) over reserved and committed events: what admission compares with the budget.
-    ``spent_epsilon_tight`` is the PLD accountant's figure over the same events (tighter, for
-    reporting; None when not computed). ``remaining_epsilon`` = budget - admission bound.
+    ``spent_epsilon_tight`` is the accountant's tightest valid figure over the same events (for
+    reporting; None when not computed), and ``tight_accounting`` says how it was computed:
+    ``"pld"`` (privacy loss distributions, or RDP where smaller) when every event has a known
+    dominating PLD, else ``"rdp+basic (admission bound)"``: a discrete Gaussian event records
+    only its noise-to-sensitivity ratio, and no PLD of that ratio alone bounds every discrete
+    Gaussian with it (see :mod:`mechanisms.accountant`). ``remaining_epsilon`` = budget -
+    admission bound.
     """
 
     budget: Budget | None
@@ -248,6 +150,7 @@ class Remaining:
     reserved: int = 0
     committed: int = 0
     delta: float = 0.0  # the delta every epsilon here is stated at
+    tight_accounting: str | None = None
 
     @property
     def remaining_delta(self) -> float:
@@ -260,7 +163,7 @@ class Remaining:
             "spent_epsilon": self.spent_epsilon,
             "spent_epsilon_accounting": "rdp+basic (admission bound)",
             "spent_epsilon_tight": self.spent_epsilon_tight,
-            "spent_epsilon_tight_accounting": "pld",
+            "spent_epsilon_tight_accounting": self.tight_accounting,
             "remaining_epsilon": self.remaining_epsilon,
             "reserved": self.reserved,
             "committed": self.committed,
@@ -285,27 +188,35 @@ def make_remaining(
     reserved: int = 0,
     committed: int = 0,
 ) -> Remaining:
-    """Build a :class:`Remaining`; ``events`` (when given) yields the tight PLD figure."""
+    """Build a :class:`Remaining`; ``events`` (when given) yields the tight figure."""
     # Without a budget (the corpus before a cap is set) figures are stated at REPORT_DELTA.
     delta = budget.delta if budget else REPORT_DELTA
     spent = spend.epsilon(delta)
     tight: float | None = None
+    method: str | None = None
     if events is not None and budget is not None:
-        evs = list(events)
-        tight = 0.0 if not evs else _tight_epsilon(evs, budget.delta)
+        tight, method = _tight_epsilon(list(events), budget.delta)
     left = max(0.0, budget.epsilon - spent) if budget else 0.0
     return Remaining(
-        budget, spent, left, tight, reserved=reserved, committed=committed, delta=delta
+        budget,
+        spent,
+        left,
+        tight,
+        reserved=reserved,
+        committed=committed,
+        delta=delta,
+        tight_accounting=method,
     )
 
 
-def _tight_epsilon(events: Sequence[PrivacyEvent], delta: float) -> float | None:
+def _tight_epsilon(events: list[PrivacyEvent], delta: float) -> tuple[float | None, str | None]:
+    """The tightest valid epsilon of ``events`` at ``delta``, and how it was computed."""
     try:
-        from mechanisms.accountant import Accountant
-
-        return float(Accountant(events).epsilon(delta, method="pld"))
+        accountant = Accountant(events)
+        method = "pld" if accountant.pld_dominated else "rdp+basic (admission bound)"
+        return float(accountant.epsilon(delta, method="pld")), method
     except Exception:  # noqa: BLE001 - the tight figure is informative, never load-bearing
-        return None
+        return None, None
 
 
 def exhausted(message: str, *rems: Remaining) -> BudgetExhaustedError:
