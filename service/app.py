@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import Engine
 
-from service import errors, observability
+from service import errors, json_out, observability
 from service.config import Settings
 from service.corpus.store import SnapshotStore
 from service.db import init_db, make_engine
@@ -37,6 +37,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["TESTING"] = settings.testing
+    json_out.init_app(app)  # no Infinity or NaN in any body
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     engine = make_engine(settings.resolved_database_url)
