@@ -23,6 +23,8 @@ where every event has a known dominating privacy loss distribution, else the adm
 (see :meth:`mechanisms.accountant.Accountant.epsilon`). It is never used to admit, because it
 is too slow to compute under a lock; it is always a valid upper bound.
 
+A budget's delta is in (0, :data:`MAX_DELTA`]; see :class:`Budget`.
+
 Backends: ``mechanisms.ledger_memory.InMemoryLedger`` (unit tests, one process) and
 ``service.ledger.sql.SqlLedger`` (SQLite or PostgreSQL, shared by every worker and host).
 """
@@ -42,6 +44,7 @@ from mechanisms.errors import (
     BudgetExhaustedError,
     InvalidParameterError,
     check_delta,
+    check_finite,
     check_positive,
 )
 from mechanisms.events import PrivacyEvent
@@ -57,12 +60,34 @@ __all__ = [
     "Ledger",
     "UnknownReservationError",
     "EPSILON_TOLERANCE",
+    "MAX_DELTA",
+    "check_budget_delta",
 ]
 
 STATUSES = ("reserved", "committed", "refunded")
 
 #: The delta at which spending is reported when there is no budget to take it from.
 REPORT_DELTA = 1e-6
+
+#: The largest delta a budget or the corpus-wide cap may have (queries have the same limit).
+#: Delta is the probability that the epsilon guarantee fails outright: above 1e-3 it means
+#: little, and a large one makes the RDP conversion read real spending as epsilon 0 (at delta
+#: 0.5 past spending read as 0 and more queries were admitted).
+MAX_DELTA = 1e-3
+
+
+def check_budget_delta(name: str, value: object) -> float:
+    """Return ``value`` as a float in (0, MAX_DELTA]; raise InvalidParameterError otherwise.
+
+    Zero is refused too: an (epsilon, 0) budget can pay for no Gaussian release and no key
+    discovery, and its spent epsilon at delta 0 is infinite once anything but Laplace events
+    is charged to the corpus.
+    """
+    result = check_finite(name, value)
+    if not 0 < result <= MAX_DELTA:
+        raise InvalidParameterError(f"{name} must be in (0, {MAX_DELTA:g}], got {result}")
+    return result
+
 
 class UnknownReservationError(InvalidParameterError, KeyError):
     """A commit or refund named a reservation that does not exist or is no longer reserved."""
@@ -76,7 +101,8 @@ def now() -> datetime:
 class Budget:
     """An (epsilon, delta) budget as an administrator states it.
 
-    ``epsilon`` in (0, inf), ``delta`` in [0, 1). Raises InvalidParameterError otherwise.
+    ``epsilon`` in (0, inf), ``delta`` in (0, MAX_DELTA] (1e-3). Raises InvalidParameterError
+    otherwise. Budgets read back from a store go through :meth:`stored`.
     """
 
     epsilon: float
@@ -84,7 +110,22 @@ class Budget:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "epsilon", check_positive("epsilon", self.epsilon))
-        object.__setattr__(self, "delta", check_delta("delta", self.delta))
+        object.__setattr__(self, "delta", check_budget_delta("delta", self.delta))
+
+    @classmethod
+    def stored(cls, epsilon: float, delta: float) -> Budget:
+        """A budget as a store holds it, which may predate the delta limit.
+
+        A delta above MAX_DELTA is read as MAX_DELTA (stricter than stored, so never admits
+        more); a delta of 0 (a pure-epsilon budget, once allowed) stays 0, which admission
+        handles soundly (only Laplace releases fit). Setting or raising such a budget again
+        goes through the normal checks. Raises InvalidParameterError for values that were
+        never valid (epsilon <= 0, delta outside [0, 1), non-finite).
+        """
+        budget = object.__new__(cls)
+        object.__setattr__(budget, "epsilon", check_positive("epsilon", epsilon))
+        object.__setattr__(budget, "delta", min(check_delta("delta", delta), MAX_DELTA))
+        return budget
 
     def to_dict(self) -> dict[str, float]:
         return {"epsilon": self.epsilon, "delta": self.delta}
@@ -140,7 +181,8 @@ class Remaining:
     dominating PLD, else ``"rdp+basic (admission bound)"``: a discrete Gaussian event records
     only its noise-to-sensitivity ratio, and no PLD of that ratio alone bounds every discrete
     Gaussian with it (see :mod:`mechanisms.accountant`). ``remaining_epsilon`` = budget -
-    admission bound.
+    admission bound. ``spent_epsilon`` is infinite when no finite epsilon holds at ``delta``
+    (a stored budget of delta 0 with a Gaussian event): JSON writes it as null.
     """
 
     budget: Budget | None
@@ -293,7 +335,11 @@ class Ledger(abc.ABC):
 
 
 def raised(old: Budget | None, epsilon: float, delta: float) -> Budget:
-    """``old`` raised by (epsilon, delta); both increments must be >= 0 and not both 0."""
+    """``old`` raised by (epsilon, delta); both increments must be >= 0 and not both 0.
+
+    The result is a :class:`Budget`, so its delta must end in (0, MAX_DELTA]: a first raise
+    needs a delta, and a raise past MAX_DELTA raises InvalidParameterError.
+    """
     for name, value in (("epsilon", epsilon), ("delta", delta)):
         if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
             raise InvalidParameterError(f"{name} increment must be a finite number >= 0")

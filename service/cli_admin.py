@@ -16,6 +16,7 @@ from mechanisms.errors import InvalidParameterError
 from mechanisms.ledger import Budget
 from service.cli import Context, pass_ctx
 from service.db import principals
+from service.json_out import finite
 from service.ledger import audit
 from service.ledger.sql import SqlLedger
 
@@ -46,16 +47,20 @@ def analysts() -> None:
 @analysts.command("create")
 @click.argument("name")
 @click.option("--epsilon", type=float, default=None, help="Initial budget epsilon (> 0).")
-@click.option("--delta", type=float, default=0.0, show_default=True, help="Budget delta [0, 1).")
+@click.option(
+    "--delta", type=float, default=None, help="Budget delta in (0, 1e-3]; with --epsilon."
+)
 @click.option("--key/--no-key", default=True, show_default=True, help="Issue a key and print it.")
 @pass_ctx
 def analysts_create(
-    ctx: Context, name: str, epsilon: float | None, delta: float, key: bool
+    ctx: Context, name: str, epsilon: float | None, delta: float | None, key: bool
 ) -> None:
     """Create analyst NAME; prints its id (stderr) and its key once (stdout)."""
     from service.auth import create_principal, issue_key
 
-    budget = _budget(epsilon, delta) if epsilon is not None else None
+    if (epsilon is None) != (delta is None):
+        raise click.BadParameter("give --epsilon and --delta together (or neither)")
+    budget = _budget(epsilon, delta) if epsilon is not None and delta is not None else None
     pid = create_principal(ctx.engine, name=name, role="analyst")
     if budget is not None:
         SqlLedger(ctx.engine).set_budget(pid, budget)
@@ -100,8 +105,8 @@ def budget_group() -> None:
 
 @budget_group.command("set")
 @click.argument("analyst_id")
-@click.option("--epsilon", type=float, required=True)
-@click.option("--delta", type=float, default=0.0, show_default=True)
+@click.option("--epsilon", type=float, required=True, help="Epsilon (> 0).")
+@click.option("--delta", type=float, required=True, help="Delta in (0, 1e-3].")
 @pass_ctx
 def budget_set(ctx: Context, analyst_id: str, epsilon: float, delta: float) -> None:
     _analyst(ctx, analyst_id)
@@ -131,7 +136,8 @@ def budget_show(ctx: Context, analyst_id: str) -> None:
     import json
 
     _analyst(ctx, analyst_id)
-    click.echo(json.dumps(SqlLedger(ctx.engine).remaining(analyst_id).to_dict(), indent=2))
+    rem = SqlLedger(ctx.engine).remaining(analyst_id).to_dict()
+    click.echo(json.dumps(finite(rem), indent=2, allow_nan=False))
 
 
 @click.group()
@@ -140,8 +146,8 @@ def cap() -> None:
 
 
 @cap.command("set")
-@click.option("--epsilon", type=float, required=True)
-@click.option("--delta", type=float, default=0.0, show_default=True)
+@click.option("--epsilon", type=float, required=True, help="Epsilon (> 0).")
+@click.option("--delta", type=float, required=True, help="Delta in (0, 1e-3].")
 @pass_ctx
 def cap_set(ctx: Context, epsilon: float, delta: float) -> None:
     SqlLedger(ctx.engine).set_corpus_cap(_budget(epsilon, delta))
@@ -153,7 +159,8 @@ def cap_set(ctx: Context, epsilon: float, delta: float) -> None:
 def cap_show(ctx: Context) -> None:
     import json
 
-    click.echo(json.dumps(SqlLedger(ctx.engine).corpus_remaining().to_dict(), indent=2))
+    rem = SqlLedger(ctx.engine).corpus_remaining().to_dict()
+    click.echo(json.dumps(finite(rem), indent=2, allow_nan=False))
 
 
 @click.group("ledger")

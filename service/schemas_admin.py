@@ -1,7 +1,7 @@
 """Request schemas of the admin and budget APIs (marshmallow 4 rejects unknown fields).
 
 Privacy parameters are validated here, where they enter, and again by ``mechanisms.ledger``
-where they are used: epsilon finite and > 0, delta finite and in [0, 1).
+where they are used: epsilon finite and > 0, delta finite and in (0, 1e-3] (``MAX_DELTA``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,13 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from mechanisms.ledger import MAX_DELTA
+
 _EPSILON = validate.Range(min=0, min_inclusive=False, error="epsilon must be > 0")
-_DELTA = validate.Range(min=0, max=1, max_inclusive=False, error="delta must be in [0, 1)")
+_DELTA = validate.Range(
+    min=0, max=MAX_DELTA, min_inclusive=False, error=f"delta must be in (0, {MAX_DELTA:g}]"
+)
+_DELTA_INCREMENT = validate.Range(min=0, max=MAX_DELTA, error=f"must be in [0, {MAX_DELTA:g}]")
 _NONNEG = validate.Range(min=0, error="must be >= 0")
 MAX_OFFSET = 10**9
 MAX_ID = 2**53 - 1  # fits every backend's 64-bit integer and a JSON number
@@ -28,7 +33,7 @@ class BudgetRaiseSchema(Schema):
     """Increments to add to a budget; at least one must be > 0."""
 
     epsilon = fields.Float(load_default=0.0, allow_nan=False, validate=_NONNEG)
-    delta = fields.Float(load_default=0.0, allow_nan=False, validate=_DELTA)
+    delta = fields.Float(load_default=0.0, allow_nan=False, validate=_DELTA_INCREMENT)
 
     @validates_schema
     def _some_increase(self, data: dict[str, Any], **_: Any) -> None:

@@ -64,9 +64,10 @@ def _load(text: str | None) -> Spend:
 
 
 def _budget(row: Any) -> Budget | None:
+    """The stored budget (``Budget.stored``: a delta written before the limit reads safely)."""
     if row is None or row.epsilon is None:
         return None
-    return Budget(epsilon=row.epsilon, delta=row.delta)
+    return Budget.stored(epsilon=row.epsilon, delta=row.delta)
 
 
 def _insert_reserved(

@@ -99,6 +99,11 @@ def test_budgets_and_cap(api) -> None:  # type: ignore[no-untyped-def]
         ("budget/raise", {}),
         ("budget/raise", {"epsilon": -0.1}),
         ("budget/raise", {"epsilon": 0, "delta": 0}),
+        # delta in (0, 1e-3]: 0 printed Infinity later, 0.5 read past spending as 0
+        ("budget", {"epsilon": 1, "delta": 0}),
+        ("budget", {"epsilon": 1, "delta": 0.5}),
+        ("budget", {"epsilon": 1, "delta": 1.5e-3}),
+        ("budget/raise", {"delta": 2e-3}),
     ],
 )
 def test_budget_validation(api, path: str, body: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
@@ -108,12 +113,36 @@ def test_budget_validation(api, path: str, body: dict[str, Any]) -> None:  # typ
     assert r.status_code == 422 and r.json["code"] == "validation_error"
 
 
+def test_delta_limit_on_every_budget_route(api) -> None:  # type: ignore[no-untyped-def]
+    aid, _ = _new_analyst(api)
+    for delta in (0, 0.0, 5e-324, 1e-12, 1e-3, 0.5, 1.0001e-3, 1):
+        ok = 0 < delta <= 1e-3
+        body = {"name": "d", "budget": {"epsilon": 1, "delta": delta}}
+        r = api("POST", "/v1/admin/analysts", json=body)
+        assert r.status_code == (201 if ok else 422), (delta, r.json)
+        r = api("PUT", f"/v1/admin/analysts/{aid}/budget", json={"epsilon": 1, "delta": delta})
+        assert r.status_code == (200 if ok else 422), (delta, r.json)
+        r = api("PUT", "/v1/admin/corpus-cap", json={"epsilon": 10, "delta": delta})
+        assert r.status_code == (200 if ok else 422), (delta, r.json)
+
+
+def test_a_raise_past_the_delta_limit_is_refused(api) -> None:  # type: ignore[no-untyped-def]
+    aid, _ = _new_analyst(api)
+    r = api("POST", f"/v1/admin/analysts/{aid}/budget/raise", json={"epsilon": 1.0})
+    assert r.status_code == 422  # no budget yet: a first budget needs a delta
+    assert r.json["code"] == "invalid_privacy_parameter"
+    api("PUT", f"/v1/admin/analysts/{aid}/budget", json={"epsilon": 1.0, "delta": 6e-4})
+    r = api("POST", f"/v1/admin/analysts/{aid}/budget/raise", json={"delta": 6e-4})
+    assert r.status_code == 422 and r.json["code"] == "invalid_privacy_parameter"
+    assert api("GET", f"/v1/admin/analysts/{aid}").json["budget"]["delta"] == 6e-4
+
+
 def test_unknown_analyst_is_404(api) -> None:  # type: ignore[no-untyped-def]
     for method, path, body in [
         ("GET", "/v1/admin/analysts/nope", None),
         ("POST", "/v1/admin/analysts/nope/disable", None),
         ("POST", "/v1/admin/analysts/nope/keys", None),
-        ("PUT", "/v1/admin/analysts/nope/budget", {"epsilon": 1, "delta": 0}),
+        ("PUT", "/v1/admin/analysts/nope/budget", {"epsilon": 1, "delta": 1e-6}),
         ("GET", "/v1/admin/analysts/nope/ledger", None),
     ]:
         r = api(method, path, json=body)
@@ -121,7 +150,7 @@ def test_unknown_analyst_is_404(api) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_ledger_history_and_audit_export(api, backend_app: Flask) -> None:  # type: ignore[no-untyped-def]
-    aid, token = _new_analyst(api, {"epsilon": 1.0, "delta": 0.0})
+    aid, token = _new_analyst(api, {"epsilon": 1.0, "delta": 1e-6})
     with backend_app.app_context():
         for i in range(3):
             run_charged(
@@ -154,8 +183,8 @@ def _fill(rule: str) -> str:
 
 
 def test_analyst_keys_cannot_call_any_admin_route(api, backend_app: Flask) -> None:  # type: ignore[no-untyped-def]
-    victim, _ = _new_analyst(api, {"epsilon": 1.0, "delta": 0.0})
-    _, token = _new_analyst(api, {"epsilon": 1.0, "delta": 0.0})
+    victim, _ = _new_analyst(api, {"epsilon": 1.0, "delta": 1e-6})
+    _, token = _new_analyst(api, {"epsilon": 1.0, "delta": 1e-6})
     tried = 0
     for rule in backend_app.url_map.iter_rules():
         roles = getattr(backend_app.view_functions[rule.endpoint], "required_roles", None)
@@ -179,8 +208,8 @@ def test_admin_keys_have_no_budget_routes(api, backend_admin_token: str) -> None
 
 
 def test_analyst_reads_only_own_budget(api) -> None:  # type: ignore[no-untyped-def]
-    a, token_a = _new_analyst(api, {"epsilon": 1.0, "delta": 0.0})
-    b, _ = _new_analyst(api, {"epsilon": 5.0, "delta": 0.0})
+    a, token_a = _new_analyst(api, {"epsilon": 1.0, "delta": 1e-6})
+    b, _ = _new_analyst(api, {"epsilon": 5.0, "delta": 1e-6})
     assert api("GET", "/v1/budget", token_a).json["budget"]["epsilon"] == 1.0
     # query parameters cannot select another analyst
     assert api("GET", f"/v1/budget?analyst={b}", token_a).json["budget"]["epsilon"] == 1.0

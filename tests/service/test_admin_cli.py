@@ -40,7 +40,7 @@ def test_analyst_budget_cap_commands(run, tmp_path: Path) -> None:  # type: igno
     run("budget", "raise", aid, "--epsilon", "0.5")
     shown = json.loads(run("budget", "show", aid).stdout)
     assert shown["budget"] == {"epsilon": 1.5, "delta": 1e-6}
-    run("budget", "set", aid, "--epsilon", "2", "--delta", "0")
+    run("budget", "set", aid, "--epsilon", "2", "--delta", "1e-7")
     run("cap", "set", "--epsilon", "10", "--delta", "1e-5")
     assert json.loads(run("cap", "show").stdout)["budget"] == {"epsilon": 10.0, "delta": 1e-5}
     run("analysts", "disable", aid)
@@ -54,16 +54,25 @@ def test_analyst_budget_cap_commands(run, tmp_path: Path) -> None:  # type: igno
 def test_cli_rejects_bad_input(run) -> None:  # type: ignore[no-untyped-def]
     run("budget", "set", "nope", "--epsilon", "1", ok=False)
     aid = _id(run("analysts", "create", "bob", "--no-key"))
-    for args in (["--epsilon", "0"], ["--epsilon", "1", "--delta", "1"], ["--epsilon", "nan"]):
+    for args in (
+        ["--epsilon", "0", "--delta", "1e-6"],
+        ["--epsilon", "1", "--delta", "1"],
+        ["--epsilon", "nan", "--delta", "1e-6"],
+        ["--epsilon", "1", "--delta", "0"],  # delta in (0, 1e-3]
+        ["--epsilon", "1", "--delta", "2e-3"],
+        ["--epsilon", "1"],  # no delta
+    ):
         run("budget", "set", aid, *args, ok=False)
+    run("analysts", "create", "eve", "--epsilon", "1", ok=False)  # epsilon without delta
     run("budget", "raise", aid, ok=False)
-    run("cap", "set", "--epsilon", "-1", ok=False)
+    run("cap", "set", "--epsilon", "-1", "--delta", "1e-6", ok=False)
+    run("cap", "set", "--epsilon", "1", "--delta", "0.5", ok=False)
 
 
 def test_audit_export(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from service.ledger import audit
 
-    aid = _id(run("analysts", "create", "carol", "--epsilon", "1"))
+    aid = _id(run("analysts", "create", "carol", "--epsilon", "1", "--delta", "1e-6"))
     engine = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
     for i in range(3):
         audit.record(

@@ -41,7 +41,7 @@ def analyst(backend_app: Flask) -> str:
     engine = backend_app.extensions["privtext"].engine
     pid = create_principal(engine, name="ana", role="analyst")
     with backend_app.app_context():
-        get_ledger().set_budget(pid, Budget(1.0, 0.0))
+        get_ledger().set_budget(pid, Budget(1.0, 1e-6))
     return pid
 
 
@@ -94,7 +94,7 @@ def test_replays_are_per_analyst(backend_app: Flask, analyst: str) -> None:
     engine = backend_app.extensions["privtext"].engine
     other = create_principal(engine, name="bob", role="analyst")
     with backend_app.app_context():
-        get_ledger().set_budget(other, Budget(1.0, 0.0))
+        get_ledger().set_budget(other, Budget(1.0, 1e-6))
     _run(backend_app, analyst, Compute(backend_app, analyst))
     out = _run(backend_app, other, Compute(backend_app, other))
     assert out["replay"] is False and out["cost"]["epsilon"] > 0

@@ -10,7 +10,7 @@ import pytest
 from mechanisms.accountant import Accountant
 from mechanisms.errors import BudgetExhaustedError, InvalidParameterError
 from mechanisms.events import PrivacyEvent
-from mechanisms.ledger import Budget, Ledger, Spend, UnknownReservationError
+from mechanisms.ledger import MAX_DELTA, Budget, Ledger, Spend, UnknownReservationError
 
 LAP = PrivacyEvent.laplace(0.25)
 
@@ -32,13 +32,13 @@ def test_reserve_commit_and_remaining(any_ledger: Ledger, make_analyst) -> None:
 
 def test_exactly_the_affordable_number_is_admitted(any_ledger: Ledger, make_analyst) -> None:  # type: ignore[no-untyped-def]
     a = make_analyst(any_ledger)
-    any_ledger.set_budget(a, Budget(1.0, 0.0))  # delta 0: basic composition of pure epsilons
+    any_ledger.set_budget(a, Budget(1.0, 1e-6))  # a few Laplace releases: basic composition
     for _ in range(4):
         any_ledger.reserve(a, LAP)
     with pytest.raises(BudgetExhaustedError) as exc:
         any_ledger.reserve(a, LAP)
     assert exc.value.remaining_epsilon == pytest.approx(0.0, abs=1e-9)
-    assert exc.value.remaining_delta == 0.0
+    assert exc.value.remaining_delta == 1e-6
     assert len(any_ledger.history(a)) == 4  # the refused one left no trace
 
 
@@ -49,10 +49,13 @@ def test_no_budget_means_no_release(any_ledger: Ledger, make_analyst) -> None:  
 
 
 def test_gaussian_needs_delta(any_ledger: Ledger, make_analyst) -> None:  # type: ignore[no-untyped-def]
+    """A pure-epsilon budget (delta 0), stored before the delta limit, still refuses them."""
     a = make_analyst(any_ledger)
-    any_ledger.set_budget(a, Budget(100.0, 0.0))
+    any_ledger.set_budget(a, Budget.stored(100.0, 0.0))
     with pytest.raises(BudgetExhaustedError):
         any_ledger.reserve(a, PrivacyEvent.gaussian(5.0))
+    any_ledger.reserve(a, LAP)
+    assert any_ledger.remaining(a).spent_epsilon == 0.25
 
 
 def test_refund_returns_the_cost_once(any_ledger: Ledger, make_analyst) -> None:  # type: ignore[no-untyped-def]
@@ -88,8 +91,8 @@ def test_committed_cannot_be_refunded(any_ledger: Ledger, make_analyst) -> None:
 def test_corpus_cap_binds_colluding_analysts(any_ledger: Ledger, make_analyst) -> None:  # type: ignore[no-untyped-def]
     a, b = make_analyst(any_ledger, "a"), make_analyst(any_ledger, "b")
     for p in (a, b):
-        any_ledger.set_budget(p, Budget(1.0, 0.0))
-    any_ledger.set_corpus_cap(Budget(1.0, 0.0))
+        any_ledger.set_budget(p, Budget(1.0, 1e-6))
+    any_ledger.set_corpus_cap(Budget(1.0, 1e-6))
     any_ledger.reserve(a, LAP)
     any_ledger.reserve(a, LAP)
     any_ledger.reserve(b, LAP)
@@ -98,7 +101,7 @@ def test_corpus_cap_binds_colluding_analysts(any_ledger: Ledger, make_analyst) -
         any_ledger.reserve(b, LAP)
     assert exc.value.remaining_epsilon == pytest.approx(0.0, abs=1e-9)
     assert any_ledger.corpus_remaining().spent_epsilon == pytest.approx(1.0, abs=1e-9)
-    assert any_ledger.corpus_cap() == Budget(1.0, 0.0)
+    assert any_ledger.corpus_cap() == Budget(1.0, 1e-6)
     any_ledger.set_corpus_cap(None)
     any_ledger.reserve(b, LAP)  # the analyst's own budget still has room
 
@@ -106,8 +109,13 @@ def test_corpus_cap_binds_colluding_analysts(any_ledger: Ledger, make_analyst) -
 def test_set_and_raise_budget(any_ledger: Ledger, make_analyst) -> None:  # type: ignore[no-untyped-def]
     a = make_analyst(any_ledger)
     assert any_ledger.get_budget(a) is None
-    assert any_ledger.raise_budget(a, epsilon=0.5) == Budget(0.5, 0.0)
-    assert any_ledger.raise_budget(a, epsilon=0.5, delta=1e-6) == Budget(1.0, 1e-6)
+    with pytest.raises(InvalidParameterError):
+        any_ledger.raise_budget(a, epsilon=0.5)  # a first budget needs a delta
+    assert any_ledger.raise_budget(a, epsilon=0.5, delta=1e-6) == Budget(0.5, 1e-6)
+    assert any_ledger.raise_budget(a, epsilon=0.5) == Budget(1.0, 1e-6)
+    with pytest.raises(InvalidParameterError):
+        any_ledger.raise_budget(a, delta=1e-3)  # past MAX_DELTA
+    assert any_ledger.get_budget(a) == Budget(1.0, 1e-6)
     assert any_ledger.set_budget(a, Budget(2.0, 1e-7)) == Budget(2.0, 1e-7)
     assert any_ledger.get_budget(a) == Budget(2.0, 1e-7)
     with pytest.raises(InvalidParameterError):
@@ -163,7 +171,7 @@ def test_history_is_newest_first_and_paginated(any_ledger: Ledger, make_analyst)
 
 def test_quote_prices_without_charging(any_ledger: Ledger, make_analyst) -> None:  # type: ignore[no-untyped-def]
     a = make_analyst(any_ledger)
-    any_ledger.set_budget(a, Budget(0.3, 0.0))
+    any_ledger.set_budget(a, Budget(0.3, 1e-6))
     q = any_ledger.quote(a, LAP)
     assert q.affordable and q.epsilon == pytest.approx(0.25)
     assert q.marginal_epsilon == pytest.approx(0.25)
@@ -173,9 +181,48 @@ def test_quote_prices_without_charging(any_ledger: Ledger, make_analyst) -> None
 
 
 def test_budget_rejects_bad_values() -> None:
-    for eps, delta in [(0.0, 0.0), (-1.0, 0.0), (math.inf, 0.0), (math.nan, 0.0), (1.0, 1.0)]:
+    for eps, delta in [
+        (0.0, 1e-6),
+        (-1.0, 1e-6),
+        (math.inf, 1e-6),
+        (math.nan, 1e-6),
+        (1.0, 1.0),
+        (1.0, 0.0),  # delta in (0, MAX_DELTA]
+        (1.0, -1e-6),
+        (1.0, 0.5),
+        (1.0, 1.0001e-3),
+        (1.0, math.nan),
+    ]:
         with pytest.raises(InvalidParameterError):
             Budget(eps, delta)
+    assert Budget(1.0, MAX_DELTA).delta == 1e-3
+
+
+def test_stored_budgets_from_before_the_delta_limit_read_safely(
+    any_ledger: Ledger, make_analyst
+) -> None:  # type: ignore[no-untyped-def]
+    """A delta of 0.5 made past spending read as epsilon 0: read back, it is capped at 1e-3."""
+    from sqlalchemy import update
+
+    from service.ledger.sql import SqlLedger
+    from service.ledger.tables import budgets
+
+    assert Budget.stored(1.0, 0.5) == Budget(1.0, MAX_DELTA)
+    assert Budget.stored(1.0, 0.0).delta == 0.0
+    with pytest.raises(InvalidParameterError):
+        Budget.stored(1.0, 1.0)
+    if not isinstance(any_ledger, SqlLedger):
+        return
+    a = make_analyst(any_ledger)
+    any_ledger.set_budget(a, Budget(2.0, 1e-6))
+    event = PrivacyEvent.gaussian(3.0)
+    any_ledger.reserve(a, event)
+    with any_ledger.engine.begin() as conn:  # as an old store held it
+        conn.execute(update(budgets).where(budgets.c.principal_id == a).values(delta=0.5))
+    rem = any_ledger.remaining(a)
+    assert rem.budget == Budget(2.0, MAX_DELTA)
+    assert rem.spent_epsilon == Spend.of(event).epsilon(MAX_DELTA) > 0.1
+    assert Spend.of(event).epsilon(0.5) == 0.0  # what the stored delta would have said
 
 
 def test_spend_round_trip_and_refund_arithmetic() -> None:

@@ -30,6 +30,7 @@ from sqlalchemy import Engine, select
 
 from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Budget, Spend
+from mechanisms.spend import within
 from service.auth import create_principal, issue_key
 from service.db import init_db, make_engine
 from service.ledger.sql import SqlLedger
@@ -170,8 +171,12 @@ def _check_ledger(srv: Server, pid: str, budget: Budget) -> dict[str, int]:
 
 
 def test_concurrent_queries_release_exactly_n(server: Server) -> None:
-    n, total = 50, 240
-    budget = Budget(n * EPS, 0.0)
+    total = 240
+    budget = Budget(2.5, 1e-6)
+    n = 0  # how many queries of EPS the budget affords, one after another (110 here)
+    while within(Spend.total([PrivacyEvent.laplace(EPS)] * (n + 1)), 2.5, budget.delta):
+        n += 1
+    assert 50 < n < total
     pid, token = _analyst(server, budget)
     with ThreadPoolExecutor(max_workers=48) as pool:
         results = list(pool.map(lambda i: _query(server, token, i), range(total)))
@@ -193,12 +198,12 @@ def test_concurrent_queries_release_exactly_n(server: Server) -> None:
         )
     assert audit_statuses == {"released": n, "refused": total - n}
     assert SqlLedger(server.engine).remaining(pid, tight=False).spent_epsilon == pytest.approx(
-        n * EPS, abs=1e-9
+        Spend.total([PrivacyEvent.laplace(EPS)] * n).epsilon(budget.delta), abs=1e-9
     )
 
 
 def test_sigkilled_workers_leave_a_consistent_ledger(server: Server) -> None:
-    budget = Budget(1000.0, 0.0)
+    budget = Budget(1000.0, 1e-6)
     pid, token = _analyst(server, budget)
     total = 300
     with ThreadPoolExecutor(max_workers=32) as pool:

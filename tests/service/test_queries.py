@@ -252,7 +252,7 @@ def test_per_sender_cap_is_applied(heavy_app: Flask) -> None:
 
 
 def test_partition_threshold_hides_one_senders_term(heavy_app: Flask) -> None:
-    _, token = _fund(heavy_app, epsilon=10_000, delta=0.5)
+    _, token = _fund(heavy_app, epsilon=10_000, delta=1e-3)
     c = heavy_app.test_client()
     h = {"Authorization": f"Bearer {token}"}
     seen_pizza = 0
