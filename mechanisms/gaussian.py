@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 
@@ -26,6 +27,7 @@ def _abs_cdf(sigma: float) -> np.ndarray:
     return np.cumsum(weights) / weights.sum()
 
 
+@functools.lru_cache(maxsize=4096)
 def _quantile(sigma: float, level: float) -> int:
     """Smallest k >= 0 with P(|X| <= k) >= level (normal approximation beyond 1e5)."""
     if sigma > _EXACT_CI_LIMIT:

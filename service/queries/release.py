@@ -287,18 +287,24 @@ def _check_caps(plan: Plan, priced: Priced, max_messages: int | None) -> None:
     feasible: list[int] = []
     probe_hw: dict[int, float] = {}
     why = ""
+    checked: dict[tuple[float, float, float], float] = {}  # many parts share one shape
+    costs = {id(p): _cost_of(p) for p in _all(priced.parts, priced.cap_part)}
+
+    def check(part: Part, sensitivity: float, level: float) -> float:
+        key = (sensitivity, costs[id(part)], level)
+        if key not in checked:
+            probe = Part(part.name, part.sensitivity, part.share, part.mechanism)
+            if probe.sensitivity != sensitivity:
+                rescale(probe, plan, sensitivity)
+            checked[key] = _check_noise(probe, level)
+        return checked[key]
+
     for cap in cap_candidates(plan, max_messages):
         try:
             for fresh in parts_for(plan, cap):
-                part = priced.parts[fresh.name]
-                probe = Part(fresh.name, part.sensitivity, part.share, part.mechanism)
-                if probe.sensitivity != fresh.sensitivity:
-                    rescale(probe, plan, fresh.sensitivity)
-                _check_noise(probe, plan.level)
+                check(priced.parts[fresh.name], fresh.sensitivity, plan.level)
             if priced.cap_part is not None and main is not None:
-                probe = Part("probe", main.sensitivity, 1.0, main.mechanism)
-                rescale(probe, plan, float(cap))
-                probe_hw[cap] = _check_noise(probe, 0.95)
+                probe_hw[cap] = check(main, float(cap), 0.95)
         except (InvalidParameterError, ValueError, OverflowError, ZeroDivisionError) as exc:
             why = str(exc)
             continue
@@ -315,7 +321,7 @@ def _check_caps(plan: Plan, priced: Priced, max_messages: int | None) -> None:
     priced.cap_candidates = tuple(feasible)
     priced.cap_probe_half_width = probe_hw
     for part in _all(priced.parts, priced.cap_part):
-        _check_noise(part, plan.level)
+        check(part, part.sensitivity, plan.level)
 
 
 def _check_noise(part: Part, level: float) -> float:
@@ -329,6 +335,12 @@ def _check_noise(part: Part, level: float) -> float:
     if not math.isfinite(hw):
         raise InvalidParameterError(f"non-finite interval for {part.name}")
     return hw
+
+
+def _cost_of(part: Part) -> float:
+    """What a part spends (its epsilon, or its rho): kept when the part is rescaled."""
+    mech = part.mechanism
+    return float(mech.rho) if isinstance(mech, GaussianMechanism) else float(mech.epsilon)
 
 
 def _noise_units(part: Part) -> float:
