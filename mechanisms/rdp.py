@@ -47,9 +47,15 @@ def pure_dp_rdp(epsilon: float, orders: np.ndarray = _ORDERS) -> np.ndarray:
     """RDP curve of any pure ``epsilon``-DP mechanism (randomized response bound), epsilon > 0."""
     a = np.asarray(orders, dtype=float)
     value = (np.logaddexp(a * epsilon, (1 - a) * epsilon) - np.logaddexp(0.0, epsilon)) / (a - 1)
-    # guard the last ulps of cancellation: never report below the exact value's float image
-    value = value * (1 + 1e-12) + 1e-300
-    return np.minimum(value, np.minimum(epsilon, a * epsilon**2 / 2))
+    # Guard the cancellation of the two log-sum-exps (each about log 2 + a * epsilon, with a
+    # rounding error of a few ulps): add a bound on that error, so the result stays above the
+    # exact value, which is >= 0 (for a tiny epsilon the float difference can come out
+    # negative, about -1e-16, and a negative RDP entry is refused by the ledger).
+    slack = 8 * np.finfo(float).eps * (np.log(2.0) + a * epsilon + 1.0) / (a - 1)
+    value = np.maximum(value * (1 + 1e-12) + slack, 0.0)
+    # the zCDP bound a * epsilon**2 / 2, rounded up past its float rounding (two products)
+    zcdp = a * epsilon**2 / 2 * (1 + 4 * np.finfo(float).eps)
+    return np.minimum(value, np.minimum(epsilon, zcdp))
 
 
 @functools.lru_cache(maxsize=4096)

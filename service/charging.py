@@ -193,6 +193,9 @@ def _reserve_and_release(
     compute: Callable[[], Mapping[str, Any]],
     common: dict[str, Any],
 ) -> dict[str, Any]:
+    # The cost as reported is computed before the reservation: if that fails, nothing is held.
+    current = ledger.get_budget(pid)
+    cost = _cost(event, current.delta if current is not None else 0.0)
     try:
         reservation = ledger.reserve(pid, event)
     except BudgetExhaustedError:
@@ -210,8 +213,6 @@ def _reserve_and_release(
     # From here on the private data is (or may be) read: whatever happens, the reservation
     # is charged (PRIVACY.md, "The ledger"): a refunded or data-shaped failure would answer a
     # question about the data for free.
-    current = ledger.get_budget(pid)
-    cost = _cost(event, current.delta if current is not None else 0.0)
     try:
         released = dict(compute())
         # Audit first, then commit: a crash in between leaves the entry reserved (still
