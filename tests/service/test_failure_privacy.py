@@ -171,6 +171,47 @@ def test_issue_reproductions_are_refused_or_answered(post: Post) -> None:
         assert [s for s, _ in charged] == ["committed"] and reads == 1
 
 
+EXTREME: list[dict[str, Any]] = [
+    {"kind": "sum", "feature": "chars", "bounds": {"lower": -1e308, "upper": 1e308}},
+    {"kind": "mean", "feature": "chars", "bounds": {"lower": 0, "upper": 5e-324}},
+    {"kind": "histogram", "feature": "chars", "bins": [0, 5e-324]},
+    {"kind": "histogram", "feature": "chars", "bins": [-1e308, 0, 1e308]},
+    {"kind": "quantiles", "feature": "tokens", "bounds": {"lower": -1.7e308, "upper": 1.7e308}},
+    {"kind": "count", "privacy": {"mechanism": "gaussian", "accuracy": {"half_width": 1e300}}},
+    {"kind": "count", "privacy": {"accuracy": {"half_width": 1e300}}},
+    {"kind": "count", "privacy": {"accuracy": {"half_width": 1e-9}}},
+    {"kind": "sum", "feature": "chars", "privacy": {"epsilon": 1e-300}},
+    {"kind": "count", "privacy": {"epsilon": 1e-300}, "max_messages_per_sender": "auto"},
+    {
+        "kind": "count",
+        "filters": {
+            "time_range": {"start": "0001-01-01T00:00:00+05:00", "end": "2024-01-01T00:00:00Z"}
+        },
+    },
+    {
+        "kind": "count",
+        "filters": {
+            "time_range": {"start": "2024-01-01T00:00:00Z", "end": "9999-12-31T23:59:59-05:00"}
+        },
+    },
+    {
+        "kind": "count",
+        "group_by": {
+            "time": "day",
+            "range": {"start": "0001-01-01T00:00:00+14:00", "end": "0001-01-03T00:00:00Z"},
+        },
+    },
+]
+
+
+@pytest.mark.parametrize("body", EXTREME, ids=lambda b: str(b)[:70])
+def test_extreme_inputs_get_a_clear_4xx_before_the_read(post: Post, body: dict[str, Any]) -> None:
+    status, out, charged, reads = post(body)
+    assert status == 422, out
+    assert out["code"] in ("validation_error", "invalid_privacy_parameter") and out["message"]
+    assert charged == [] and reads == 0
+
+
 def test_aggregates_beyond_the_exact_range_are_clamped_not_refused() -> None:
     """An exact sum of 2**70 grid units (more rows than the old 2**52 check allowed) is clamped
     to +/- 2**50 before noise, a contraction that keeps the sensitivity, instead of failing."""
