@@ -7,10 +7,16 @@ API: ``Ledger.corpus_remaining(tight=False)`` as ``GET /v1/admin/corpus-cap`` an
 ``Ledger.remaining(id, tight=True)`` as ``GET /v1/admin/analysts/<id>/ledger``.
 
 Authentication: an admin key as ``Authorization: Bearer``, or, because a browser cannot send
-that header from its address bar, the same key in the HttpOnly, SameSite=Strict cookie
-``privtext_admin`` that ``POST /v1/admin/session`` sets. The cookie is read by this page's
-GET route only (its path is the page's path, and no other view looks at it), so the JSON API
-can never be driven by a cross-site request riding on it.
+that header from its address bar, a session: a browser that opens the page without one gets
+a sign-in form (401, HTML), which posts the admin key once to ``POST /v1/admin/session``; that
+sets the cookie ``privtext_session`` to a random session token (``service.page_sessions``:
+stored hashed in the state store, 30 minutes, never the key itself) and redirects to the page.
+``POST /v1/admin/budget-page/sign-out`` deletes the session. The cookie is HttpOnly,
+SameSite=Strict, Secure over HTTPS, and its path is the page's: it is read by the page and its
+sign-out only, so the JSON API can never be driven by a request riding on it. Sign-in and
+sign-out are refused (403) unless they come from this origin (``Origin`` and
+``Sec-Fetch-Site``, when the browser sends them): another site cannot sign a browser in under
+its own key (login CSRF).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from sqlalchemy import Engine, select
 from werkzeug.wrappers import Response as BaseResponse
 
 from mechanisms.ledger import Ledger, LedgerEntry, Remaining
+from service import page_sessions
 from service.auth import authenticate, public, require
+from service.body import json_body
 from service.budget_chart import Chart, build_chart, cumulative_spend, fmt_epsilon
 from service.charging import get_ledger
 from service.db import principals
@@ -36,8 +44,8 @@ from service.schemas_admin import PageSchema
 
 bp = Blueprint("budget_page", __name__, url_prefix="/v1/admin")
 
-COOKIE = "privtext_admin"
-COOKIE_MAX_AGE = 8 * 3600  # seconds; the admin signs in again after a working day
+COOKIE = "privtext_session"
+COOKIE_MAX_AGE = int(page_sessions.SESSION_TTL.total_seconds())  # as long as the session
 HISTORY_PAGE = 1000
 #: The delta ``make_remaining`` reports a budget-less principal's spend at.
 NO_BUDGET_DELTA = 1e-6
@@ -52,12 +60,14 @@ _HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # not no-referrer: with it a browser sends "Origin: null" on the page's own form posts,
+    # which the same-origin check of sign-in and sign-out must refuse
+    "Referrer-Policy": "same-origin",
 }
 
 
 class SessionSchema(Schema):
-    """``{"key": "ptk_..."}`` (JSON or form): the admin key the page cookie will carry."""
+    """``{"key": "ptk_..."}`` (JSON or form): the admin key that opens a page session."""
 
     key = fields.String(required=True, validate=validate.Length(min=1, max=512))
 
@@ -76,24 +86,57 @@ def _engine() -> Engine:
     return current_app.extensions["privtext"].engine  # type: ignore[no-any-return]
 
 
-def accept_session_cookie(view: F) -> F:
-    """Let the page's GET authenticate from the ``privtext_admin`` cookie.
+def _wants_html() -> bool:
+    """Whether the client asked for HTML before JSON (a browser's navigation does)."""
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html"
 
-    Only when no Authorization header is sent; an unknown or revoked key in the cookie is
-    simply ignored, so ``require`` answers 401 as for a missing key. Never use this on a JSON
-    or state-changing route.
+
+def _page_response(html: str, status: int = 200) -> Response:
+    resp = Response(html, status=status, mimetype="text/html")
+    resp.headers.update(_HEADERS)
+    return resp
+
+
+def _sign_in_page(status: int, error: str | None = None) -> Response:
+    html = render_template(
+        "budget_sign_in.html", action=url_for(".create_session"), error=error
+    )
+    resp = _page_response(html, status)
+    if request.cookies.get(COOKIE):  # a stale session: forget it
+        resp.delete_cookie(COOKIE, path=url_for(".budget_page"), httponly=True, samesite="Strict")
+    return resp
+
+
+def accept_session_cookie(view: F) -> F:
+    """Let the page's GET authenticate from the ``privtext_session`` cookie.
+
+    Only when no Authorization header is sent. Without a live session a browser (one that
+    prefers HTML) gets the sign-in form with status 401; any other client gets ``require``'s
+    JSON 401. Never use this on a JSON or state-changing route.
     """
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        token = request.cookies.get(COOKIE)
-        if token and "Authorization" not in request.headers:
-            principal = authenticate(_engine(), token)
+        if "Authorization" not in request.headers:
+            principal = page_sessions.session_principal(_engine(), request.cookies.get(COOKIE))
             if principal is not None:
                 g.principal = principal
+                g.page_session = True
+            elif _wants_html():
+                return _sign_in_page(401)
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _same_origin() -> bool:
+    """False when the browser says the request comes from another site or origin."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    return origin is None or origin == request.host_url.rstrip("/")
 
 
 def _analysts(limit: int, offset: int) -> list[Any]:
@@ -147,41 +190,62 @@ def budget_page() -> Response:
         generated_at=now,
         fmt=fmt_epsilon,
         accounting=cap.to_dict(),
+        sign_out=url_for(".sign_out") if g.get("page_session") else None,
     )
-    resp = Response(html, status=200, mimetype="text/html")
-    resp.headers.update(_HEADERS)
-    return resp
+    return _page_response(html)
+
+
+def _refuse(status: int, code: str, message: str) -> Response:
+    """A failed sign-in: the form again (with the message) for a browser, else the JSON error."""
+    if not request.is_json and _wants_html():
+        return _sign_in_page(status, message)
+    raise APIError(status, code, message)
 
 
 @bp.post("/session")
 @public
 def create_session() -> BaseResponse:
-    """Check an admin key (JSON or form ``key``), set the page cookie, 303 to the page."""
-    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+    """Check an admin key (JSON or form ``key``), open a session, set its cookie, 303 to the page.
+
+    The cookie holds the session token (30 minutes), never the key.
+    """
+    if not _same_origin():
         # Another site's form must not sign this browser in (login CSRF) under its own key.
-        raise APIError(403, "forbidden", "Sign in from this service's own pages only.")
-    if request.is_json:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise APIError(400, "bad_request", "The body must be a JSON object.")
-    else:
-        body = request.form.to_dict()
+        return _refuse(403, "forbidden", "Sign in from this service's own pages only.")
+    body = json_body() if request.is_json else request.form.to_dict()
     key = SessionSchema().load(body)["key"]
     principal = authenticate(_engine(), key)
     if principal is None:
-        raise APIError(401, "unauthorized", "The API key is unknown, revoked or disabled.")
+        return _refuse(401, "unauthorized", "The API key is unknown, revoked or disabled.")
     if principal.role != "admin":
-        raise APIError(403, "forbidden", "Only an admin key may open the budget page.")
+        return _refuse(403, "forbidden", "Only an admin key may open the budget page.")
+    token = page_sessions.open_session(_engine(), principal)
     target = url_for(".budget_page")
     resp = redirect(target, code=303)
     resp.set_cookie(
         COOKIE,
-        key,
+        token,
         max_age=COOKIE_MAX_AGE,
         path=target,
         secure=request.is_secure,
         httponly=True,
         samesite="Strict",
+    )
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.post("/budget-page/sign-out")
+@public
+def sign_out() -> BaseResponse:
+    """Delete the browser's session (if any), clear its cookie, 303 to the page (its form)."""
+    if not _same_origin():
+        raise APIError(403, "forbidden", "Sign out from this service's own pages only.")
+    page_sessions.close_session(_engine(), request.cookies.get(COOKIE))
+    target = url_for(".budget_page")
+    resp = redirect(target, code=303)
+    resp.delete_cookie(
+        COOKIE, path=target, secure=request.is_secure, httponly=True, samesite="Strict"
     )
     resp.headers["Cache-Control"] = "no-store"
     return resp

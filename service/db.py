@@ -92,6 +92,7 @@ def init_db(engine: Engine) -> None:
     (SQLite ``BEGIN IMMEDIATE``) or an advisory lock (PostgreSQL).
     """
     import service.ledger.tables  # noqa: F401 - adds the ledger and audit tables
+    import service.page_sessions  # noqa: F401 - adds the budget page's sessions
     import service.ratelimit  # noqa: F401 - adds the rate-limit windows
     from models import jobs  # the job table lives with the jobs (models/ imports no service)
 

@@ -233,32 +233,146 @@ def test_page_pages_through_analysts(client: FlaskClient, seeded: Seeded) -> Non
     assert f"analyst-{alice}" not in found and f"analyst-{carol}" not in found
 
 
+def _signed_in(client: FlaskClient, token: str) -> str:
+    """Sign in through POST /v1/admin/session; returns the session cookie's value."""
+    resp = client.post(SESSION, data={"key": token})
+    assert resp.status_code == 303, resp.get_data()
+    cookie = client.get_cookie(COOKIE, path=PAGE)
+    assert cookie is not None
+    return cookie.value
+
+
 def test_session_sets_a_strict_httponly_cookie(client: FlaskClient, seeded: Seeded) -> None:
     resp = client.post(SESSION, data={"key": seeded.admin_token})
     assert resp.status_code == 303
     assert resp.headers["Location"].endswith(PAGE)
     cookie = resp.headers["Set-Cookie"]
     assert cookie.startswith(f"{COOKIE}=")
-    for attr in ("HttpOnly", "SameSite=Strict", f"Path={PAGE}", "Max-Age="):
+    for attr in ("HttpOnly", "SameSite=Strict", f"Path={PAGE}", f"Max-Age={30 * 60}"):
         assert attr in cookie, attr
+    assert "Secure" not in cookie  # plain http here; https requests get Secure
     page = client.get(PAGE)  # the test client sends the cookie back
     assert page.status_code == 200 and page.mimetype == "text/html"
+    assert 'data-testid="sign-out-form"' in page.get_data(as_text=True)
     # The JSON body works too.
     assert client.post(SESSION, json={"key": seeded.admin_token}).status_code == 303
+    secure = client.post(SESSION, data={"key": seeded.admin_token}, base_url="https://localhost")
+    assert "Secure" in secure.headers["Set-Cookie"]
+
+
+def test_the_cookie_holds_a_session_token_not_the_key(
+    app: Flask, client: FlaskClient, seeded: Seeded
+) -> None:
+    from sqlalchemy import select
+
+    from service.page_sessions import page_sessions
+
+    value = _signed_in(client, seeded.admin_token)
+    secret = seeded.admin_token.split("_", 2)[2]
+    assert value != seeded.admin_token and secret not in value and "ptk_" not in value
+    assert len(value) >= 40  # 256 random bits
+    with app.extensions["privtext"].engine.connect() as conn:
+        stored = [tuple(r) for r in conn.execute(select(page_sessions)).all()]
+    assert len(stored) == 1
+    assert all(value not in str(col) and secret not in str(col) for col in stored[0])
+    # A second sign-in is another session with another token.
+    client2 = app.test_client()
+    assert _signed_in(client2, seeded.admin_token) != value
+    # The key itself in the cookie signs nobody in.
+    client.set_cookie(COOKIE, seeded.admin_token, path=PAGE)
+    assert client.get(PAGE).status_code == 401
+
+
+def test_an_expired_or_deleted_session_is_refused(
+    app: Flask, client: FlaskClient, seeded: Seeded
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from service.auth import revoke_key
+    from service.page_sessions import page_sessions
+
+    engine = app.extensions["privtext"].engine
+    _signed_in(client, seeded.admin_token)
+    assert client.get(PAGE).status_code == 200
+    with engine.begin() as conn:  # 30 minutes later
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        conn.execute(update(page_sessions).values(expires_at=past))
+    assert client.get(PAGE).status_code == 401
+
+    # Signed out: the row is gone, so even a copy of the cookie no longer works.
+    value = _signed_in(client, seeded.admin_token)
+    assert client.get(PAGE).status_code == 200
+    resp = client.post(PAGE + "/sign-out")
+    assert resp.status_code == 303 and resp.headers["Location"].endswith(PAGE)
+    assert f"{COOKIE}=;" in resp.headers["Set-Cookie"]  # cleared in the browser
+    thief = app.test_client()
+    thief.set_cookie(COOKIE, value, path=PAGE)
+    assert thief.get(PAGE).status_code == 401
+
+    # Revoking the key that opened a session ends it.
+    _signed_in(client, seeded.admin_token)
+    assert client.get(PAGE).status_code == 200
+    assert revoke_key(engine, seeded.admin_token.split("_", 2)[1])
+    assert client.get(PAGE).status_code == 401
+
+
+def test_sessions_are_shared_by_every_worker(app: Flask, seeded: Seeded, data_dir: Path) -> None:
+    """A session opened through one app (one gunicorn worker) works through another."""
+    from service.app import create_app
+
+    other = create_app({"data_dir": str(data_dir), "testing": True})
+    try:
+        value = _signed_in(app.test_client(), seeded.admin_token)
+        client = other.test_client()
+        client.set_cookie(COOKIE, value, path=PAGE)
+        assert client.get(PAGE).status_code == 200
+    finally:
+        other.extensions["privtext"].engine.dispose()
+
+
+def test_a_browser_without_a_session_gets_the_sign_in_form(
+    client: FlaskClient, seeded: Seeded
+) -> None:
+    html_accept = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    resp = client.get(PAGE, headers=html_accept)
+    assert resp.status_code == 401 and resp.mimetype == "text/html"
+    assert resp.headers["Cache-Control"] == "no-store"
+    form = _parse(resp.get_data(as_text=True))
+    assert form.found["sign-in-form"]["attrs"]["action"] == SESSION
+    assert form.found["sign-in-form"]["attrs"]["method"] == "post"
+    assert form.found["sign-in-key"]["attrs"]["name"] == "key"
+    assert form.found["sign-in-key"]["attrs"]["type"] == "password"
+    # A wrong key from the form: the form again, with the reason, and no cookie.
+    resp = client.post(SESSION, data={"key": "ptk_0123_notakey"}, headers=html_accept)
+    assert resp.status_code == 401 and resp.mimetype == "text/html"
+    assert "unknown" in _parse(resp.get_data(as_text=True)).found["sign-in-error"]["text"]
+    assert "Set-Cookie" not in resp.headers
+    # The form's own post signs in and lands on the page.
+    resp = client.post(SESSION, data={"key": seeded.admin_token}, headers=html_accept)
+    assert resp.status_code == 303
+    page = client.get(PAGE, headers=html_accept)
+    assert page.status_code == 200 and "corpus-cap" in _parse(page.get_data(as_text=True)).found
+    # JSON clients still get the JSON envelope.
+    assert client.get(PAGE, headers={"Accept": "application/json"}).status_code == 200
+    assert client.get(PAGE + "?limit=0").status_code == 422
 
 
 def test_cookie_is_accepted_by_the_page_only(client: FlaskClient, seeded: Seeded) -> None:
-    client.set_cookie(COOKIE, seeded.admin_token, path="/")  # even if a browser sent it anywhere
+    value = _signed_in(client, seeded.admin_token)
+    client.delete_cookie(COOKIE, path=PAGE)
+    client.set_cookie(COOKIE, value, path="/")  # even if a browser sent it anywhere
     assert client.get(PAGE).status_code == 200
     for path in ("/v1/me", "/v1/admin/corpus-cap", "/v1/admin/analysts"):
         resp = client.get(path)
         assert resp.status_code == 401, path
     resp = client.put("/v1/admin/corpus-cap", json={"epsilon": 100.0, "delta": 1e-5})
     assert resp.status_code == 401
-    # A stale or analyst key in the cookie is no key at all.
+    # A stale token or a key in the cookie is no session at all.
     client.set_cookie(COOKIE, seeded.analyst_token, path="/")
-    assert client.get(PAGE).status_code == 403
-    client.set_cookie(COOKIE, "ptk_0123_notakey", path="/")
+    assert client.get(PAGE).status_code == 401
+    client.set_cookie(COOKIE, "x" * 43, path="/")
     assert client.get(PAGE).status_code == 401
 
 
@@ -282,15 +396,30 @@ def test_session_rejects_bad_keys(
     assert "Set-Cookie" not in resp.headers
 
 
-def test_session_refuses_a_cross_site_form(client: FlaskClient, seeded: Seeded) -> None:
-    resp = client.post(
-        SESSION, data={"key": seeded.admin_token}, headers={"Sec-Fetch-Site": "cross-site"}
-    )
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://localhost:8080"},  # another port is another origin
+        {"Sec-Fetch-Site": "same-origin", "Origin": "https://evil.example"},
+    ],
+)
+def test_session_refuses_another_origin(
+    client: FlaskClient, seeded: Seeded, headers: dict[str, str]
+) -> None:
+    resp = client.post(SESSION, data={"key": seeded.admin_token}, headers=headers)
     assert resp.status_code == 403 and "Set-Cookie" not in resp.headers
-    resp = client.post(
-        SESSION, data={"key": seeded.admin_token}, headers={"Sec-Fetch-Site": "same-origin"}
-    )
+    assert client.post(PAGE + "/sign-out", headers=headers).status_code == 403
+
+
+def test_session_accepts_its_own_origin(client: FlaskClient, seeded: Seeded) -> None:
+    same = {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}
+    resp = client.post(SESSION, data={"key": seeded.admin_token}, headers=same)
     assert resp.status_code == 303
+    assert client.post(PAGE + "/sign-out", headers=same).status_code == 303
 
 
 def test_session_refuses_an_analyst_key(client: FlaskClient, seeded: Seeded) -> None:
@@ -356,19 +485,18 @@ def test_budget_page_in_headless_chromium(live_server: str, seeded: Seeded, tmp_
     )
     try:
         driver.set_page_load_timeout(30)
-        # Sign in as a browser would: a same-origin form POST to /v1/admin/session, whose 303
-        # lands on the page with the HttpOnly cookie set.
-        driver.get(f"{live_server}/healthz")
-        driver.execute_script(
-            """
-            const f = document.createElement('form');
-            f.method = 'POST'; f.action = '/v1/admin/session';
-            const i = document.createElement('input');
-            i.type = 'hidden'; i.name = 'key'; i.value = arguments[0];
-            f.appendChild(i); document.body.appendChild(f); f.submit();
-            """,
-            seeded.admin_token,
+        # Sign in as a person would: the page shows its sign-in form, the key is typed into
+        # it, and the form's POST to /v1/admin/session answers 303 to the page with the
+        # session cookie set.
+        driver.get(f"{live_server}{PAGE}")
+        form = WebDriverWait(driver, 30).until(
+            EC.presence_of_element_located((By.CSS_SELECTOR, '[data-testid="sign-in-form"]'))
         )
+        assert driver.title == "privtext: sign in"
+        form.find_element(By.CSS_SELECTOR, '[data-testid="sign-in-key"]').send_keys(
+            seeded.admin_token
+        )
+        form.find_element(By.CSS_SELECTOR, '[data-testid="sign-in-submit"]').click()
         WebDriverWait(driver, 30).until(
             EC.presence_of_element_located((By.CSS_SELECTOR, '[data-testid="corpus-cap"]'))
         )
@@ -376,6 +504,7 @@ def test_budget_page_in_headless_chromium(live_server: str, seeded: Seeded, tmp_
         assert driver.title == "privtext: privacy budgets"
         cookie = driver.get_cookie(COOKIE)
         assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        assert cookie["value"] != seeded.admin_token and cookie["path"] == PAGE
         assert driver.execute_script("return document.cookie") == ""  # invisible to scripts
 
         # The whole page in one screenshot: a viewport as tall as the document.
@@ -411,5 +540,15 @@ def test_budget_page_in_headless_chromium(live_server: str, seeded: Seeded, tmp_
             assert math.isclose(last, float(read[f"spent-{aid}"] or "nan"), rel_tol=1e-9)
         name = driver.find_element(By.CSS_SELECTOR, f'[data-testid="name-{seeded.hostile}"]')
         assert name.text == "<script>alert(1)</script> & Bob"
+
+        # Sign out: back to the form, the cookie gone, and the page closed to this browser.
+        driver.find_element(By.CSS_SELECTOR, '[data-testid="sign-out"]').click()
+        WebDriverWait(driver, 30).until(
+            EC.presence_of_element_located((By.CSS_SELECTOR, '[data-testid="sign-in-form"]'))
+        )
+        assert driver.get_cookie(COOKIE) is None
+        driver.get(f"{live_server}{PAGE}")
+        assert driver.find_elements(By.CSS_SELECTOR, '[data-testid="sign-in-form"]')
+        assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="corpus-cap"]')
     finally:
         driver.quit()
