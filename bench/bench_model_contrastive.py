@@ -163,8 +163,9 @@ def main() -> None:
             public_negatives=args.public_negatives,
             private=private,
             seed=1,
+            population_size=n,  # the benchmark corpus is ours: its size is declared
         )
-        event = plan_training(config, n_senders=n) if private else None
+        event = plan_training(config) if private else None
         trainer = Trainer(config, base, seed=1, event=event)
         t0 = time.perf_counter()
         trainer.fit(examples)

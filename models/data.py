@@ -37,7 +37,9 @@ class SenderExamples:
 
 
 def count_senders(data_dir: str | os.PathLike[str], snapshot_id: str | None = None) -> int:
-    """Number of distinct senders in a snapshot (treated as public, as DP-SGD's dataset size)."""
+    """Number of distinct senders in a snapshot: a PRIVATE, exact count, for tests and offline
+    benchmarks only. The service never computes or returns it, and training never uses it (its
+    sampling rate comes from the declared ``population_size``, :mod:`models.training`)."""
     from service.corpus.store import SnapshotStore
 
     _info, cur = SnapshotStore(data_dir).cursor(snapshot_id)
@@ -98,8 +100,8 @@ def load_sender_pair_examples(
     anchor ``msg_rank`` (uniformly random, content-independent) are kept, at most
     ``max_messages_per_sender // 2``, so an example holds at most ``max_messages_per_sender``
     sequences. Every sender of the snapshot has an example, in ``sender_id`` order like
-    :func:`load_sender_examples` (an empty one when they have no pair: a zero gradient), so the
-    number of examples is the public sender count the sampling rate was planned with.
+    :func:`load_sender_examples` (an empty one when they have no pair: a zero gradient), so every
+    sender is sampled with the planned probability, as in the MLM objective.
 
     ``exclude_conversations`` (benchmarks only) drops those conversations first, and the senders
     seen only in them.

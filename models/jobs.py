@@ -13,9 +13,12 @@ and a worker racing on a job resolve atomically: exactly one of them moves it.
 A job that raises is marked ``failed`` with a fixed, data-free message (the exception's class
 name; the traceback goes to the operator log only), and publishes nothing: an embedding job's
 result file is renamed into place only after it is complete; a training job's model version is
-the trainer's to publish atomically, and its ledger reservation is refunded only when training
-raised (nothing was published: failed or cancelled) or never started (cancelled while queued),
-and committed only after training returned.
+the trainer's to publish atomically. A training job's ledger reservation is settled by
+``models.charge.settle_training``: refunded when the job never started (cancelled while
+queued) or stopped before its first read of the corpus; once the corpus has been read, a
+failure of any kind is charged in full (and reported with one message, the same for every
+such failure: not even the exception's class), and a cancel is charged for the steps begun.
+The settlement is recorded in the job's ``result["charge"]``.
 
 This module knows no Flask; the service passes the engine, the data directory and a ledger in.
 """
@@ -245,7 +248,9 @@ def mark_succeeded(engine: Engine, job_id: str, result: Mapping[str, Any]) -> No
     )
 
 
-def mark_failed(engine: Engine, job_id: str, message: str) -> None:
+def mark_failed(
+    engine: Engine, job_id: str, message: str, *, result: Mapping[str, Any] | None = None
+) -> None:
     _transition(
         engine,
         job_id,
@@ -253,13 +258,36 @@ def mark_failed(engine: Engine, job_id: str, message: str) -> None:
         status="failed",
         finished_at=now(),
         error=message[:500],
+        **_result_values(result),
     )
 
 
-def mark_cancelled(engine: Engine, job_id: str) -> bool:
+def fail_if_queued(engine: Engine, job_id: str, message: str) -> bool:
+    """``queued -> failed`` (a job that could not be queued); False, nothing changed, when a
+    worker has already taken it."""
+    return _try(engine, job_id, ("queued",), status="failed", finished_at=now(),
+                error=message[:500])
+
+
+def mark_cancelled(
+    engine: Engine, job_id: str, *, result: Mapping[str, Any] | None = None
+) -> bool:
     """``cancelling -> cancelled``: the worker stopped and removed what it had made. False
     (nothing changed) when the job is not ``cancelling``."""
-    return _try(engine, job_id, ("cancelling",), status="cancelled", finished_at=now())
+    return _try(
+        engine,
+        job_id,
+        ("cancelling",),
+        status="cancelled",
+        finished_at=now(),
+        **_result_values(result),
+    )
+
+
+def _result_values(result: Mapping[str, Any] | None) -> dict[str, Any]:
+    if result is None:
+        return {}
+    return {"result": json.dumps(dict(result), sort_keys=True, default=str)}
 
 
 def _try(engine: Engine, job_id: str, allowed: tuple[str, ...], **values: Any) -> bool:
@@ -282,6 +310,14 @@ def update_result(engine: Engine, job_id: str, result: Mapping[str, Any]) -> Non
 def failure_message(exc: BaseException) -> str:
     """What a failed job reports: the exception's class, never its text (it may quote data)."""
     return f"the job failed ({type(exc).__name__}); the operator log has the details"
+
+
+#: What every training job that failed after reading the corpus reports: one fixed message,
+#: not even the exception's class (which kind of failure happened can depend on the data).
+FAILED_AFTER_READ = (
+    "the training failed after it read the corpus and was charged in full; "
+    "the operator log has the details"
+)
 
 
 # -- the context the work runs in ----------------------------------------------------------
@@ -315,8 +351,11 @@ def cancel_job(ctx: JobContext, job_id: str) -> Job:
     * ``queued -> cancelled`` here: nothing ran. A training job's reservation is refunded
       now (``ctx.ledger``), an embedding job's texts are deleted; the worker that later
       picks the task finds the job not queued and returns without touching it.
-    * ``running -> cancelling``: the worker stops at its next check (training: before each
-      step; embedding: between chunks), removes what it made, refunds, marks it cancelled.
+    * ``running -> cancelling``: the worker stops at its next check (training: before the
+      read, before each step and within a step every ``models.trainer.STOP_POLL_S`` seconds;
+      embedding: between chunks), removes what it made, settles a training's reservation
+      (refunded before the corpus was read, else charged for the steps begun) and marks the
+      job cancelled.
     * ``cancelling``: already asked; unchanged.
 
     Raises JobStateError when the job is final (succeeded, failed, cancelled) or missing.
@@ -476,24 +515,28 @@ def run_training_job(
     """Train the job's config on its snapshot and publish a model version.
 
     The job's reservation (made against the corpus-wide cap when the job was queued, see
-    ``models.charge``) is committed after ``train`` returned (the version is published) and
-    refunded when it raised: ``train`` publishes atomically and removes its staging directory
-    on failure, so nothing was released. ``train`` defaults to ``models.training.train``; it
-    gets the charged event back and refuses if the plan no longer matches it.
+    ``models.charge``) is settled by ``models.charge.settle_training`` from what ``train``
+    reported in its :class:`~models.training.TrainingRun`: committed when ``train`` returned;
+    refunded when it raised before its first read of the corpus (or the job's own parameters
+    could not be loaded); once the corpus was read, charged in full for a failure of any kind
+    (the job is ``failed`` with :data:`FAILED_AFTER_READ`) and for the steps begun for a
+    cancel. ``train`` defaults to ``models.training.train``; it gets the charged event back
+    and refuses if the plan no longer matches it. A ``train`` that does not fill in the run
+    is taken to have read the corpus.
 
     A job that is not queued any more (cancelled before it started) is left as it is. A job
-    asked to stop (``cancelling``) is seen by ``should_stop`` before the next step; ``train``
-    raises TrainingCancelled, the reservation is refunded and the job marked ``cancelled``
-    (nothing raised to the queue). A cancel after ``train`` returned changes nothing.
+    asked to stop (``cancelling``) is seen by ``should_stop``; ``train`` raises
+    TrainingCancelled, the job is marked ``cancelled`` (nothing raised to the queue) with
+    the settlement in ``result["charge"]``. A cancel after ``train`` returned changes nothing.
     """
-    from models.charge import commit_training, refund_training
-    from models.training import TrainingCancelled, TrainingConfig
+    from models.training import TrainingCancelled, TrainingConfig, TrainingRun
 
     job = get_job(ctx.engine, job_id)
     if job is None:
         raise JobStateError(f"no job {job_id}")
     if not _start(ctx.engine, job_id):
         return
+    run = TrainingRun(corpus_read=False)  # until train() is called, nothing is read
     reservation = None
     try:
         event = _event(job)
@@ -503,6 +546,7 @@ def run_training_job(
         else:
             train_fn = train
         config = TrainingConfig.from_dict(dict(job.params["config"]))
+        run.corpus_read = None  # train() says when it reads; one that does not is charged
         version = train_fn(
             config,
             data_dir=ctx.data_dir,
@@ -511,27 +555,58 @@ def run_training_job(
             should_stop=lambda: cancel_requested(ctx.engine, job_id),
             event=event,
             activate=bool(job.params.get("activate", False)),
+            run=run,
         )
     except BaseException as exc:
-        # train raised, so its staging directory is gone and no version was published: the
-        # refund releases nothing. For a cancel this is sound for a further reason: the
-        # decision to stop is the admin's, taken without seeing the data, so "refunded" says
-        # nothing about the corpus (a refund decided by the data would, service/charging.py).
-        if reservation is not None and ctx.ledger is not None:
-            refund_training(ctx.ledger, reservation)
-        if isinstance(exc, TrainingCancelled) and mark_cancelled(ctx.engine, job_id):
+        charge = _settle(ctx, job_id, reservation, run, exc)
+        result = {"charge": charge} if charge is not None else None
+        if isinstance(exc, TrainingCancelled) and mark_cancelled(
+            ctx.engine, job_id, result=result
+        ):
             log.info("training job cancelled", extra={"job_id": job_id})
             return
         log.exception("training job failed", extra={"job_id": job_id})
-        mark_failed(ctx.engine, job_id, failure_message(exc))
+        message = failure_message(exc) if run.corpus_read is False else FAILED_AFTER_READ
+        mark_failed(ctx.engine, job_id, message, result=result)
         raise
-    if reservation is not None and ctx.ledger is not None:
-        commit_training(ctx.ledger, reservation)
+    _settle(ctx, job_id, reservation, run, None)  # committed: the charge the job was created with
     mark_succeeded(
         ctx.engine,
         job_id,
         {"model_id": version.id, "epsilon": version.epsilon, "delta": version.delta},
     )
+
+
+def _settle(
+    ctx: JobContext,
+    job_id: str,
+    reservation: Reservation | None,
+    run: Any,
+    error: BaseException | None,
+) -> dict[str, Any] | None:
+    """Settle the job's reservation (``models.charge.settle_training``) and point the job at
+    the reservation that holds the charge; returns the settlement for the job's result. A
+    ledger error is logged and leaves the reservation reserved, which the cap counts as
+    spent (never refunded by accident)."""
+    from models.charge import settle_training
+
+    if reservation is None or ctx.ledger is None:
+        return None
+    try:
+        settlement = settle_training(ctx.ledger, reservation, run, error)
+    except Exception:
+        if error is None:
+            raise
+        log.exception("could not settle the training's reservation", extra={"job_id": job_id})
+        return None
+    if settlement.reservation_id != reservation.id:
+        with ctx.engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(reservation_id=settlement.reservation_id)
+            )
+    return settlement.to_dict()
 
 
 def _event(job: Job) -> PrivacyEvent:

@@ -3,11 +3,18 @@
 Kept apart from the configuration and planning so that benchmarks can time one DP step and
 one non-private step on the same model and batch (:meth:`Trainer.dp_step`,
 :meth:`Trainer.nonprivate_step`).
+
+Cancelling: :meth:`Trainer.fit` asks ``should_stop`` before every step and, at most every
+:data:`STOP_POLL_S` seconds (a poll is a database read), between the senders of a step (the
+microbatch engine) or its chunks of senders (the Opacus engine), so a step over many senders
+stops within seconds. A step cut short adds no noise and updates nothing: its partial sum of
+clipped gradients is dropped.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -34,12 +41,15 @@ from models.mlm import (
     mask_tokens,
     save_sentence_transformer,
 )
-from models.training import PRIVACY_STATEMENT, TrainingCancelled, TrainingConfig
+from models.training import PRIVACY_STATEMENT, TrainingCancelled, TrainingConfig, TrainingRun
 
 __all__ = ["Trainer", "save_version", "pick_device"]
 
 Example = Sequence[Sequence[int]]  # one sender: token-id lists of their messages
 CHECKPOINT_FORMAT = 1
+
+#: Within a step, ``should_stop`` is asked at most this often (seconds); between steps, always.
+STOP_POLL_S = 0.5
 
 
 def pick_device() -> torch.device:
@@ -107,6 +117,21 @@ class Trainer:
 
             self.gsm = GradSampleModule(self.model, batch_first=True, loss_reduction="sum")
         self.steps_done = 0
+        self._should_stop: Callable[[], bool] | None = None
+        self._last_poll = 0.0
+
+    # -- cancelling -----------------------------------------------------------------------
+    def _poll_stop(self, *, always: bool = False) -> None:
+        """Raise TrainingCancelled when ``should_stop()`` says so; asked every time when
+        ``always`` (between steps), else at most every :data:`STOP_POLL_S` seconds."""
+        if self._should_stop is None:
+            return
+        clock = time.monotonic()
+        if not always and clock - self._last_poll < STOP_POLL_S:
+            return
+        self._last_poll = clock
+        if self._should_stop():
+            raise TrainingCancelled("training cancelled")
 
     # -- batches --------------------------------------------------------------------------
     def _mask(
@@ -215,6 +240,7 @@ class Trainer:
         total = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         if self.objective == "contrastive":
             for example in batch:
+                self._poll_stop()
                 out = self._contrastive([example])
                 if out is None:
                     continue  # no pair: a zero gradient (still part of the batch)
@@ -222,6 +248,7 @@ class Trainer:
                 self._clip_into(total, grads)
             return total
         for example in batch:
+            self._poll_stop()
             prepared = self._prepare([list(s) for s in example])
             losses = self._token_losses(self.model, prepared)
             count = int((prepared[3] != -100).sum())
@@ -236,6 +263,7 @@ class Trainer:
         sender, so a grad sample IS a sender's gradient), clipped and summed per chunk."""
         total = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]
         for chunk in self._chunks(batch):
+            self._poll_stop()
             if self.objective == "contrastive":
                 out = self._contrastive(chunk)
                 if out is None:
@@ -281,6 +309,7 @@ class Trainer:
         """One ordinary step: mean over senders of each sender's mean token loss."""
         n = max(1, len(batch))
         for chunk in self._chunks(batch):
+            self._poll_stop()
             if self.objective == "contrastive":
                 out = self._contrastive(chunk)
                 if out is not None:
@@ -299,12 +328,21 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def sampling_rate(self, n_senders: int) -> float:
+        """The public ``config.sampling_rate`` (expected batch / declared population size).
+        Only a non-private run (benchmarks) without a declared size falls back to
+        expected batch / ``n_senders``."""
+        if self.config.population_size is not None or self.config.private:
+            return self.config.sampling_rate  # raises for a private run without one
+        return min(1.0, self.config.expected_senders_per_batch / max(1, n_senders))
+
     def batches(self, n_senders: int) -> Any:
-        """Poisson samples of sender indices (Opacus' sampler), ``config.steps`` of them."""
-        q = min(1.0, self.config.expected_senders_per_batch / n_senders)
+        """``config.steps`` Poisson samples of indices into ``n_senders`` senders (Opacus'
+        sampler): each sender is in a batch independently with probability
+        :meth:`sampling_rate`, which for a private run does not depend on ``n_senders``."""
         return self._sampler_cls(
             num_samples=n_senders,
-            sample_rate=q,
+            sample_rate=self.sampling_rate(n_senders),
             generator=self.sampling_generator,
             steps=self.config.steps,
         )
@@ -315,19 +353,28 @@ class Trainer:
         *,
         progress: Callable[[float], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        run: TrainingRun | None = None,
     ) -> None:
+        """Run ``config.steps`` steps over ``examples`` (one per sender). ``should_stop``
+        cancels (TrainingCancelled) between steps and within them; ``run.steps_started``
+        counts each step from its start. Raises RuntimeError when the charged event's
+        sampling rate is not the config's (both public: nothing about the corpus)."""
         if self.config.private and self.event is not None:
-            expected_q = min(1.0, self.config.expected_senders_per_batch / len(examples))
-            if abs(expected_q - float(self.event.sampling_rate or 0)) > 1e-12:
-                raise RuntimeError("the corpus changed since the training was planned")
+            if self.sampling_rate(len(examples)) != self.event.sampling_rate:
+                raise RuntimeError("the charged event's sampling rate is not the config's")
         step = self.dp_step if self.config.private else self.nonprivate_step
-        for indices in self.batches(len(examples)):
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled("training cancelled")
-            step([examples[i] for i in indices])
-            self.steps_done += 1
-            if progress is not None:
-                progress(self.steps_done / self.config.steps)
+        self._should_stop = should_stop
+        try:
+            for indices in self.batches(len(examples)):
+                self._poll_stop(always=True)
+                if run is not None:
+                    run.steps_started += 1
+                step([examples[i] for i in indices])
+                self.steps_done += 1
+                if progress is not None:
+                    progress(self.steps_done / self.config.steps)
+        finally:
+            self._should_stop = None
 
 
 def save_version(

@@ -9,11 +9,28 @@ clipping, sampling, noise and accounting below are unchanged.
 Privacy unit: the sender. One training example = one sender's bounded sample of messages
 (:mod:`models.data`); its loss is the mean masked-token cross-entropy over that sender's masked
 tokens, so its gradient is clipped to ``max_grad_norm`` as one unit. Batches are Poisson
-samples of senders (Opacus' ``UniformWithReplacementSampler``, rate q = expected batch /
-number of senders); each step adds N(0, (noise_multiplier * max_grad_norm)^2) to the sum of
-clipped per-sender gradients and divides by the expected batch (DP-SGD, Abadi et al. 2016, at
-the user level as in McMahan et al. 2018). The accountant from :mod:`mechanisms` composes the
+samples of senders (Opacus' ``UniformWithReplacementSampler``: each sender of the corpus is in
+a step's batch independently with probability q); each step adds
+N(0, (noise_multiplier * max_grad_norm)^2) to the sum of clipped per-sender gradients and
+divides by the expected batch (DP-SGD, Abadi et al. 2016, at the user level as in McMahan et
+al. 2018). The accountant from :mod:`mechanisms` composes the
 steps as one Poisson-subsampled Gaussian event (PLD, tight; see ``mechanisms.accountant``).
+
+The sampling rate is public and fixed before anything is read: q = expected_senders_per_batch /
+population_size, where ``population_size`` is the number of senders the administrator declares
+for the corpus (a public figure, never counted here). Poisson sampling's guarantee depends on q
+alone, not on how many senders there are, so the accounting is exact whatever the corpus
+really holds: the true number of senders only changes how many are sampled (a declared figure
+too small gives larger batches, too large smaller ones), and it is never computed, used in
+the accounting, or released. The default delta comes from the declared figure too.
+
+Charging (:mod:`models.charge`): ``train`` fills a :class:`TrainingRun` as it goes, whether it
+returns or raises: whether the corpus has been read yet, and how many steps have begun. Before
+the first read (config, plan, base model) a failure or a cancel is refunded; from the first
+read on, a failure of any kind is charged in full and a cancel is charged for the steps begun.
+``should_stop`` is asked before the read, before each step and, at most every
+``models.trainer.STOP_POLL_S`` seconds, between the senders (or chunks of senders) of a step,
+so a cancel is honoured within seconds even in a step with many senders.
 
 Two ways to get the per-sender gradients, equal up to float rounding (tested):
 
@@ -48,6 +65,7 @@ from mechanisms.events import PrivacyEvent
 __all__ = [
     "TrainingConfig",
     "TrainingCancelled",
+    "TrainingRun",
     "plan_training",
     "default_delta",
     "noise_multiplier_for",
@@ -65,8 +83,11 @@ PRIVACY_STATEMENT = (
     "consecutive messages in one conversation, the anchors of lowest msg_rank, with negatives "
     "only from the same sender's pairs and from fixed public word embeddings; each message "
     "truncated to max_seq_len tokens) clipped as one unit to max_grad_norm; epsilon by privacy "
-    "loss distributions (dp-accounting, Poisson-subsampled Gaussian). The number of senders sets "
-    "the sampling rate and the default delta and is treated as public. Noise is floating-point "
+    "loss distributions (dp-accounting, Poisson-subsampled Gaussian). Each sender is in a step's "
+    "batch independently with probability expected_senders_per_batch / population_size, where "
+    "population_size is the public number of senders the administrator declared (it also sets "
+    "the default delta); the accounting depends on that rate only, and the true number of "
+    "senders is neither used in it nor released. Noise is floating-point "
     "Gaussian from torch's generator, and batches are drawn by torch's generator, both seeded "
     "from the OS CSPRNG (never from the config's seed); torch's generators are not "
     "cryptographic and floating-point noise is not hardened against precision attacks "
@@ -80,14 +101,32 @@ class TrainingCancelled(RuntimeError):
 
 
 @dataclass
+class TrainingRun:
+    """What a training reports to whoever charged it, whether it returns or raises.
+
+    ``corpus_read``: None until :func:`train` starts (unknown: a ``train`` that never says is
+    taken to have read the corpus, and charged), False while only public inputs have been used
+    (config, plan, base model), True from the moment the first read of the corpus begins.
+    ``steps_started``: DP-SGD steps begun (a step counts from its first sender on, so a step
+    cut short by a cancel counts). :func:`models.charge.settle_training` reads both.
+    """
+
+    corpus_read: bool | None = None
+    steps_started: int = 0
+
+
+@dataclass
 class TrainingConfig:
     """Training settings. Valid ranges are checked by :meth:`validate` (InvalidParameterError).
 
-    ``target_epsilon`` > 0; ``delta`` in (0, 1 / n_senders) or None for
-    :func:`default_delta`; ``expected_senders_per_batch`` >= 1 (Poisson rate = it / n_senders);
-    ``private=False`` trains without clipping or noise (benchmarks and baselines only; the API
-    never sets it). ``seed`` fixes the head's initialisation and the masking; for a private
-    training the batch sampling and the noise are seeded from the OS CSPRNG regardless.
+    ``target_epsilon`` > 0; ``delta`` in (0, 1 / population_size) or None for
+    :func:`default_delta`; ``population_size``: the declared, public number of senders (an
+    integer >= 1; required for a private training, see the module docstring);
+    ``expected_senders_per_batch`` in [1, population_size] (Poisson rate
+    :attr:`sampling_rate` = it / population_size); ``private=False`` trains without clipping
+    or noise (benchmarks and baselines only; the API never sets it). ``seed`` fixes the
+    head's initialisation and the masking; for a private training the batch sampling and the
+    noise are seeded from the OS CSPRNG regardless.
 
     ``objective``: ``"mlm"`` (masked-token prediction over the sender's messages) or
     ``"contrastive"`` (sender-local InfoNCE between the sender's own consecutive messages, see
@@ -114,6 +153,7 @@ class TrainingConfig:
     objective: str = "mlm"
     temperature: float = 0.05
     public_negatives: int = 256
+    population_size: int | None = None
 
     def validate(self) -> TrainingConfig:
         check_positive("target_epsilon", self.target_epsilon)
@@ -131,6 +171,16 @@ class TrainingConfig:
                 raise InvalidParameterError(f"{name} must be an integer >= 1, got {value!r}")
         if self.max_seq_len < 4:
             raise InvalidParameterError("max_seq_len must be >= 4")
+        n = self.population_size
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise InvalidParameterError(f"population_size must be an integer >= 1, got {n!r}")
+            if self.expected_senders_per_batch > n:
+                raise InvalidParameterError(
+                    "expected_senders_per_batch must be at most population_size "
+                    f"({self.expected_senders_per_batch} > {n}): each sender is sampled with "
+                    "probability expected_senders_per_batch / population_size"
+                )
         check_positive("max_grad_norm", self.max_grad_norm)
         check_positive("learning_rate", self.learning_rate)
         if not 0 < self.mlm_probability < 1:
@@ -156,6 +206,17 @@ class TrainingConfig:
                 )
         return self
 
+    @property
+    def sampling_rate(self) -> float:
+        """q = expected_senders_per_batch / population_size: public, whatever the corpus holds.
+        Raises InvalidParameterError when no population size was declared."""
+        if self.population_size is None:
+            raise InvalidParameterError(
+                "population_size is required: the public number of senders that sets the "
+                "sampling rate (it is never counted from the corpus)"
+            )
+        return min(1.0, self.expected_senders_per_batch / self.population_size)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -168,11 +229,12 @@ class TrainingConfig:
         return cls(**data).validate()
 
 
-def default_delta(n_senders: int) -> float:
-    """1 / (10 n_senders) rounded down to a power of ten (so always < 1 / n_senders)."""
-    if n_senders < 1:
-        raise InvalidParameterError("n_senders must be >= 1")
-    return 10.0 ** math.floor(math.log10(1.0 / (10 * n_senders)))
+def default_delta(population_size: int) -> float:
+    """1 / (10 n) rounded down to a power of ten (so always < 1 / n), n the declared
+    ``population_size``."""
+    if population_size < 1:
+        raise InvalidParameterError("population_size must be >= 1")
+    return 10.0 ** math.floor(math.log10(1.0 / (10 * population_size)))
 
 
 def _epsilon(sigma: float, q: float, steps: int, delta: float, method: str) -> float:
@@ -212,29 +274,37 @@ def noise_multiplier_for(
     return hi
 
 
-def plan_training(config: TrainingConfig, *, n_senders: int) -> PrivacyEvent:
-    """The subsampled-Gaussian event that training ``config`` on ``n_senders`` senders costs.
+def plan_training(config: TrainingConfig) -> PrivacyEvent:
+    """The subsampled-Gaussian event that training ``config`` costs, from public inputs only.
 
-    Computed before any text is read, so the caller can charge it. Raises
-    InvalidParameterError for a bad config, a non-private config, or delta >= 1 / n_senders.
+    The sampling rate is ``config.sampling_rate`` (expected batch / declared population size);
+    nothing is read from the corpus, so the caller can charge it before any text is read.
+    Raises InvalidParameterError for a bad config, a non-private config, no declared
+    population size, or delta >= 1 / population_size.
     """
     config.validate()
     if not config.private:
         raise InvalidParameterError("a non-private training has no privacy event")
-    if isinstance(n_senders, bool) or not isinstance(n_senders, int) or n_senders < 1:
-        raise InvalidParameterError(f"n_senders must be an integer >= 1, got {n_senders!r}")
-    delta = config.delta if config.delta is not None else default_delta(n_senders)
-    if delta >= 1.0 / n_senders:
-        raise InvalidParameterError(f"delta must be < 1/n_senders = {1.0 / n_senders:.3g}")
-    q = min(1.0, config.expected_senders_per_batch / n_senders)
+    q = config.sampling_rate
+    n = config.population_size
+    assert n is not None  # sampling_rate raised otherwise
+    delta = planned_delta(config)
+    if delta >= 1.0 / n:
+        raise InvalidParameterError(f"delta must be < 1/population_size = {1.0 / n:.3g}")
     sigma = noise_multiplier_for(float(config.target_epsilon), delta, q, config.steps)
     return PrivacyEvent.subsampled_gaussian(
         noise_multiplier=sigma, sampling_rate=q, steps=config.steps
     )
 
 
-def planned_delta(config: TrainingConfig, n_senders: int) -> float:
-    return config.delta if config.delta is not None else default_delta(n_senders)
+def planned_delta(config: TrainingConfig) -> float:
+    """The delta the model is reported at: the config's, or :func:`default_delta` of the
+    declared population size."""
+    if config.delta is not None:
+        return config.delta
+    if config.population_size is None:
+        raise InvalidParameterError("population_size is required for the default delta")
+    return default_delta(config.population_size)
 
 
 def train(
@@ -246,27 +316,32 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     event: PrivacyEvent | None = None,
     activate: bool = True,
+    run: TrainingRun | None = None,
 ) -> Any:
     """Train on a snapshot (the live one by default) and publish a finished model version.
 
     ``event``, when given, is the event the caller charged: training refuses
-    (InvalidParameterError) unless the plan for this snapshot equals it. ``progress`` gets the
+    (InvalidParameterError) unless the plan of ``config`` equals it. ``progress`` gets the
     fraction done after each step; ``should_stop()`` returning True cancels
-    (TrainingCancelled). On any failure the staging directory is removed and nothing is
-    published. Returns the :class:`~models.registry.ModelVersion`.
+    (TrainingCancelled): it is asked before the corpus is read, before each step and within
+    steps (see the module docstring). ``run`` is filled in as the training goes (whether the
+    corpus has been read, steps begun) for the caller's charging, also when this raises. On
+    any failure the staging directory is removed and nothing is published. Returns the
+    :class:`~models.registry.ModelVersion`.
     """
-    from models.data import count_senders, load_sender_examples, load_sender_pair_examples
+    from models.data import load_sender_examples, load_sender_pair_examples
     from models.registry import ModelRegistry, base_model_path
     from models.trainer import Trainer, save_version
     from service.corpus.store import SnapshotStore
 
+    run = run if run is not None else TrainingRun()
+    run.corpus_read = False
     config.validate()
     store = SnapshotStore(data_dir)
     info = store.get(snapshot_id) if snapshot_id else store.live()
     if info is None:
         raise InvalidParameterError("no corpus snapshot to train on")
-    n_senders = count_senders(data_dir, info.id)
-    planned = plan_training(config, n_senders=n_senders) if config.private else None
+    planned = plan_training(config) if config.private else None
     if event is not None and planned != event:
         raise InvalidParameterError("the charged event does not match this training's plan")
     registry = ModelRegistry(data_dir)
@@ -274,9 +349,12 @@ def train(
     try:
         seed = config.seed if config.seed is not None else secrets.randbits(62)
         trainer = Trainer(config, base_model_path(), seed=seed, event=planned)
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("training cancelled before the corpus was read")
         loader = (
             load_sender_pair_examples if config.objective == "contrastive" else load_sender_examples
         )
+        run.corpus_read = True  # from here on, whatever happens is charged
         data = loader(
             data_dir,
             trainer.tokenizer,
@@ -284,8 +362,8 @@ def train(
             max_messages_per_sender=config.max_messages_per_sender,
             max_seq_len=config.max_seq_len,
         )
-        trainer.fit(data.examples, progress=progress, should_stop=should_stop)
-        delta = planned_delta(config, n_senders) if config.private else None
+        trainer.fit(data.examples, progress=progress, should_stop=should_stop, run=run)
+        delta = planned_delta(config) if config.private else None
         manifest = save_version(trainer, staging, snapshot_id=info.id, event=planned, delta=delta)
     except BaseException:
         registry.discard_staging_dir(staging)

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select, update
 
 from mechanisms.ledger import Budget
 from service.auth import create_principal, issue_key, require, revoke_key
+from service.body import json_body
 from service.charging import get_ledger
 from service.db import api_keys, principals
 from service.errors import APIError
@@ -31,13 +32,6 @@ bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
 def _engine() -> Engine:
     return current_app.extensions["privtext"].engine  # type: ignore[no-any-return]
-
-
-def _body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise APIError(400, "bad_request", "The body must be a JSON object.")
-    return data
 
 
 def _analyst_row(analyst_id: str) -> Any:
@@ -86,7 +80,7 @@ def _keys(analyst_id: str) -> list[dict[str, Any]]:
 @bp.post("/analysts")
 @require("admin")
 def create_analyst() -> tuple[Response, int]:
-    data = AnalystCreateSchema().load(_body())
+    data = AnalystCreateSchema().load(json_body())
     pid = create_principal(_engine(), name=data["name"], role="analyst")
     if data["budget"] is not None:
         get_ledger().set_budget(pid, Budget(**data["budget"]))
@@ -179,7 +173,7 @@ def revoke_analyst_key(analyst_id: str, key_id: str) -> tuple[str, int]:
 @require("admin")
 def set_budget(analyst_id: str) -> Response:
     _analyst_row(analyst_id)
-    data = BudgetSchema().load(_body())
+    data = BudgetSchema().load(json_body())
     ledger = get_ledger()
     ledger.set_budget(analyst_id, Budget(**data))
     return jsonify(ledger.remaining(analyst_id, tight=False).to_dict())
@@ -189,7 +183,7 @@ def set_budget(analyst_id: str) -> Response:
 @require("admin")
 def raise_budget(analyst_id: str) -> Response:
     _analyst_row(analyst_id)
-    data = BudgetRaiseSchema().load(_body())
+    data = BudgetRaiseSchema().load(json_body())
     ledger = get_ledger()
     ledger.raise_budget(analyst_id, epsilon=data["epsilon"], delta=data["delta"])
     return jsonify(ledger.remaining(analyst_id, tight=False).to_dict())
@@ -204,7 +198,7 @@ def get_cap() -> Response:
 @bp.put("/corpus-cap")
 @require("admin")
 def set_cap() -> Response:
-    data = BudgetSchema().load(_body())
+    data = BudgetSchema().load(json_body())
     ledger = get_ledger()
     ledger.set_corpus_cap(Budget(**data))
     return jsonify(ledger.corpus_remaining(tight=False).to_dict())

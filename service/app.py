@@ -15,7 +15,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import Engine
 
-from service import errors, json_out, observability
+from service import body, errors, json_out, observability
 from service.config import Settings
 from service.corpus.store import SnapshotStore
 from service.db import init_db, make_engine
@@ -49,6 +49,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     observability.configure_logging(settings.log_level)
     observability.init_app(app)
     errors.register_error_handlers(app)
+    body.init_app(app)
 
     from service import health, snapshots, whoami
 

@@ -1,14 +1,19 @@
 """Jobs and models over HTTP: training jobs (admin), job status, model versions.
 
-* ``POST /v1/admin/training-jobs``: validate -> plan (the privacy event, before any text is
-  read) -> reserve it against the corpus-wide cap (``models.charge``; 409 ``budget_exhausted``
-  when the cap cannot afford it or none is set) -> record the job -> queue it. The worker
-  commits the reservation once the model is published, or refunds it when training fails.
+* ``POST /v1/admin/training-jobs``: validate -> plan (the privacy event, from public inputs
+  only: the sampling rate is expected_senders_per_batch / the declared ``population_size``;
+  the corpus is not read, not even counted) -> reserve it against the corpus-wide cap
+  (``models.charge``; 409 ``budget_exhausted`` when the cap cannot afford it or none is set)
+  -> record the job -> queue it. The worker settles the reservation
+  (``models.charge.settle_training``): committed once the model is published, refunded only
+  when training stopped before its first read of the corpus, otherwise charged (in full for a
+  failure, for the steps begun for a cancel).
 * ``GET /v1/jobs`` and ``GET /v1/jobs/<id>``: an admin sees every job, anyone else only their
   own (someone else's job is a 404, like a missing one).
 * ``POST /v1/jobs/<id>/cancel``: the same visibility; a queued job is cancelled at once (200;
   a training job's reservation refunded), a running one is asked to stop (202 ``cancelling``;
-  the worker refunds and marks it ``cancelled``), a finished one is a 409.
+  the worker stops within seconds, settles the charge and marks it ``cancelled``), a finished
+  one is a 409.
 * ``GET /v1/models``, ``POST /v1/admin/models/<id>/activate``: the model registry (admin).
 
 The queue (huey) and the per-process job context hang off ``app.extensions["privtext"].extra``.
@@ -160,7 +165,6 @@ def visible_job(job_id: str, kind: str | None = None) -> jobstore.Job:
 @require("admin")
 def create_training_job() -> tuple[Response, int]:
     from models.charge import charge_training, refund_training
-    from models.data import count_senders
     from models.training import TrainingConfig, plan_training, planned_delta
     from service.charging import get_ledger
     from service.corpus.store import SnapshotNotFound
@@ -168,6 +172,7 @@ def create_training_job() -> tuple[Response, int]:
     principal = current_principal()
     req = _training_schema.load(json_body())
     config = TrainingConfig.from_dict(TrainingJobRequest.config_of(req))  # 422 if invalid
+    event = plan_training(config)  # public inputs only: 422 before anything is read or charged
     svc = current_app.extensions["privtext"]
     try:
         info = svc.corpus.get(req["snapshot_id"]) if req["snapshot_id"] else svc.corpus.live()
@@ -176,8 +181,6 @@ def create_training_job() -> tuple[Response, int]:
     if info is None:
         status = 404 if req["snapshot_id"] else 503
         raise APIError(status, "no_snapshot", "No such corpus snapshot.")
-    n_senders = count_senders(svc.settings.data_dir, info.id)  # public, as DP-SGD's n
-    event = plan_training(config, n_senders=n_senders)
     ledger = get_ledger()
     reservation = charge_training(ledger, event, principal_id=principal.id)  # 409 if refused
     params = {
@@ -200,10 +203,11 @@ def create_training_job() -> tuple[Response, int]:
     try:
         get_queue().enqueue_training(job.id)
     except Exception as exc:
-        # Not queued, nothing trained: the reservation goes back and the job is failed.
         current_app.logger.exception("could not queue training job %s", job.id)
-        refund_training(ledger, reservation)
-        jobstore.mark_failed(svc.engine, job.id, jobstore.failure_message(exc))
+        # Refunded only when the job is still queued (claimed here atomically): a worker that
+        # has already taken it settles the reservation itself.
+        if jobstore.fail_if_queued(svc.engine, job.id, jobstore.failure_message(exc)):
+            refund_training(ledger, reservation)
         raise APIError(503, "queue_unavailable", "The job queue is unavailable.") from exc
     job = jobstore.get_job(svc.engine, job.id) or job
     body = {
@@ -211,7 +215,7 @@ def create_training_job() -> tuple[Response, int]:
         "cost": {
             "event": event.to_dict(),
             "target_epsilon": config.target_epsilon,
-            "delta": planned_delta(config, n_senders),
+            "delta": planned_delta(config),
             "charged_to": "corpus-wide cap",
             "reservation_id": reservation.id,
         },

@@ -11,6 +11,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from mechanisms.ledger import MAX_DELTA
+from service.schema_fields import FiniteFloat, PublicDateTime
 
 _EPSILON = validate.Range(min=0, min_inclusive=False, error="epsilon must be > 0")
 _DELTA = validate.Range(
@@ -25,15 +26,15 @@ MAX_ID = 2**53 - 1  # fits every backend's 64-bit integer and a JSON number
 class BudgetSchema(Schema):
     """An (epsilon, delta) budget: ``{"epsilon": 1.0, "delta": 1e-6}``."""
 
-    epsilon = fields.Float(required=True, allow_nan=False, validate=_EPSILON)
-    delta = fields.Float(required=True, allow_nan=False, validate=_DELTA)
+    epsilon = FiniteFloat(required=True, validate=_EPSILON)
+    delta = FiniteFloat(required=True, validate=_DELTA)
 
 
 class BudgetRaiseSchema(Schema):
     """Increments to add to a budget; at least one must be > 0."""
 
-    epsilon = fields.Float(load_default=0.0, allow_nan=False, validate=_NONNEG)
-    delta = fields.Float(load_default=0.0, allow_nan=False, validate=_DELTA_INCREMENT)
+    epsilon = FiniteFloat(load_default=0.0, validate=_NONNEG)
+    delta = FiniteFloat(load_default=0.0, validate=_DELTA_INCREMENT)
 
     @validates_schema
     def _some_increase(self, data: dict[str, Any], **_: Any) -> None:
@@ -62,7 +63,7 @@ class AuditQuerySchema(Schema):
     analyst = fields.String(
         load_default=None, allow_none=False, validate=validate.Length(min=1, max=64)
     )
-    since = fields.AwareDateTime(load_default=None, allow_none=False)
-    until = fields.AwareDateTime(load_default=None, allow_none=False)
+    since = PublicDateTime(load_default=None, allow_none=False)
+    until = PublicDateTime(load_default=None, allow_none=False)
     limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=10000))
     after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))

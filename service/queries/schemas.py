@@ -6,10 +6,11 @@ parameters are used.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from service.schema_fields import FiniteFloat, PublicDateTime, StrictBoolean, StrictInteger
 
 KINDS = (
     "count",
@@ -37,17 +38,6 @@ MAX_GROUPS = 1000
 MAX_BINS = 200
 
 
-class FiniteFloat(fields.Float):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(allow_nan=False, **kwargs)
-
-    def _validated(self, value: Any) -> float:
-        result = super()._validated(value)
-        if result is not None and not math.isfinite(result):
-            raise self.make_error("special")
-        return result  # type: ignore[no-any-return]
-
-
 class StrictSchema(Schema):
     """Reject unknown fields (marshmallow's default, made explicit)."""
 
@@ -56,8 +46,8 @@ class StrictSchema(Schema):
 
 
 class TimeRangeSchema(StrictSchema):
-    start = fields.AwareDateTime(required=True, default_timezone=None)
-    end = fields.AwareDateTime(required=True, default_timezone=None)
+    start = PublicDateTime(required=True, default_timezone=None)
+    end = PublicDateTime(required=True, default_timezone=None)
 
     @validates_schema
     def _order(self, data: dict[str, Any], **_: Any) -> None:
@@ -154,23 +144,23 @@ class QuerySchema(StrictSchema):
     )
     bins = fields.List(FiniteFloat(), validate=validate.Length(min=2, max=MAX_BINS + 1))
     # top_terms
-    k = fields.Integer(validate=validate.Range(min=1, max=100))
+    k = StrictInteger(validate=validate.Range(min=1, max=100))
     terms = fields.List(
         fields.String(validate=validate.Length(min=1, max=64)),
         validate=validate.Length(min=1, max=MAX_TERMS),
     )
-    bigrams = fields.Boolean(load_default=False)
-    max_terms_per_sender = fields.Integer(validate=validate.Range(min=1, max=100))
+    bigrams = StrictBoolean(load_default=False)
+    max_terms_per_sender = StrictInteger(validate=validate.Range(min=1, max=100))
     # topics (DP k-means over message embeddings)
-    clusters = fields.Integer(validate=validate.Range(min=2, max=20))
-    iterations = fields.Integer(validate=validate.Range(min=1, max=20))
+    clusters = StrictInteger(validate=validate.Range(min=2, max=20))
+    iterations = StrictInteger(validate=validate.Range(min=1, max=20))
     # common
     group_by = fields.Nested(GroupBySchema)
     filters = fields.Nested(FiltersSchema, load_default=dict)
     privacy = fields.Nested(PrivacySchema, load_default=dict)
     max_messages_per_sender = fields.Raw(load_default=None)
     confidence_level = FiniteFloat(load_default=0.95, validate=validate.Range(min=0.5, max=0.9999))
-    dry_run = fields.Boolean(load_default=False)
+    dry_run = StrictBoolean(load_default=False)
 
     @validates_schema
     def _per_kind(self, data: dict[str, Any], **_: Any) -> None:

@@ -15,8 +15,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture
 def tiny_config() -> TrainingConfig:
-    """2 steps, ~4 of 20 senders per batch, 4 messages of <= 16 tokens, top layer only."""
+    """2 steps, ~4 of 20 senders per batch (the corpus has 20, as declared), 4 messages of
+    <= 16 tokens, top layer only."""
     return TrainingConfig(
+        population_size=20,
         target_epsilon=8.0,
         steps=2,
         expected_senders_per_batch=4,

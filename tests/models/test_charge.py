@@ -1,11 +1,14 @@
-"""Charging training to the corpus-wide cap: ``Ledger.reserve_corpus`` on every backend, and
-refusal before any text is read."""
+"""Charging training to the corpus-wide cap: ``Ledger.reserve_corpus`` on every backend,
+refusal before any text is read, and how a training's reservation is settled: refunded only
+when the corpus was never read, charged in full for any failure after the read, charged for
+the steps begun when cancelled."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
@@ -16,9 +19,10 @@ from models.charge import (
     commit_training,
     refund_training,
     run_charged_training,
+    settle_training,
 )
 from models.registry import BASE_ID, ModelRegistry
-from models.training import TrainingConfig
+from models.training import TrainingCancelled, TrainingConfig, TrainingRun
 
 EVENT = PrivacyEvent.subsampled_gaussian(noise_multiplier=1.0, sampling_rate=0.01, steps=100)
 
@@ -125,21 +129,166 @@ def test_training_refused_before_any_text_is_read(
     assert [v.id for v in ModelRegistry(data_dir).list()] == [BASE_ID]
 
 
-def test_failed_training_is_refunded_and_publishes_nothing(
+def _spent(ledger: Ledger) -> float:
+    return ledger.corpus_remaining().spent_epsilon
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        MemoryError(),
+        SystemExit(1),  # a gunicorn worker timeout
+        RuntimeError("sender user3's message broke the tokenizer"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_training_that_fails_in_a_step_after_reading_is_charged(
+    data_dir: Path,
+    ingested,
+    tiny_config: TrainingConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    error: BaseException,
+) -> None:  # type: ignore[no-untyped-def]
+    """Whether a step over private data fails (out of memory, a timeout) can depend on the
+    data: once the corpus is read, the reservation is committed whatever is raised."""
+    from models.trainer import Trainer
+
+    real_step = Trainer.dp_step
+
+    def second_step_fails(self: Trainer, batch: object) -> None:
+        if self.steps_done == 1:
+            raise error
+        real_step(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Trainer, "dp_step", second_step_fails)
+    ledger = InMemoryLedger()
+    ledger.set_corpus_cap(Budget(50.0, 1e-3))
+    with pytest.raises(type(error)):
+        run_charged_training(ledger, tiny_config, principal_id="ad_1", data_dir=data_dir)
+    assert [e.status for e in ledger.history("ad_1")] == ["committed"]  # not refunded
+    (entry,) = ledger.history("ad_1")
+    assert entry.event.steps == tiny_config.steps  # in full, though one step ran
+    assert _spent(ledger) > 0 and ledger.corpus_remaining().reserved == 0
+    assert ModelRegistry(data_dir).active().id == BASE_ID  # nothing published
+    assert [v.id for v in ModelRegistry(data_dir).list()] == [BASE_ID]
+
+
+def test_a_training_that_fails_before_reading_is_refunded(
+    data_dir: Path,
+    ingested,
+    tiny_config: TrainingConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # type: ignore[no-untyped-def]
+    """Loading the public base model fails: only public inputs were touched, so the
+    reservation goes back."""
+    read: list[str] = []
+
+    def no_base(*args: object, **kwargs: object) -> None:
+        raise OSError("base model weights missing")
+
+    def reader(*args: object, **kwargs: object) -> None:
+        read.append("corpus")
+        raise AssertionError("the corpus was read")
+
+    monkeypatch.setattr("models.trainer.load_base", no_base)
+    monkeypatch.setattr("models.data.load_sender_examples", reader)
+    ledger = InMemoryLedger()
+    ledger.set_corpus_cap(Budget(50.0, 1e-3))
+    with pytest.raises(OSError):
+        run_charged_training(ledger, tiny_config, principal_id="ad_1", data_dir=data_dir)
+    assert read == []
+    assert [e.status for e in ledger.history("ad_1")] == ["refunded"]
+    assert _spent(ledger) == 0.0
+    assert ModelRegistry(data_dir).active().id == BASE_ID
+
+
+def test_a_cancelled_training_is_charged_for_the_steps_begun(
     data_dir: Path,
     ingested,
     tiny_config: TrainingConfig,  # type: ignore[no-untyped-def]
 ) -> None:
+    from mechanisms.ledger import Spend
+
     ledger = InMemoryLedger()
-    ledger.set_corpus_cap(Budget(50.0, 1e-2))
-
-    def crash(fraction: float) -> None:
-        raise RuntimeError("out of memory")
-
-    with pytest.raises(RuntimeError):
+    ledger.set_corpus_cap(Budget(50.0, 1e-3))
+    done: list[float] = []
+    with pytest.raises(TrainingCancelled):
         run_charged_training(
-            ledger, tiny_config, principal_id="ad_1", data_dir=data_dir, progress=crash
+            ledger,
+            tiny_config,
+            principal_id="ad_1",
+            data_dir=data_dir,
+            progress=done.append,
+            should_stop=lambda: bool(done),  # asked to stop once the first step finished
         )
-    assert [e.status for e in ledger.history("ad_1")] == ["refunded"]
-    assert ledger.corpus_remaining().spent_epsilon == 0.0
+    assert done == [0.5]
+    committed = [e for e in ledger.history("ad_1") if e.status == "committed"]
+    assert sorted(e.status for e in ledger.history("ad_1")) == ["committed", "refunded"]
+    (entry,) = committed
+    full = next(e.event for e in ledger.history("ad_1") if e.status == "refunded")
+    assert entry.event == PrivacyEvent.subsampled_gaussian(
+        noise_multiplier=full.noise_multiplier,  # type: ignore[arg-type]
+        sampling_rate=full.sampling_rate,  # type: ignore[arg-type]
+        steps=1,
+    )
+    assert _spent(ledger) == pytest.approx(Spend.of(entry.event).epsilon(1e-3), rel=1e-9)
+    assert ledger.corpus_remaining().reserved == 0
     assert ModelRegistry(data_dir).active().id == BASE_ID
+
+
+PLANNED = PrivacyEvent.subsampled_gaussian(noise_multiplier=1.0, sampling_rate=0.1, steps=10)
+
+
+@pytest.mark.parametrize(
+    ("run", "error", "status", "steps"),
+    [
+        (TrainingRun(corpus_read=True, steps_started=10), None, "committed", 10),
+        (TrainingRun(corpus_read=False), RuntimeError(), "refunded", 0),
+        (TrainingRun(corpus_read=False), TrainingCancelled(), "refunded", 0),
+        (TrainingRun(corpus_read=True, steps_started=3), TrainingCancelled(), "committed", 3),
+        (TrainingRun(corpus_read=True, steps_started=0), TrainingCancelled(), "committed", 1),
+        (TrainingRun(corpus_read=True, steps_started=3), MemoryError(), "committed", 10),
+        (TrainingRun(corpus_read=True, steps_started=3), KeyboardInterrupt(), "committed", 10),
+        (TrainingRun(corpus_read=None, steps_started=3), TrainingCancelled(), "committed", 10),
+        (TrainingRun(corpus_read=None), RuntimeError(), "committed", 10),
+    ],
+)
+def test_settle_training(
+    run: TrainingRun, error: BaseException | None, status: str, steps: int
+) -> None:
+    from mechanisms.ledger import Spend
+
+    ledger = InMemoryLedger()
+    ledger.set_corpus_cap(Budget(50.0, 1e-5))
+    reservation = charge_training(ledger, PLANNED, principal_id="ad_1")
+    settled = settle_training(ledger, reservation, run, error)
+    assert (settled.status, settled.steps) == (status, steps)
+    assert ledger.corpus_remaining().reserved == 0
+    if status == "refunded":
+        assert settled.reservation_id == reservation.id and _spent(ledger) == 0.0
+        return
+    assert settled.event.steps == steps
+    assert [e.id for e in ledger.history("ad_1") if e.status == "committed"] == [
+        settled.reservation_id
+    ]
+    assert _spent(ledger) == pytest.approx(Spend.of(settled.event).epsilon(1e-5), rel=1e-9)
+
+
+def test_a_cancel_is_charged_in_full_when_the_cap_cannot_hold_both_for_a_moment() -> None:
+    """The steps-begun charge is reserved before the full one is refunded (the ledger never
+    holds less than the work done); when the cap has no room for that, the full stays."""
+    from mechanisms.ledger import Spend
+
+    ledger = InMemoryLedger()
+    full = Spend.of(PLANNED).epsilon(1e-5)
+    ledger.set_corpus_cap(Budget(full * 1.01, 1e-5))
+    reservation = charge_training(ledger, PLANNED, principal_id="ad_1")
+    run = TrainingRun(corpus_read=True, steps_started=3)
+    settled = settle_training(ledger, reservation, run, TrainingCancelled())
+    assert (settled.status, settled.steps, settled.reservation_id) == (
+        "committed",
+        10,
+        reservation.id,
+    )
+    assert [e.status for e in ledger.history("ad_1")] == ["committed"]

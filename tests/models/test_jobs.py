@@ -1,6 +1,7 @@
 """models.jobs: the job table's lifecycle, embedding and training jobs run as plain functions
 and through huey inline (MemoryHuey, immediate), crashes reported as failed with nothing
-published, and the training reservation committed or refunded."""
+published, and the training reservation committed, refunded (only before the corpus was read)
+or charged for the steps begun (a cancel)."""
 
 from __future__ import annotations
 
@@ -158,22 +159,90 @@ def test_training_job_commits_its_reservation(ctx: J.JobContext) -> None:
     assert _entry_status(ctx.ledger, reservation.id) == "committed"
 
 
-def test_a_crashing_training_job_is_failed_and_refunded(ctx: J.JobContext) -> None:
+def test_a_training_job_that_crashes_after_reading_is_failed_and_charged_in_full(
+    ctx: J.JobContext,
+) -> None:
     job, reservation = _training_job(ctx)
     spent = ctx.ledger.corpus_remaining().spent_epsilon
     assert spent > 0
 
     def crash(config: Any, **kwargs: Any) -> Any:
+        kwargs["run"].corpus_read = True  # as models.training.train says before its read
+        kwargs["run"].steps_started = 3
         kwargs["progress"](0.3)
         raise MemoryError("out of memory while reading sender user7's messages")
 
     with pytest.raises(MemoryError):
         J.run_training_job(job.id, ctx, train=crash)
     failed = J.get_job(ctx.engine, job.id)
-    assert failed is not None and failed.status == "failed" and "MemoryError" in failed.error
-    assert "user7" not in failed.error and failed.result is None
+    assert failed is not None and failed.status == "failed"
+    assert failed.error == J.FAILED_AFTER_READ  # the same for every failure after the read
+    assert failed.result is not None and failed.result["charge"]["status"] == "committed"
+    assert failed.result["charge"]["steps"] == 10 and "model_id" not in failed.result
+    assert _entry_status(ctx.ledger, reservation.id) == "committed"
+    assert ctx.ledger.corpus_remaining().spent_epsilon == spent  # nothing refunded
+
+
+@pytest.mark.parametrize(
+    "error",
+    [MemoryError("x"), RuntimeError("user7"), SystemExit(1)],
+    ids=lambda e: type(e).__name__,
+)
+def test_failures_after_the_read_look_the_same(ctx: J.JobContext, error: BaseException) -> None:
+    job, _reservation = _training_job(ctx)
+
+    def crash(config: Any, **kwargs: Any) -> Any:
+        kwargs["run"].corpus_read = True
+        raise error
+
+    with pytest.raises(type(error)):
+        J.run_training_job(job.id, ctx, train=crash)
+    failed = J.get_job(ctx.engine, job.id)
+    assert failed is not None and (failed.status, failed.error) == ("failed", J.FAILED_AFTER_READ)
+
+
+def test_a_train_that_does_not_say_whether_it_read_is_charged(ctx: J.JobContext) -> None:
+    job, reservation = _training_job(ctx)
+
+    def crash(config: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        J.run_training_job(job.id, ctx, train=crash)
+    assert _entry_status(ctx.ledger, reservation.id) == "committed"
+
+
+def test_a_training_job_that_fails_before_reading_is_refunded(ctx: J.JobContext) -> None:
+    job, reservation = _training_job(ctx)
+
+    def crash(config: Any, **kwargs: Any) -> Any:
+        kwargs["run"].corpus_read = False  # as train() before its read (config, base model)
+        raise OSError("base model weights missing")
+
+    with pytest.raises(OSError):
+        J.run_training_job(job.id, ctx, train=crash)
+    failed = J.get_job(ctx.engine, job.id)
+    assert failed is not None and failed.status == "failed" and "OSError" in failed.error
+    assert failed.result is not None and failed.result["charge"]["status"] == "refunded"
     assert _entry_status(ctx.ledger, reservation.id) == "refunded"
     assert ctx.ledger.corpus_remaining().spent_epsilon == 0.0
+
+
+def test_a_training_job_whose_parameters_cannot_load_is_refunded(ctx: J.JobContext) -> None:
+    job, reservation = _training_job(ctx)
+    with ctx.engine.begin() as conn:  # a job row written by an older version, say
+        conn.execute(
+            J.jobs.update().where(J.jobs.c.id == job.id).values(
+                params=json.dumps({**job.params, "config": {"noise": 1}})
+            )
+        )
+
+    def must_not_run(config: Any, **kwargs: Any) -> Any:
+        raise AssertionError("trained")
+
+    with pytest.raises(Exception, match="unknown training config"):
+        J.run_training_job(job.id, ctx, train=must_not_run)
+    assert _entry_status(ctx.ledger, reservation.id) == "refunded"
 
 
 def test_interrupted_jobs_are_failed_at_worker_start(engine: Engine) -> None:
@@ -256,19 +325,22 @@ def test_cancel_a_queued_training_job_refunds_and_the_task_then_does_nothing(
     assert J.get_job(ctx.engine, job.id) == cancelled
 
 
-def test_cancel_a_running_training_job_stops_it_refunded_and_unpublished(
+def test_cancel_a_running_training_job_stops_it_charged_for_the_steps_begun(
     ctx: J.JobContext,
 ) -> None:
     job, reservation = _training_job(ctx)
+    from mechanisms.ledger import Spend
     from models.training import TrainingCancelled
 
     published: list[str] = []
 
     def fake_train(config: Any, **kwargs: Any) -> Any:
-        should_stop = kwargs["should_stop"]
+        should_stop, run = kwargs["should_stop"], kwargs["run"]
+        run.corpus_read = True
         for step in range(10):
             if should_stop():
                 raise TrainingCancelled("training cancelled")
+            run.steps_started += 1
             kwargs["progress"]((step + 1) / 10)
             if step == 2:
                 asked = J.cancel_job(ctx, job.id)
@@ -280,10 +352,19 @@ def test_cancel_a_running_training_job_stops_it_refunded_and_unpublished(
     J.run_training_job(job.id, ctx, train=fake_train)  # no exception for a cancel
     done = J.get_job(ctx.engine, job.id)
     assert done is not None and done.status == "cancelled" and done.finished_at is not None
-    assert done.result is None and done.error is None and done.progress == 0.3
+    assert done.error is None and done.progress == 0.3
     assert published == []
+    # 3 of the 10 planned steps ran: those are charged (at the planned q and sigma), the
+    # full reservation is given back, and the job points at the charge that stays.
+    three = PrivacyEvent.subsampled_gaussian(noise_multiplier=1.0, sampling_rate=0.1, steps=3)
+    assert done.result is not None and done.result["charge"]["steps"] == 3
+    assert done.result["charge"]["event"] == three.to_dict()
+    assert done.reservation_id == done.result["charge"]["reservation_id"] != reservation.id
     assert _entry_status(ctx.ledger, reservation.id) == "refunded"
-    assert ctx.ledger.corpus_remaining().spent_epsilon == 0.0
+    assert _entry_status(ctx.ledger, done.reservation_id) == "committed"
+    assert ctx.ledger.corpus_remaining().spent_epsilon == pytest.approx(
+        Spend.of(three).epsilon(1e-5), rel=1e-9
+    )
 
 
 def test_a_cancel_after_training_returned_is_too_late(ctx: J.JobContext) -> None:
@@ -367,3 +448,57 @@ def test_cancelling_jobs_are_failed_at_worker_start_and_stay_charged(ctx: J.JobC
     assert J.fail_interrupted(ctx.engine) == [job.id]
     assert J.get_job(ctx.engine, job.id).status == "failed"  # type: ignore[union-attr]
     assert _entry_status(ctx.ledger, reservation.id) == "reserved"
+
+
+def test_a_cancel_through_the_job_table_stops_a_real_training_within_its_step(
+    ctx: J.JobContext, ingested: Any, tiny_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real trainer on the tiny corpus, every sender in each step (q = 1); the admin's
+    cancel (a ``cancelling`` row, as the API writes it) arrives while the first step's second
+    sender is prepared: the worker stops at the next sender, publishes nothing, and keeps the
+    charge for the one step begun."""
+    import models.trainer as T
+    from mechanisms.ledger import Spend
+    from models.charge import charge_training
+    from models.registry import BASE_ID, ModelRegistry
+    from models.training import TrainingConfig, plan_training
+
+    monkeypatch.setattr(T, "STOP_POLL_S", 0.0)  # poll between every two senders
+    config = TrainingConfig(
+        **{**tiny_config.to_dict(), "expected_senders_per_batch": 20, "engine": "microbatch"}
+    )
+    event = plan_training(config)
+    assert event.sampling_rate == 1.0 and event.steps == 2
+    ledger: InMemoryLedger = ctx.ledger
+    ledger.set_corpus_cap(Budget(epsilon=50.0, delta=1e-3))
+    reservation = charge_training(ledger, event, principal_id="ad_1")
+    params = {"config": config.to_dict(), "snapshot_id": None, "event": event.to_dict(),
+              "activate": True}
+    job = J.create_job(ctx.engine, kind="training", created_by="ad_1", params=params,
+                       reservation_id=reservation.id)
+    prepared: list[int] = []
+    real_prepare = T.Trainer._prepare
+
+    def prepare(self: Any, sequences: Any) -> Any:
+        prepared.append(1)
+        if len(prepared) == 2:
+            assert J.cancel_job(ctx, job.id).status == "cancelling"
+        return real_prepare(self, sequences)
+
+    monkeypatch.setattr(T.Trainer, "_prepare", prepare)
+    J.run_training_job(job.id, ctx)
+    done = J.get_job(ctx.engine, job.id)
+    assert done is not None and done.status == "cancelled" and done.progress == 0.0
+    assert len(prepared) == 2  # not the 20 senders of the step
+    assert done.result is not None and done.result["charge"]["steps"] == 1
+    one = PrivacyEvent.subsampled_gaussian(
+        noise_multiplier=event.noise_multiplier,  # type: ignore[arg-type]
+        sampling_rate=1.0,
+        steps=1,
+    )
+    assert _entry_status(ledger, reservation.id) == "refunded"
+    assert _entry_status(ledger, done.reservation_id) == "committed"  # type: ignore[arg-type]
+    assert ledger.corpus_remaining().spent_epsilon == pytest.approx(
+        Spend.of(one).epsilon(1e-3), rel=1e-9
+    )
+    assert ModelRegistry(ctx.data_dir).active().id == BASE_ID

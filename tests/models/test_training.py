@@ -4,6 +4,7 @@ both gradient engines agree, and a run publishes a loadable model or nothing at 
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from models.trainer import Trainer
 from models.training import (
     TrainingCancelled,
     TrainingConfig,
+    TrainingRun,
     default_delta,
     plan_training,
     train,
@@ -34,8 +36,10 @@ def test_default_delta_is_below_one_over_senders() -> None:
 
 
 def test_plan_epsilon_matches_the_accountant() -> None:
-    config = TrainingConfig(target_epsilon=3.0, steps=50, expected_senders_per_batch=10)
-    event = plan_training(config, n_senders=1000)
+    config = TrainingConfig(
+        target_epsilon=3.0, steps=50, expected_senders_per_batch=10, population_size=1000
+    )
+    event = plan_training(config)
     assert event.kind == "subsampled_gaussian"
     assert event.sampling_rate == pytest.approx(0.01) and event.steps == 50
     eps = Accountant([event]).epsilon(default_delta(1000), method="pld")
@@ -48,14 +52,20 @@ def test_plan_epsilon_matches_the_accountant() -> None:
 
 
 def test_plan_refuses_bad_privacy_parameters() -> None:
-    with pytest.raises(InvalidParameterError, match="1/n_senders"):
-        plan_training(TrainingConfig(delta=0.01), n_senders=200)
+    with pytest.raises(InvalidParameterError, match="1/population_size"):
+        plan_training(TrainingConfig(delta=0.01, population_size=200, expected_senders_per_batch=8))
     with pytest.raises(InvalidParameterError):
-        plan_training(TrainingConfig(target_epsilon=0.0), n_senders=200)
+        plan_training(TrainingConfig(target_epsilon=0.0, population_size=200))
     with pytest.raises(InvalidParameterError, match="non-private"):
-        plan_training(TrainingConfig(private=False), n_senders=200)
+        plan_training(
+            TrainingConfig(private=False, population_size=200, expected_senders_per_batch=8)
+        )
+    with pytest.raises(InvalidParameterError, match="population_size is required"):
+        plan_training(TrainingConfig(expected_senders_per_batch=8))
+    with pytest.raises(InvalidParameterError, match="at most population_size"):
+        plan_training(TrainingConfig(population_size=100, expected_senders_per_batch=101))
     with pytest.raises(InvalidParameterError):
-        plan_training(TrainingConfig(), n_senders=0)
+        plan_training(TrainingConfig(population_size=0))
     with pytest.raises(InvalidParameterError):
         TrainingConfig.from_dict({"target_epsilon": 1.0, "noise": 0})
 
@@ -82,6 +92,7 @@ def test_poisson_batches_never_repeat_a_sender(tiny_config: TrainingConfig) -> N
             **tiny_config.to_dict(),
             "steps": 400,
             "expected_senders_per_batch": 10,
+            "population_size": 100,
             "private": False,
         }
     )
@@ -96,11 +107,37 @@ def test_poisson_batches_never_repeat_a_sender(tiny_config: TrainingConfig) -> N
     assert abs(sum(sizes) / len(sizes) - 10) < 0.75
 
 
+def test_the_sampling_rate_is_the_declared_one_whatever_the_corpus_holds(
+    tiny_config: TrainingConfig,
+) -> None:
+    """q = expected batch / declared population size, for a private run too: each of the
+    senders actually there is sampled with that q, so the accounting never needs their
+    number (and a corpus larger than declared gives larger batches, not a higher q)."""
+    config = TrainingConfig(
+        **{**tiny_config.to_dict(), "steps": 200, "expected_senders_per_batch": 10,
+           "population_size": 100}
+    )
+    trainer = Trainer(config, base_model_path(), seed=5, event=plan_training(config))
+    for n in (30, 1000):
+        assert trainer.sampling_rate(n) == 0.1
+        sizes = [len(b) for b in trainer.batches(n)]
+        # mean q*n: 3 (sd of the mean 0.12) and 100 (sd of the mean 0.67); 5 sd tolerance
+        assert abs(sum(sizes) / len(sizes) - 0.1 * n) < 5 * math.sqrt(0.1 * 0.9 * n / 200)
+    undeclared = TrainingConfig(**{**config.to_dict(), "population_size": None})
+    with pytest.raises(InvalidParameterError, match="population_size is required"):
+        Trainer(undeclared, base_model_path(), seed=5, event=None).batches(100)
+
+
 def test_private_sampling_and_noise_ignore_the_seed(tiny_config: TrainingConfig) -> None:
     """A seed given through the API must not make a private training's batches or noise
     predictable; it still makes a non-private baseline reproducible."""
     config = TrainingConfig(
-        **{**tiny_config.to_dict(), "steps": 5, "expected_senders_per_batch": 50}
+        **{
+            **tiny_config.to_dict(),
+            "steps": 5,
+            "expected_senders_per_batch": 50,
+            "population_size": 1000,
+        }
     )
     runs = []
     for private in (True, True, False, False):
@@ -172,7 +209,8 @@ def test_tiny_training_publishes_a_loadable_model(
     assert seen == [0.5, 1.0]
     registry = ModelRegistry(corpus_dir)
     assert registry.active() == version and version.id != BASE_ID
-    event = plan_training(tiny_config, n_senders=20)
+    event = plan_training(tiny_config)
+    assert event.sampling_rate == 4 / 20  # expected batch / declared population size
     assert version.delta == default_delta(20)
     assert version.epsilon == pytest.approx(
         Accountant([event]).epsilon(version.delta, method="pld")
@@ -210,7 +248,49 @@ def test_a_failing_or_cancelled_training_publishes_nothing(
 def test_training_refuses_an_event_that_was_not_its_plan(
     corpus_dir: Path, tiny_config: TrainingConfig
 ) -> None:
-    other = plan_training(tiny_config, n_senders=21)
+    other = plan_training(TrainingConfig(**{**tiny_config.to_dict(), "population_size": 21}))
     with pytest.raises(InvalidParameterError, match="charged event"):
         train(tiny_config, data_dir=corpus_dir, event=other)
     assert not (corpus_dir / "models").exists()  # refused before a staging dir was made
+
+
+def test_a_cancel_is_honoured_within_a_long_step(
+    tiny_config: TrainingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One step over 300 senders, each made slow by a seam (>= 0.1 s: the step would take
+    30 s or more); the cancel comes after the second sender and is honoured at the next poll
+    (every STOP_POLL_S seconds within a step), well before the step's end, with no update."""
+    import models.trainer as T
+
+    config = TrainingConfig(
+        **{
+            **tiny_config.to_dict(),
+            "steps": 1,
+            "expected_senders_per_batch": 300,
+            "population_size": 300,  # q = 1: every sender is in the step
+            "engine": "microbatch",
+        }
+    )
+    trainer = Trainer(config, base_model_path(), seed=1, event=plan_training(config))
+    examples = [[[101, 7592, 2045, 2129, 102]] for _ in range(300)]
+    prepared: list[int] = []
+    real_prepare = Trainer._prepare
+
+    def slow_prepare(self: Trainer, sequences: list[list[int]]) -> tuple[torch.Tensor, ...]:
+        time.sleep(0.1)
+        prepared.append(1)
+        return real_prepare(self, sequences)
+
+    monkeypatch.setattr(Trainer, "_prepare", slow_prepare)
+    before = [p.detach().clone() for p in trainer.params]
+    run = TrainingRun(corpus_read=True)
+    started = time.monotonic()
+    with pytest.raises(TrainingCancelled):
+        trainer.fit(examples, should_stop=lambda: len(prepared) >= 2, run=run)
+    elapsed = time.monotonic() - started
+    assert run.steps_started == 1 and trainer.steps_done == 0
+    # stopped within one poll interval of senders after the cancel, not after 300
+    assert 2 <= len(prepared) <= 2 + math.ceil(T.STOP_POLL_S / 0.1) + 1
+    assert elapsed < 15  # generous: the whole step takes >= 30 s
+    for a, b in zip(before, trainer.params, strict=True):
+        assert torch.equal(a, b.detach())  # the cut step added no noise and updated nothing

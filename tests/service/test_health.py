@@ -46,18 +46,22 @@ def test_openapi_is_served_and_is_31(client) -> None:  # type: ignore[no-untyped
     assert yaml.safe_load(resp.get_data(as_text=True))["openapi"].startswith("3.1")
 
 
-def test_one_json_log_line_per_request_without_text(client, analyst_token, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_one_json_log_line_per_request_without_text(client, admin_token, caplog) -> None:  # type: ignore[no-untyped-def]
     logger = logging.getLogger("privtext.access")
     logger.propagate = True
     try:
         with caplog.at_level(logging.INFO, logger="privtext.access"):
-            client.get("/v1/me?q=secret-text", headers={"Authorization": f"Bearer {analyst_token}"})
+            client.get(
+                "/v1/admin/audit?analyst=secret-text",
+                headers={"Authorization": f"Bearer {admin_token}"},
+            )
     finally:
         logger.propagate = False
     records = [r for r in caplog.records if r.name == "privtext.access"]
     assert len(records) == 1
     rec = records[0]
-    assert rec.route == "/v1/me" and rec.status == 200 and rec.principal.startswith("an_")
+    assert rec.route == "/v1/admin/audit" and rec.status == 200
+    assert rec.principal.startswith("ad_")
     assert rec.request_id and rec.latency_ms >= 0
     from service.observability import JsonFormatter
 

@@ -1,6 +1,9 @@
-"""Training jobs over HTTP: charged to the corpus-wide cap before they are queued, refused
-without budget, committed when the model is published, refunded when training fails; job
-status, progress and errors; the model registry routes. The queue runs inline (memory://)."""
+"""Training jobs over HTTP: planned from public inputs only (the declared population size,
+never a count of the corpus), charged to the corpus-wide cap before they are queued, refused
+without budget, committed when the model is published, refunded only when training stopped
+before reading the corpus, charged in full for a failure after the read and for the steps
+begun for a cancel; job status, progress and errors; the model registry routes. The queue runs
+inline (memory://)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from service.ledger.sql import SqlLedger
 from tests.conftest import bearer
 
 TINY = {
+    "population_size": 20,  # declared by the admin; the tiny corpus does hold 20 senders
     "target_epsilon": 8.0,
     "steps": 2,
     "expected_senders_per_batch": 4,
@@ -56,8 +60,11 @@ def admin(jobs_app: Flask) -> dict[str, str]:
     return bearer(_key(jobs_app, "admin"))
 
 
-def _fake_train(monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> list[dict[str, Any]]:
-    """Replace the trainer (its own tests train for real) with one that reports progress."""
+def _fake_train(
+    monkeypatch: pytest.MonkeyPatch, *, fail: bool = False, read: bool = True
+) -> list[dict[str, Any]]:
+    """Replace the trainer (its own tests train for real) with one that reports progress;
+    ``fail``: it raises, after its read of the corpus (``read``) or before."""
     import models.training
     from models.registry import ModelRegistry
 
@@ -65,6 +72,7 @@ def _fake_train(monkeypatch: pytest.MonkeyPatch, *, fail: bool = False) -> list[
 
     def train(config: Any, **kwargs: Any) -> Any:
         calls.append(kwargs)
+        kwargs["run"].corpus_read = read
         kwargs["progress"](0.5)
         if fail:
             raise RuntimeError("sender user3 wrote something unparseable")
@@ -114,37 +122,99 @@ def test_training_job_is_charged_and_succeeds(
     assert [e.status for e in entries] == ["committed"]
 
 
-def test_a_failed_training_is_reported_and_refunded(
+def test_a_training_that_fails_after_reading_is_reported_and_charged(
     client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from models.jobs import FAILED_AFTER_READ
+
     _fake_train(monkeypatch, fail=True)
+    ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
+    r = client.post("/v1/admin/training-jobs", json=TINY, headers=admin)
+    assert r.status_code == 201
+    charged = ledger.corpus_remaining().spent_epsilon
+    assert charged > 0
+    status = client.get(f"/v1/jobs/{r.json['id']}", headers=admin).json
+    assert status["status"] == "failed" and status["error"] == FAILED_AFTER_READ
+    assert "user3" not in status["error"] and "RuntimeError" not in status["error"]
+    assert status["result"]["charge"]["status"] == "committed"
+    rid = r.json["cost"]["reservation_id"]
+    assert _entry_status(ledger, status["created_by"], rid) == "committed"
+    assert ledger.corpus_remaining().spent_epsilon == charged  # nothing refunded
+    assert client.get("/v1/models", headers=admin).json["active"] == "base"
+
+
+def test_a_training_that_fails_before_reading_is_refunded(
+    client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_train(monkeypatch, fail=True, read=False)
     ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
     r = client.post("/v1/admin/training-jobs", json=TINY, headers=admin)
     assert r.status_code == 201
     status = client.get(f"/v1/jobs/{r.json['id']}", headers=admin).json
     assert status["status"] == "failed" and "RuntimeError" in status["error"]
-    assert "user3" not in status["error"] and status["result"] is None
+    assert "user3" not in status["error"] and status["result"]["charge"]["status"] == "refunded"
     assert ledger.corpus_remaining().spent_epsilon == 0.0
-    assert client.get("/v1/models", headers=admin).json["active"] == "base"
+
+
+def test_starting_a_training_reads_nothing_and_returns_only_declared_figures(
+    client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sampling rate and the default delta come from the declared population size (here
+    1,000, the corpus holds 20): no response carries a figure computed from the corpus, and
+    starting the job does not touch the corpus at all."""
+    from models import jobs as J
+    from models.training import default_delta
+    from service.corpus.store import SnapshotStore
+
+    def no_reading(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the corpus was read to start a training")
+
+    monkeypatch.setattr(SnapshotStore, "cursor", no_reading)
+    monkeypatch.setattr(J.Queue, "enqueue_training", lambda self, job_id: None)  # stays queued
+    ledger.set_corpus_cap(Budget(epsilon=50.0, delta=1e-3))
+    r = client.post("/v1/admin/training-jobs", json={**TINY, "population_size": 1000},
+                    headers=admin)
+    assert r.status_code == 201, r.json
+    assert r.json["cost"]["event"]["sampling_rate"] == 4 / 1000
+    assert r.json["cost"]["delta"] == default_delta(1000) == 1e-4
+    assert r.json["params"]["config"]["population_size"] == 1000
+    assert "20" not in {str(v) for v in r.json["cost"].values()}
+
+
+P = {"population_size": 300}  # declared; the default 256 expected senders fit in it
 
 
 @pytest.mark.parametrize(
     "body",
     [
         {},
-        {"target_epsilon": 0},
-        {"target_epsilon": -1},
-        {"target_epsilon": 8, "delta": 1.5},
-        {"target_epsilon": 8, "steps": 0},
-        {"target_epsilon": 8, "steps": 2.5},
-        {"target_epsilon": 8, "trainable_layers": 7},
-        {"target_epsilon": 8, "private": False},
-        {"target_epsilon": 8, "delta": 0.5},  # >= 1 / n_senders: refused by the planner
+        {**P, "target_epsilon": 0},
+        {**P, "target_epsilon": -1},
+        {**P, "target_epsilon": 8, "delta": 1.5},
+        {**P, "target_epsilon": 8, "steps": 0},
+        {**P, "target_epsilon": 8, "steps": 2.5},
+        {**P, "target_epsilon": 8, "trainable_layers": 7},
+        {**P, "target_epsilon": 8, "private": False},
+        {**P, "target_epsilon": 8, "delta": 0.5},  # >= 1 / population_size: the planner
+        {**P, "target_epsilon": 8, "delta": 0.004},  # >= 1/300 too
+        {"target_epsilon": 8},  # no declared population size
+        {"target_epsilon": 8, "population_size": 0},
+        {"target_epsilon": 8, "population_size": 20.5},
+        {"target_epsilon": 8, "population_size": "20"},
+        # more expected senders per step than the declared population can supply
+        {"target_epsilon": 8, "population_size": 20, "expected_senders_per_batch": 21},
+        {"target_epsilon": 8, "population_size": 1000, "expected_senders_per_batch": 100_000},
     ],
 )
-def test_training_job_validation(client: FlaskClient, admin: dict[str, str], body: Any) -> None:
+def test_training_job_validation(
+    client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, body: Any
+) -> None:
+    ledger.set_corpus_cap(Budget(epsilon=50.0, delta=1e-3))
+    body = body if "population_size" in body or body == {} or "target_epsilon" not in body \
+        else body
     r = client.post("/v1/admin/training-jobs", json=body, headers=admin)
     assert r.status_code == 422, r.json
+    assert ledger.corpus_remaining().spent_epsilon == 0.0  # refused before any charge
 
 
 def test_roles(jobs_app: Flask, client: FlaskClient, admin: dict[str, str]) -> None:
@@ -302,15 +372,20 @@ def test_cancel_a_running_training_job(
     ledger: SqlLedger,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The admin cancels while the (inline) worker trains; the trainer's next should_stop()
-    sees it, nothing is published, the reservation is refunded."""
+    """The admin cancels while the (inline) worker trains its first step; the trainer's next
+    should_stop() sees it, nothing is published, and the step begun stays charged (1 of the
+    2 planned steps, at the planned sampling rate and noise)."""
     import models.training
+    from mechanisms.events import PrivacyEvent
+    from mechanisms.ledger import Spend
     from models.training import TrainingCancelled
 
     answers: list[Any] = []
 
     def train(config: Any, **kwargs: Any) -> Any:
         job_id = client.get("/v1/jobs", headers=admin).json["jobs"][0]["id"]
+        kwargs["run"].corpus_read = True
+        kwargs["run"].steps_started = 1
         kwargs["progress"](0.25)
         r = jobs_app.test_client().post(f"/v1/jobs/{job_id}/cancel", headers=admin)
         answers.append((r.status_code, r.json["status"]))
@@ -324,10 +399,18 @@ def test_cancel_a_running_training_job(
     assert r.status_code == 201, r.json
     assert answers == [(202, "cancelling")]
     job = client.get(f"/v1/jobs/{r.json['id']}", headers=admin).json
-    assert job["status"] == "cancelled" and job["result"] is None and job["error"] is None
+    assert job["status"] == "cancelled" and job["error"] is None
+    charge = job["result"]["charge"]
+    planned = r.json["cost"]["event"]
+    one = PrivacyEvent.from_dict({**planned, "steps": 1})
+    assert charge["status"] == "committed" and charge["steps"] == 1
+    assert charge["event"] == one.to_dict()
     rid = r.json["cost"]["reservation_id"]
-    assert _entry_status(ledger, job["created_by"], rid) == "refunded"
-    assert ledger.corpus_remaining().spent_epsilon == 0.0
+    assert _entry_status(ledger, job["created_by"], rid) == "refunded"  # the full reservation
+    assert _entry_status(ledger, job["created_by"], charge["reservation_id"]) == "committed"
+    assert ledger.corpus_remaining().spent_epsilon == pytest.approx(
+        Spend.of(one).epsilon(1e-3), rel=1e-9
+    )
     assert [m["id"] for m in client.get("/v1/models", headers=admin).json["models"]] == ["base"]
 
 
