@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from service.schema_fields import FiniteFloat, StrictBoolean, StrictInteger
+from service.queries.schemas import FiniteFloat
 
 MAX_TEXT_CHARS = 2000
 MAX_SYNC_TEXTS = 64
@@ -45,9 +45,17 @@ class EmbeddingJobRequest(_Strict):
 class TrainingJobRequest(_Strict):
     """``POST /v1/admin/training-jobs``: a sender-level DP fine-tuning of the encoder.
 
-    ``target_epsilon`` in (0, 100]; ``delta`` in (0, 1) (and < 1 / number of senders, checked
-    when planned; default 1 / (10 n) rounded down to a power of ten).
+    ``target_epsilon`` in (0, 100]; ``population_size`` (required): the public number of
+    senders the administrator declares for the corpus, in [1, 10**9]; each sender is sampled
+    with probability ``expected_senders_per_batch / population_size`` (so the batch must be at
+    most the population), and the corpus is never counted; ``delta`` in (0, 1) (and
+    < 1 / population_size, checked when planned; default 1 / (10 population_size) rounded
+    down to a power of ten).
     """
+
+    population_size = fields.Integer(
+        required=True, strict=True, validate=validate.Range(min=1, max=1_000_000_000)
+    )
 
     target_epsilon = FiniteFloat(
         required=True, validate=validate.Range(min=0, max=100, min_inclusive=False)
@@ -57,17 +65,17 @@ class TrainingJobRequest(_Strict):
         allow_none=True,
         validate=validate.Range(min=0, max=1, min_inclusive=False, max_inclusive=False),
     )
-    steps = StrictInteger(
-        load_default=200, validate=validate.Range(min=1, max=100_000)
+    steps = fields.Integer(
+        load_default=200, validate=validate.Range(min=1, max=100_000), strict=True
     )
-    expected_senders_per_batch = StrictInteger(
-        load_default=256, validate=validate.Range(min=1, max=100_000)
+    expected_senders_per_batch = fields.Integer(
+        load_default=256, validate=validate.Range(min=1, max=100_000), strict=True
     )
-    max_messages_per_sender = StrictInteger(
-        load_default=16, validate=validate.Range(min=1, max=1000)
+    max_messages_per_sender = fields.Integer(
+        load_default=16, validate=validate.Range(min=1, max=1000), strict=True
     )
-    max_seq_len = StrictInteger(
-        load_default=64, validate=validate.Range(min=4, max=256)
+    max_seq_len = fields.Integer(
+        load_default=64, validate=validate.Range(min=4, max=256), strict=True
     )
     max_grad_norm = FiniteFloat(
         load_default=1.0, validate=validate.Range(min=0, max=1000, min_inclusive=False)
@@ -75,17 +83,27 @@ class TrainingJobRequest(_Strict):
     learning_rate = FiniteFloat(
         load_default=5e-5, validate=validate.Range(min=0, max=1, min_inclusive=False)
     )
-    trainable_layers = StrictInteger(
-        load_default=2, validate=validate.Range(min=0, max=6)
+    trainable_layers = fields.Integer(
+        load_default=2, validate=validate.Range(min=0, max=6), strict=True
     )
-    seed = StrictInteger(load_default=None, allow_none=True,
+    seed = fields.Integer(load_default=None, allow_none=True, strict=True,
                           validate=validate.Range(min=0, max=2**62))
     snapshot_id = fields.String(load_default=None, allow_none=True,
                                 validate=validate.Length(min=1, max=100))
-    activate = StrictBoolean(load_default=False)
+    activate = fields.Boolean(load_default=False)
+
+    @validates_schema
+    def _batch_within_population(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        batch, population = data.get("expected_senders_per_batch"), data.get("population_size")
+        if isinstance(batch, int) and isinstance(population, int) and batch > population:
+            raise ValidationError(
+                "must be at most population_size: each sender is sampled with probability "
+                "expected_senders_per_batch / population_size",
+                "expected_senders_per_batch",
+            )
 
     CONFIG_FIELDS = (
-        "target_epsilon", "delta", "steps", "expected_senders_per_batch",
+        "population_size", "target_epsilon", "delta", "steps", "expected_senders_per_batch",
         "max_messages_per_sender", "max_seq_len", "max_grad_norm", "learning_rate",
         "trainable_layers", "seed",
     )
