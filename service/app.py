@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from sqlalchemy import Engine
 
-from service import body, errors, json_out, observability
+from service import body, errors, hardening, json_out, observability
 from service.config import Settings
 from service.corpus.store import SnapshotStore
 from service.db import init_db, make_engine
@@ -32,7 +31,7 @@ class Services:
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: defaults, then ``PRIVTEXT_*`` environment, then ``config``."""
     settings = Settings.load(config)
-    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    hardening.private_dir(settings.data_dir)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -50,6 +49,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app)
     errors.register_error_handlers(app)
     body.init_app(app)
+    hardening.init_app(app)
 
     from service import health, snapshots, whoami
 

@@ -26,8 +26,9 @@ from service.db import api_keys, principals
 from service.errors import APIError
 
 #: admin: manages analysts, budgets, jobs; analyst: asks private queries; app: an internal
-#: application that embeds its own texts (no corpus access, no budget).
-ROLES = ("admin", "analyst", "app")
+#: application that embeds its own texts (no corpus access, no budget); metrics: a monitoring
+#: scraper, which may read ``/metrics`` and nothing else.
+ROLES = ("admin", "analyst", "app", "metrics")
 TOKEN_PREFIX = "ptk"
 
 
@@ -172,7 +173,7 @@ def require(*roles: str) -> Callable[[F], F]:
 
 
 def public(view: F) -> F:
-    """Declare a view that needs no key (health, readiness, metrics, the spec)."""
+    """Declare a view that needs no key (health, readiness, the spec)."""
     view.required_roles = ()  # type: ignore[attr-defined]
     return view
 

@@ -15,6 +15,7 @@ import click
 
 from service.config import Settings
 from service.db import init_db, make_engine
+from service.hardening import private_dir, restrict_umask
 
 
 class Context:
@@ -26,7 +27,7 @@ class Context:
     @property
     def engine(self):  # type: ignore[no-untyped-def]
         if self._engine is None:
-            os.makedirs(self.settings.data_dir, exist_ok=True)
+            private_dir(self.settings.data_dir)
             self._engine = make_engine(self.settings.resolved_database_url)
             init_db(self._engine)
         return self._engine
@@ -40,6 +41,7 @@ pass_ctx: Callable[..., Any] = click.make_pass_decorator(Context)
 @click.pass_context
 def main(ctx: click.Context, data_dir: str | None) -> None:
     """privtext: differentially private analytics over a chat corpus."""
+    restrict_umask()  # state, snapshots, keys and job files: readable by their owner only
     ctx.obj = Context(data_dir)
 
 
@@ -112,7 +114,9 @@ def keys() -> None:
 
 
 @keys.command("create")
-@click.option("--role", type=click.Choice(["analyst", "admin", "app"]), required=True)
+@click.option(
+    "--role", type=click.Choice(["analyst", "admin", "app", "metrics"]), required=True
+)
 @click.option("--name", default=None, help="A human name for the new principal.")
 @click.option("--principal", "principal_id", default=None, help="Add a key to this principal.")
 @pass_ctx

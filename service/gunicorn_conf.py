@@ -9,10 +9,16 @@ import os
 import shutil
 import tempfile
 
+from service.hardening import UMASK, restrict_umask
+
+# The master and the workers it forks create files readable by their owner only.
+restrict_umask()
+umask = UMASK
+
 bind = os.environ.get("PRIVTEXT_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PRIVTEXT_WORKERS", "2"))
 threads = int(os.environ.get("PRIVTEXT_THREADS", "1"))
-worker_class = "sync"
+worker_class = "service.gunicorn_worker.JsonErrorWorker"  # sync, with JSON error pages
 timeout = int(os.environ.get("PRIVTEXT_WORKER_TIMEOUT", "60"))
 graceful_timeout = 20
 keepalive = 5

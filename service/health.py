@@ -1,4 +1,4 @@
-"""Operations: liveness, readiness, metrics and the API contract."""
+"""Operations: liveness, readiness, metrics (with a key) and the API contract."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from importlib import resources
 from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import text
 
-from service.auth import public
+from service.auth import public, require
 from service.errors import error_response
 
 bp = Blueprint("health", __name__)
@@ -39,9 +39,13 @@ def readyz() -> Response:
 
 
 @bp.get("/metrics")
-@public
+@require("admin", "metrics")
 def metrics() -> Response:
-    """Prometheus metrics (request counts and latencies by route; no corpus data)."""
+    """Prometheus metrics (request counts and latencies by route; no corpus data).
+
+    They describe analysts' traffic (which routes, how often, how fast), so a key is needed:
+    a ``metrics`` key for a scraper, or an admin key.
+    """
     return current_app.extensions["privtext_metrics"].render()  # type: ignore[no-any-return]
 
 

@@ -208,7 +208,7 @@ class SnapshotStore:
                 os.fsync(fh.fileno())
             for name in (MESSAGES_FILE, MANIFEST_FILE):
                 _fsync_path(tmp / name)
-                os.chmod(tmp / name, 0o444)
+                os.chmod(tmp / name, 0o400)  # read-only, and for the owner only
             _fsync_path(tmp)
             self.snapshots_dir.mkdir(parents=True, exist_ok=True)
             target = self.snapshots_dir / snapshot_id

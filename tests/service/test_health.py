@@ -26,10 +26,12 @@ def test_readyz_not_ready_without_a_snapshot(empty_app) -> None:  # type: ignore
     assert body["errors"]["checks"] == {"state_store": True, "corpus": False}
 
 
-def test_metrics_count_requests_by_route(client) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_count_requests_by_route(client, admin_token) -> None:  # type: ignore[no-untyped-def]
     client.get("/healthz")
     client.get("/healthz")
-    text = client.get("/metrics").get_data(as_text=True)
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {admin_token}"}).get_data(
+        as_text=True
+    )
     line = next(
         ln
         for ln in text.splitlines()
