@@ -10,7 +10,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from service.queries.schemas import FiniteFloat
+from service.schema_fields import FiniteFloat, StrictBoolean, StrictInteger
 
 MAX_TEXT_CHARS = 2000
 MAX_SYNC_TEXTS = 64
@@ -53,8 +53,8 @@ class TrainingJobRequest(_Strict):
     down to a power of ten).
     """
 
-    population_size = fields.Integer(
-        required=True, strict=True, validate=validate.Range(min=1, max=1_000_000_000)
+    population_size = StrictInteger(
+        required=True, validate=validate.Range(min=1, max=1_000_000_000)
     )
 
     target_epsilon = FiniteFloat(
@@ -65,17 +65,17 @@ class TrainingJobRequest(_Strict):
         allow_none=True,
         validate=validate.Range(min=0, max=1, min_inclusive=False, max_inclusive=False),
     )
-    steps = fields.Integer(
-        load_default=200, validate=validate.Range(min=1, max=100_000), strict=True
+    steps = StrictInteger(
+        load_default=200, validate=validate.Range(min=1, max=100_000)
     )
-    expected_senders_per_batch = fields.Integer(
-        load_default=256, validate=validate.Range(min=1, max=100_000), strict=True
+    expected_senders_per_batch = StrictInteger(
+        load_default=256, validate=validate.Range(min=1, max=100_000)
     )
-    max_messages_per_sender = fields.Integer(
-        load_default=16, validate=validate.Range(min=1, max=1000), strict=True
+    max_messages_per_sender = StrictInteger(
+        load_default=16, validate=validate.Range(min=1, max=1000)
     )
-    max_seq_len = fields.Integer(
-        load_default=64, validate=validate.Range(min=4, max=256), strict=True
+    max_seq_len = StrictInteger(
+        load_default=64, validate=validate.Range(min=4, max=256)
     )
     max_grad_norm = FiniteFloat(
         load_default=1.0, validate=validate.Range(min=0, max=1000, min_inclusive=False)
@@ -83,14 +83,14 @@ class TrainingJobRequest(_Strict):
     learning_rate = FiniteFloat(
         load_default=5e-5, validate=validate.Range(min=0, max=1, min_inclusive=False)
     )
-    trainable_layers = fields.Integer(
-        load_default=2, validate=validate.Range(min=0, max=6), strict=True
+    trainable_layers = StrictInteger(
+        load_default=2, validate=validate.Range(min=0, max=6)
     )
-    seed = fields.Integer(load_default=None, allow_none=True, strict=True,
+    seed = StrictInteger(load_default=None, allow_none=True,
                           validate=validate.Range(min=0, max=2**62))
     snapshot_id = fields.String(load_default=None, allow_none=True,
                                 validate=validate.Length(min=1, max=100))
-    activate = fields.Boolean(load_default=False)
+    activate = StrictBoolean(load_default=False)
 
     @validates_schema
     def _batch_within_population(self, data: dict[str, Any], **_kwargs: Any) -> None:
