@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -23,7 +25,7 @@ from mechanisms.ledger import Budget
 from models import jobs as jobstore
 from service.app import create_app
 from service.auth import create_principal, issue_key
-from service.body import MAX_JSON_DEPTH
+from service.body import MAX_JSON_DEPTH, QUERY_ARGS
 from service.charging import get_ledger
 from service.ledger.tables import audit_log
 from service.ratelimit import rate_windows
@@ -412,3 +414,21 @@ def test_declared_query_parameters_still_work(
     client: FlaskClient, keys: dict[str, str], path: str, role: str
 ) -> None:
     assert client.get(path, headers=bearer(keys[role])).status_code == 200
+
+
+def test_declared_query_parameters_are_the_spec_s(hostile_app: Flask) -> None:
+    """body.QUERY_ARGS and openapi.yaml name the same query parameters for every route."""
+    spec = yaml.safe_load((Path(__file__).parents[2] / "openapi.yaml").read_text())
+
+    def resolve(param: dict[str, Any]) -> dict[str, Any]:
+        ref = param.get("$ref")
+        return spec["components"]["parameters"][ref.rsplit("/", 1)[1]] if ref else param
+
+    for rule in hostile_app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        item = spec["paths"][re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)]
+        for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+            params = item.get("parameters", []) + item[method.lower()].get("parameters", [])
+            in_query = {p["name"] for p in map(resolve, params) if p["in"] == "query"}
+            assert set(QUERY_ARGS.get(rule.endpoint, ())) == in_query, (rule.rule, method)

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
@@ -49,6 +50,22 @@ schema = schemathesis.openapi.from_wsgi("/openapi.yaml", APP)
 )
 def test_api_conforms(case) -> None:  # type: ignore[no-untyped-def]
     """Each generated request is sent as an admin, as an analyst and with no key."""
+    _call_as_each_role(case)
+
+
+@pytest.mark.slow
+@schema.parametrize()
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_api_conforms_with_300_examples(case) -> None:  # type: ignore[no-untyped-def]
+    """The same checks with 20 times the examples per operation (``make test-slow``)."""
+    _call_as_each_role(case)
+
+
+def _call_as_each_role(case) -> None:  # type: ignore[no-untyped-def]
     for role in ("admin", "analyst", None):
         headers = {"Authorization": f"Bearer {TOKENS[role]}"} if role else {}
         case.call_and_validate(headers=headers)
