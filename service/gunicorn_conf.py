@@ -18,12 +18,20 @@ umask = UMASK
 bind = os.environ.get("PRIVTEXT_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("PRIVTEXT_WORKERS", "2"))
 threads = int(os.environ.get("PRIVTEXT_THREADS", "1"))
-worker_class = "service.gunicorn_worker.JsonErrorWorker"  # sync, with JSON error pages
+# sync, or gthread with more than one thread (what gunicorn picks for "sync"), each with JSON
+# error pages; set the threads with PRIVTEXT_THREADS, which picks the class, not --threads.
+worker_class = "service.gunicorn_worker." + (
+    "JsonErrorThreadWorker" if threads > 1 else "JsonErrorWorker"
+)
 timeout = int(os.environ.get("PRIVTEXT_WORKER_TIMEOUT", "60"))
+# SIGINT, SIGQUIT and SIGTERM all stop gracefully: requests in flight get this long to finish
+# (service/gunicorn_worker.py).
 graceful_timeout = 20
 keepalive = 5
-max_requests = 2000
-max_requests_jitter = 200
+# Workers recycle after max_requests plus a per-worker offset (staggered, so that they never
+# all recycle together: service/gunicorn_worker.py) and a random jitter.
+max_requests = int(os.environ.get("PRIVTEXT_MAX_REQUESTS", "2000"))
+max_requests_jitter = max_requests // 20
 limit_request_line = 8190
 limit_request_fields = 64
 accesslog = None  # the app writes one structured JSON line per request itself
@@ -35,6 +43,18 @@ preload_app = False  # each worker builds its own engine and corpus connection
 _prom_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"privtext-prom-{os.getpid()}")
 )
+
+
+def post_fork(server, worker):  # type: ignore[no-untyped-def]
+    from service.gunicorn_worker import stagger_recycling
+
+    stagger_recycling(server, worker)
+
+
+def post_worker_init(worker):  # type: ignore[no-untyped-def]
+    from service.gunicorn_worker import graceful_signals
+
+    graceful_signals(worker)
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]

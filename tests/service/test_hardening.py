@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,6 +50,7 @@ class Served:
     analyst: str
     admin: str
     metrics: str
+    env: dict[str, str]
 
 
 def _free_port() -> int:
@@ -127,35 +129,41 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     admin = cli("keys", "create", "--role", "admin")
     metrics = cli("keys", "create", "--role", "metrics")
 
+    with _gunicorn(env, root / "gunicorn.log") as port:
+        yield Served(port, data, analyst, admin, metrics, env)
+
+
+@contextlib.contextmanager
+def _gunicorn(env: dict[str, str], log: Path, *args: str) -> Iterator[int]:
+    """gunicorn with the service's config, one worker, started with umask 022; its port."""
     port = _free_port()
-    log = root / "gunicorn.log"
     proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "--config", "python:service.gunicorn_conf"]
+        [str(BIN / "gunicorn"), "--config", "python:service.gunicorn_conf", *args]
         + ["--bind", f"127.0.0.1:{port}", "--workers", "1", "service.wsgi:app"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(log, "wb"),  # noqa: SIM115 - closed with the process
         preexec_fn=_umask_022,
     )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[
-                0
-            ] == 200:
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            pytest.fail("gunicorn did not start:\n" + log.read_text())
-        time.sleep(0.2)
-    yield Served(port, data, analyst, admin, metrics)
-    proc.send_signal(signal.SIGINT)
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                raw = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                if _exchange(port, raw)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                pytest.fail("gunicorn did not start:\n" + log.read_text())
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 # -- files readable by their owner only -------------------------------------------------------
@@ -222,6 +230,18 @@ def test_gunicorn_errors_use_the_json_envelope(served: Served, case: str) -> Non
     assert set(out) == ENVELOPE
     assert out["status"] == status and out["code"] == code and out["message"]
     assert b"GARBAGE" not in body and b"aaaa" not in body  # nothing of the request echoed
+
+
+def test_threaded_workers_answer_in_json_too(served: Served, tmp_path: Path) -> None:
+    """With PRIVTEXT_THREADS > 1 gunicorn runs gthread workers, with the same error pages."""
+    env = {**served.env, "PRIVTEXT_THREADS": "2"}
+    with _gunicorn(env, tmp_path / "gunicorn.log", "--log-level", "info") as port:
+        for case in ("bad header", "too many headers"):
+            raw, status, code = GUNICORN_ERRORS[case]
+            got, headers, body = _exchange(port, raw)
+            assert got == status and headers["content-type"] == "application/json"
+            assert json.loads(body)["code"] == code
+    assert "JsonErrorThreadWorker" in (tmp_path / "gunicorn.log").read_text()
 
 
 def test_chunked_body_over_the_limit_is_413_under_gunicorn(served: Served) -> None:
