@@ -147,6 +147,9 @@ class Reservation:
     principal_id: str
     event: PrivacyEvent
     created_at: datetime
+    #: The principal's figures right after this reservation (from the rows it locked), when
+    #: the backend computes them; saves reading the budget again to report it.
+    remaining: Remaining | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

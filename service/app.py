@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from service import body, errors, hardening, json_out, observability
 from service.config import Settings
 from service.corpus.store import SnapshotStore
-from service.db import init_db, make_engine
+from service.db import engine_for, init_db
 
 
 @dataclass
@@ -36,10 +36,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.config["TESTING"] = settings.testing
+    app.config["PRIVTEXT_SETTLE_AFTER_RESPONSE"] = settings.settles_after_response
     json_out.init_app(app)  # no Infinity or NaN in any body
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    engine = make_engine(settings.resolved_database_url)
+    engine = engine_for(settings)
     init_db(engine)
     app.extensions["privtext"] = Services(
         settings=settings, engine=engine, corpus=SnapshotStore(settings.data_dir)
@@ -62,9 +63,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(budget.bp)
 
+    from service.charging import run_deferred
     from service.queries import views as queries
 
     app.register_blueprint(queries.bp)
+    app.after_request(run_deferred)
 
     from service import budget_page
 

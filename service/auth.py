@@ -13,6 +13,8 @@ import functools
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,6 +180,51 @@ def public(view: F) -> F:
     return view
 
 
+class KeyCache:
+    """Successful key lookups of one worker, reused for ``ttl`` seconds (a short time: a
+    revocation reaches every worker within it). Keyed by a digest of the whole token, so a
+    wrong secret never matches; failed lookups are never kept."""
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[bytes, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: bytes) -> Principal | None:
+        with self._lock:
+            hit = self._entries.get(digest)
+            if hit is None:
+                return None
+            if hit[1] <= time.monotonic():
+                del self._entries[digest]
+                return None
+            return hit[0]
+
+    def put(self, digest: bytes, principal: Principal) -> None:
+        with self._lock:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[digest] = (principal, time.monotonic() + self.ttl)
+
+
+def _cached_authenticate(svc: Any, token: str) -> Principal | None:
+    ttl = svc.settings.key_cache_seconds
+    if ttl <= 0:
+        return authenticate(svc.engine, token)
+    cache = svc.extra.get("key_cache")
+    if cache is None:
+        cache = svc.extra["key_cache"] = KeyCache(ttl)
+    digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+    principal = cache.get(digest)
+    if principal is None:
+        principal = authenticate(svc.engine, token)
+        if principal is not None:
+            cache.put(digest, principal)
+    return principal  # type: ignore[no-any-return]
+
+
 def current_principal() -> Principal:
     principal = g.get("principal")
     if principal is not None:
@@ -191,7 +238,8 @@ def current_principal() -> Principal:
             "A valid API key is required: Authorization: Bearer <key>.",
             headers={"WWW-Authenticate": 'Bearer realm="privtext"'},
         )
-    principal = authenticate(current_app.extensions["privtext"].engine, token.strip())
+    svc = current_app.extensions["privtext"]
+    principal = _cached_authenticate(svc, token.strip())
     if principal is None:
         raise APIError(
             401,

@@ -15,25 +15,31 @@
    if compute fails anyway, the failure could depend on the data, so the reservation is
    committed (charged) and one fixed error (``query_failed``, the same status, body and
    headers whatever failed) is returned;
-6. audit (the released values) then commit; the answer is returned with its cost and the
-   budget left. A crash anywhere after 4 leaves the reservation charged.
+6. the answer is returned with its cost and the budget left (from the reservation's own
+   transaction); then one more transaction writes the audit row (the released values),
+   commits the reservation and releases the claim, after the response has been sent when
+   serving HTTP. A crash anywhere after 4 leaves the reservation charged.
+
+Steps 2 and 4 are one write transaction (``SqlLedger.reserve`` with a ``gate``): the replay
+lookup, the claim, both budget checks and the reservation commit together, with one fsync.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from flask import current_app
+from flask import Response, current_app, g, has_request_context
 
 from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
-from mechanisms.ledger import Ledger, Spend, UnknownReservationError
+from mechanisms.ledger import Ledger, Remaining, Spend
 from service.errors import APIError
 from service.ledger import audit
-from service.ledger.sql import SqlLedger
+from service.ledger.sql import Gated, SqlLedger
 
 log = logging.getLogger("privtext.charging")
 
@@ -93,7 +99,7 @@ def run_charged(
     compute: Callable[[], Mapping[str, Any]],
     dry_run: bool = False,
     predicted: Mapping[str, Any] | None = None,
-    ledger: Ledger | None = None,
+    ledger: SqlLedger | None = None,
 ) -> dict[str, Any]:
     """Answer ``query`` through the ledger; see the module docstring for the steps.
 
@@ -110,7 +116,8 @@ def run_charged(
     of a worker timeout, is re-raised as it is, after the commit).
     """
     pid = principal if isinstance(principal, str) else principal.id
-    ledger = ledger or get_ledger()
+    ledger = ledger or get_ledger()  # type: ignore[assignment]
+    assert isinstance(ledger, SqlLedger)
     engine = current_app.extensions["privtext"].engine
     normalised = audit.normalise_query(query)
     qhash = audit.query_hash(normalised)
@@ -138,11 +145,10 @@ def run_charged(
             "budget": budget,
         }
 
-    stored = audit.find_replay(engine, **key)
-    if stored is not None:
-        return replay(stored)
-
     if dry_run:
+        stored = audit.find_replay(engine, **key)
+        if stored is not None:
+            return replay(stored)
         quote = ledger.quote(pid, event)
         delta = quote.remaining.delta
         return {
@@ -155,128 +161,168 @@ def run_charged(
             "budget": quote.remaining.to_dict(),
         }
 
-    # The replay promise under concurrency: one request per key reserves and computes; an
-    # identical request waits for its audit row and replays it (or takes over after a failure).
+    def gate(conn: Any) -> object | None:
+        """Inside the reservation's transaction: a stored answer to replay, or BUSY while an
+        identical request holds the claim; None once this request holds it."""
+        stored = audit.find_replay(conn, **key)
+        if stored is not None:
+            return stored
+        if not audit.try_claim(conn, **key, stale_after_s=CLAIM_STALE_S):
+            return _BUSY
+        return None
+
+    # One write transaction: replay lookup, claim, both budget checks and the reservation.
     deadline = time.monotonic() + CLAIM_WAIT_S
-    while not audit.claim(engine, **key, stale_after_s=CLAIM_STALE_S):
-        time.sleep(_CLAIM_POLL_S)
-        stored = audit.find_replay(engine, **key)
-        if stored is not None:
-            return replay(stored)
-        if time.monotonic() > deadline:
-            raise APIError(
-                409,
-                "query_in_progress",
-                "The same query is being answered for you right now; retry to get its answer "
-                "at no cost.",
-                headers={"Retry-After": "1"},
+    while True:
+        try:
+            reservation = ledger.reserve(pid, event, gate=gate)
+            break
+        except Gated as gated:
+            if gated.outcome is not _BUSY:
+                return replay(gated.outcome)  # type: ignore[arg-type]
+            if time.monotonic() > deadline:
+                raise APIError(
+                    409,
+                    "query_in_progress",
+                    "The same query is being answered for you right now; retry to get its "
+                    "answer at no cost.",
+                    headers={"Retry-After": "1"},
+                ) from None
+            time.sleep(_CLAIM_POLL_S)
+        except BudgetExhaustedError:
+            audit.record(
+                engine,
+                principal_id=pid,
+                status="refused",
+                snapshot_id=snapshot_id,
+                normalised_query=normalised,
+                cost=ZERO_COST,
+                released=None,
             )
-    try:
-        # The claim was free; a request that held it may have released its answer just now.
-        stored = audit.find_replay(engine, **key)
-        if stored is not None:
-            return replay(stored)
-        return _reserve_and_release(
-            pid, ledger, engine, normalised, snapshot_id, event, compute, common
-        )
-    finally:
-        audit.unclaim(engine, **key)
-
-
-def _reserve_and_release(
-    pid: str,
-    ledger: Ledger,
-    engine: Any,
-    normalised: str,
-    snapshot_id: str,
-    event: PrivacyEvent,
-    compute: Callable[[], Mapping[str, Any]],
-    common: dict[str, Any],
-) -> dict[str, Any]:
-    # The cost as reported is computed before the reservation: if that fails, nothing is held.
-    current = ledger.get_budget(pid)
-    cost = _cost(event, current.delta if current is not None else 0.0)
-    try:
-        reservation = ledger.reserve(pid, event)
-    except BudgetExhaustedError:
-        audit.record(
-            engine,
-            principal_id=pid,
-            status="refused",
-            snapshot_id=snapshot_id,
-            normalised_query=normalised,
-            cost=ZERO_COST,
-            released=None,
-        )
-        raise
+            raise
 
     # From here on the private data is (or may be) read: whatever happens, the reservation
     # is charged (PRIVACY.md, "The ledger"): a refunded or data-shaped failure would answer a
     # question about the data for free.
+    remaining = reservation.remaining
+    assert remaining is not None
+    cost = _cost(event, remaining.delta)
+    settle = _Settlement(ledger, engine, pid, snapshot_id, normalised, cost, reservation.id, key)
     try:
         released = dict(compute())
-        # Audit first, then commit: a crash in between leaves the entry reserved (still
-        # charged) and the audit row naming it, never a release without a charge.
-        audit_id = audit.record(
-            engine,
-            principal_id=pid,
-            status="released",
-            snapshot_id=snapshot_id,
-            normalised_query=normalised,
-            cost=cost,
-            released=released,
-            reservation_id=reservation.id,
-        )
-        ledger.commit(reservation.id)
+        answer = {
+            **released,
+            **common,
+            "replay": False,
+            "dry_run": False,
+            "cost": cost,
+            "budget": _budget_figures(remaining),
+            # the audit row of this answer carries it as its reservation_id
+            "audit_id": reservation.id,
+        }
+        json.dumps(released, sort_keys=True)  # as the audit row will: fails here, not later
     except BaseException as exc:
-        _charge_failure(ledger, engine, pid, snapshot_id, normalised, cost, reservation.id)
+        settle.failed()
         if isinstance(exc, Exception):
             raise query_failed() from None
         raise
-    remaining = ledger.remaining(pid, tight=False)
-    return {
-        **released,
-        **common,
-        "replay": False,
-        "dry_run": False,
-        "cost": cost,
-        "budget": remaining.to_dict(),
-        "audit_id": audit_id,
-    }
+    # The audit row, the commit and the claim's release: one more transaction, after the
+    # answer has been sent when serving HTTP (``defer``); the reservation is durable already,
+    # and one that is never marked committed stays charged.
+    defer(lambda: settle.released(released))
+    return answer
 
 
-def _charge_failure(
-    ledger: Ledger,
-    engine: Any,
-    pid: str,
-    snapshot_id: str,
-    normalised: str,
-    cost: dict[str, Any],
-    reservation_id: str,
-) -> None:
-    """Commit a reservation whose computation failed, and audit the failure (best effort: if
-    the store is down, the reservation stays reserved, which is charged all the same)."""
-    log.error(
-        "query failed after the corpus was read; its reservation is committed",
-        exc_info=True,
-        extra={"reservation_id": reservation_id},
-    )
-    try:
-        ledger.commit(reservation_id)
-    except UnknownReservationError:
-        pass  # already committed (the failure came after the commit)
-    except Exception:  # noqa: BLE001 - a reserved entry is charged already
-        log.exception("could not commit a failed query's reservation (it stays reserved)")
-    try:
-        audit.record(
-            engine,
-            principal_id=pid,
-            status="failed",
-            snapshot_id=snapshot_id,
-            normalised_query=normalised,
-            cost=cost,
-            released=None,
-            reservation_id=reservation_id,
+_BUSY = object()
+
+
+def _budget_figures(remaining: Remaining) -> dict[str, Any]:
+    """The analyst's figures right after this charge (counts of entries are left to
+    ``GET /v1/budget``: counting them would read the whole history on every query)."""
+    figures = remaining.to_dict()
+    figures.pop("reserved", None)
+    figures.pop("committed", None)
+    return figures
+
+
+class _Settlement:
+    """The writes that end a charged query: commit, audit row, claim released, in one
+    transaction."""
+
+    def __init__(
+        self,
+        ledger: SqlLedger,
+        engine: Any,
+        pid: str,
+        snapshot_id: str,
+        normalised: str,
+        cost: dict[str, Any],
+        reservation_id: str,
+        key: dict[str, str],
+    ) -> None:
+        self.ledger, self.engine, self.pid = ledger, engine, pid
+        self.snapshot_id, self.normalised, self.cost = snapshot_id, normalised, cost
+        self.reservation_id, self.key = reservation_id, key
+
+    def _audit(self, status: str, released: Mapping[str, Any] | None) -> Callable[[Any], None]:
+        def write(conn: Any) -> None:
+            audit.record(
+                conn,
+                principal_id=self.pid,
+                status=status,
+                snapshot_id=self.snapshot_id,
+                normalised_query=self.normalised,
+                cost=self.cost,
+                released=released,
+                reservation_id=self.reservation_id,
+            )
+            audit.unclaim(conn, **self.key)
+
+        return write
+
+    def released(self, released: Mapping[str, Any]) -> None:
+        try:
+            self.ledger.settle(self.reservation_id, also=self._audit("released", released))
+        except Exception:  # noqa: BLE001 - the entry stays reserved: charged all the same
+            log.exception(
+                "could not settle a released query (its reservation stays charged)",
+                extra={"reservation_id": self.reservation_id},
+            )
+            self._unclaim()
+
+    def failed(self) -> None:
+        """Commit a reservation whose computation failed, and audit the failure (best effort:
+        if the store is down, the reservation stays reserved, which is charged all the same)."""
+        log.error(
+            "query failed after the corpus was read; its reservation is committed",
+            exc_info=True,
+            extra={"reservation_id": self.reservation_id},
         )
-    except Exception:  # noqa: BLE001
-        log.exception("could not audit a failed query")
+        try:
+            self.ledger.settle(self.reservation_id, also=self._audit("failed", None))
+        except Exception:  # noqa: BLE001 - a reserved entry is charged already
+            log.exception("could not settle a failed query (its reservation stays reserved)")
+            self._unclaim()
+
+    def _unclaim(self) -> None:
+        try:
+            audit.unclaim(self.engine, **self.key)
+        except Exception:  # noqa: BLE001 - a stale claim is taken over after CLAIM_STALE_S
+            log.exception("could not release a query claim")
+
+
+def defer(work: Callable[[], None]) -> None:
+    """Run ``work`` after the response has been sent, when serving a request with
+    ``settle_after_response`` on (the default outside tests); otherwise now."""
+    if has_request_context() and current_app.config.get("PRIVTEXT_SETTLE_AFTER_RESPONSE"):
+        g.setdefault("privtext_after_response", []).append(work)
+    else:
+        work()
+
+
+def run_deferred(response: Response) -> Response:
+    """``after_request`` hook: hand the deferred work to the server, which runs it once the
+    response has been written (WSGI ``close``)."""
+    for work in g.pop("privtext_after_response", []):
+        response.call_on_close(work)
+    return response

@@ -24,9 +24,28 @@ class Settings:
     # SQLAlchemy URL of the state store (analysts, keys, ledger, audit log).
     # Empty means SQLite in the data directory; set a postgresql+psycopg:// URL to scale out.
     database_url: str = ""
+    # Bounds on the state store, so that an outage answers 503 instead of hanging a worker:
+    # how long opening a PostgreSQL connection may take (libpq's connect_timeout, at least
+    # 2 s), and how long one statement may run or wait for a lock (PostgreSQL's
+    # statement_timeout, with the client giving up 1 s later if the server does not answer
+    # at all; SQLite's busy timeout).
+    db_connect_timeout_s: int = 5
+    db_statement_timeout_ms: int = 5000
+    # /readyz reports not ready when the data directory's filesystem is read-only or has
+    # less than this much space left for an unprivileged user.
+    min_free_disk_mb: int = 64
     # huey queue: empty means SQLite in the data directory; a redis:// URL to scale out.
     queue_url: str = ""
+    # A running job's lease (models/job_leases.py): renewed every job_lease_s / 4 seconds by
+    # the process running it; a job whose lease expired is failed by any `privtext worker`
+    # (which looks every job_lease_s / 2 seconds), on the SQLite and the Redis queue alike.
+    job_lease_s: int = 60
     max_request_bytes: int = 64 * 1024
+    # POST /v1/queries: at most this many requests per analyst per minute, shared by every
+    # worker and host (service/ratelimit.py; 429 beyond; 0: no limit). Refused queries' audit
+    # rows are deleted after this many days (0: kept for ever; charged rows always are).
+    query_rate_per_minute: int = 600
+    refused_audit_retention_days: int = 30
     # Embeddings (models/encoder.py): per-key fixed-window rate limit shared by every worker
     # (requests and texts per window), the body limit of POST /v1/embedding-jobs alone, how
     # long a job's result file is kept, and the encoder's device ("": CUDA when present, else
@@ -45,6 +64,29 @@ class Settings:
     embedding_cache_dir: str = ""  # ONNX exports; "": <data_dir>/cache/onnx
     log_level: str = "INFO"
     testing: bool = False
+    # When a charged query writes its audit row and commits its (already durable)
+    # reservation: "auto" after the response has been sent, except in tests (testing=True),
+    # where it is written before the response so that tests can read it at once; "on"; "off".
+    settle_after_response: str = "auto"
+    # How long a worker may reuse a successful API-key lookup (seconds): a revoked key or a
+    # disabled analyst is refused by every worker at most this long after the change. -1:
+    # 2 seconds, except in tests (testing=True), where lookups are never reused.
+    key_cache_s: int = -1
+
+    @property
+    def key_cache_seconds(self) -> float:
+        if self.key_cache_s >= 0:
+            return float(self.key_cache_s)
+        return 0.0 if self.testing else 2.0
+
+    @property
+    def settles_after_response(self) -> bool:
+        mode = self.settle_after_response.strip().lower()
+        if mode in ("on", "true", "1", "yes"):
+            return True
+        if mode in ("off", "false", "0", "no"):
+            return False
+        return not self.testing
 
     @property
     def resolved_database_url(self) -> str:

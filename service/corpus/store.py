@@ -98,13 +98,26 @@ class SnapshotStore:
         #: How many times this store handed out access to a snapshot's messages (``cursor``
         #: and ``connect``): tests use it to check that a refused request read nothing.
         self.reads = 0
+        self._infos: dict[str, SnapshotInfo] = {}
 
     # -- reading -------------------------------------------------------------------------
     def get(self, snapshot_id: str) -> SnapshotInfo:
-        """Return the snapshot ``snapshot_id``; raise :class:`SnapshotNotFound` if absent."""
+        """Return the snapshot ``snapshot_id``; raise :class:`SnapshotNotFound` if absent.
+
+        A snapshot never changes once published, so its parsed manifest is kept per process
+        (checked to still exist, one stat, on every call).
+        """
         if not _ID_RE.match(snapshot_id):
             raise SnapshotNotFound(snapshot_id)
         path = self.snapshots_dir / snapshot_id
+        known = self._infos.get(snapshot_id)
+        if known is not None and path.is_dir():
+            return known
+        info = self._read_manifest(snapshot_id, path)
+        self._infos[snapshot_id] = info
+        return info
+
+    def _read_manifest(self, snapshot_id: str, path: Path) -> SnapshotInfo:
         try:
             manifest = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
         except (FileNotFoundError, NotADirectoryError):

@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from service.ledger.tables import audit_log, query_claims
 
@@ -47,8 +48,33 @@ def query_hash(normalised: str) -> str:
     return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
 
 
+def _row_values(
+    *,
+    principal_id: str,
+    status: str,
+    snapshot_id: str,
+    normalised_query: str,
+    cost: Mapping[str, Any],
+    released: Mapping[str, Any] | None,
+    reservation_id: str | None,
+) -> dict[str, Any]:
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}")
+    return {
+        "created_at": datetime.now(UTC),
+        "principal_id": principal_id,
+        "status": status,
+        "snapshot_id": snapshot_id,
+        "query_hash": query_hash(normalised_query),
+        "query": normalised_query,
+        "cost": json.dumps(cost, sort_keys=True),
+        "released": json.dumps(released, sort_keys=True) if released is not None else None,
+        "reservation_id": reservation_id,
+    }
+
+
 def record(
-    engine: Engine,
+    bind: Engine | Connection,
     *,
     principal_id: str,
     status: str,
@@ -58,42 +84,45 @@ def record(
     released: Mapping[str, Any] | None,
     reservation_id: str | None = None,
 ) -> int:
-    """Append one row and return its id."""
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {STATUSES}")
-    with engine.begin() as conn:
-        res = conn.execute(
-            insert(audit_log).values(
-                created_at=datetime.now(UTC),
-                principal_id=principal_id,
-                status=status,
-                snapshot_id=snapshot_id,
-                query_hash=query_hash(normalised_query),
-                query=normalised_query,
-                cost=json.dumps(cost, sort_keys=True),
-                released=json.dumps(released, sort_keys=True) if released is not None else None,
-                reservation_id=reservation_id,
-            )
-        )
+    """Append one row and return its id (in the caller's transaction when given a
+    connection, else in a transaction of its own)."""
+    values = _row_values(
+        principal_id=principal_id,
+        status=status,
+        snapshot_id=snapshot_id,
+        normalised_query=normalised_query,
+        cost=cost,
+        released=released,
+        reservation_id=reservation_id,
+    )
+    if isinstance(bind, Connection):
+        res = bind.execute(insert(audit_log).values(**values))
+    else:
+        with bind.begin() as conn:
+            res = conn.execute(insert(audit_log).values(**values))
     return int(res.inserted_primary_key[0])  # type: ignore[index]
 
 
 def find_replay(
-    engine: Engine, *, principal_id: str, snapshot_id: str, qhash: str
+    bind: Engine | Connection, *, principal_id: str, snapshot_id: str, qhash: str
 ) -> dict[str, Any] | None:
     """The last answer released for this (principal, snapshot, query hash), or None."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(audit_log.c.released)
-            .where(
-                audit_log.c.principal_id == principal_id,
-                audit_log.c.snapshot_id == snapshot_id,
-                audit_log.c.query_hash == qhash,
-                audit_log.c.status == "released",
-            )
-            .order_by(audit_log.c.id.desc())
-            .limit(1)
-        ).first()
+    q = (
+        select(audit_log.c.released)
+        .where(
+            audit_log.c.principal_id == principal_id,
+            audit_log.c.snapshot_id == snapshot_id,
+            audit_log.c.query_hash == qhash,
+            audit_log.c.status == "released",
+        )
+        .order_by(audit_log.c.id.desc())
+        .limit(1)
+    )
+    if isinstance(bind, Connection):
+        row = bind.execute(q).first()
+    else:
+        with bind.connect() as conn:
+            row = conn.execute(q).first()
     if row is None or row.released is None:
         return None
     return json.loads(row.released)  # type: ignore[no-any-return]
@@ -155,48 +184,46 @@ def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def claim(
-    engine: Engine, *, principal_id: str, snapshot_id: str, qhash: str, stale_after_s: float
+def try_claim(
+    conn: Connection, *, principal_id: str, snapshot_id: str, qhash: str, stale_after_s: float
 ) -> bool:
-    """Try to become the one request answering this (principal, snapshot, query hash).
+    """In the caller's write transaction: become the one request answering this (principal,
+    snapshot, query hash), or learn that another holds it.
 
-    True when the claim was taken (the caller must ``unclaim`` when done, whatever happens);
+    True when the claim was taken (the caller releases it with ``unclaim``, whatever happens);
     False while another request holds it. A claim older than ``stale_after_s`` seconds was
     left by a process that died (its reservation stays charged) and is taken over.
     """
     key = {"principal_id": principal_id, "snapshot_id": snapshot_id, "query_hash": qhash}
     now = datetime.now(UTC)
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(query_claims).values(**key, created_at=now))
+    if conn.dialect.name == "postgresql":
+        stmt: Any = pg_insert(query_claims).on_conflict_do_nothing()
+    else:
+        stmt = sqlite_insert(query_claims).on_conflict_do_nothing()
+    # RETURNING tells whether the row went in (psycopg reports no rowcount for ON CONFLICT)
+    stmt = stmt.values(**key, created_at=now).returning(query_claims.c.query_hash)
+    if conn.execute(stmt).first() is not None:
         return True
-    except IntegrityError:
-        pass
-    cutoff = now - timedelta(seconds=stale_after_s)
-    with engine.begin() as conn:
-        gone = conn.execute(
-            delete(query_claims).where(
-                *(query_claims.c[k] == v for k, v in key.items()),
-                query_claims.c.created_at < cutoff,
-            )
-        ).rowcount
-    if not gone:
-        return False
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(query_claims).values(**key, created_at=now))
-        return True
-    except IntegrityError:
-        return False
-
-
-def unclaim(engine: Engine, *, principal_id: str, snapshot_id: str, qhash: str) -> None:
-    """Release a claim taken by ``claim``."""
-    with engine.begin() as conn:
-        conn.execute(
-            delete(query_claims).where(
-                query_claims.c.principal_id == principal_id,
-                query_claims.c.snapshot_id == snapshot_id,
-                query_claims.c.query_hash == qhash,
-            )
+    stale = conn.execute(
+        delete(query_claims).where(
+            *(query_claims.c[k] == v for k, v in key.items()),
+            query_claims.c.created_at < now - timedelta(seconds=stale_after_s),
         )
+    )
+    return bool(stale.rowcount == 1 and conn.execute(stmt).first() is not None)
+
+
+def unclaim(
+    bind: Engine | Connection, *, principal_id: str, snapshot_id: str, qhash: str
+) -> None:
+    """Release a claim taken by ``try_claim``."""
+    stmt = delete(query_claims).where(
+        query_claims.c.principal_id == principal_id,
+        query_claims.c.snapshot_id == snapshot_id,
+        query_claims.c.query_hash == qhash,
+    )
+    if isinstance(bind, Connection):
+        bind.execute(stmt)
+    else:
+        with bind.begin() as conn:
+            conn.execute(stmt)

@@ -14,8 +14,9 @@ charged, because nobody can tell whether its answer left the process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,14 @@ from mechanisms.ledger import (
 from service.ledger.tables import budgets, corpus_cap, ledger_entries
 
 CAP_ID = 1
+
+
+class Gated(Exception):  # noqa: N818 - not an error: the caller's gate decided
+    """A reservation abandoned because the caller's gate returned ``outcome``."""
+
+    def __init__(self, outcome: object) -> None:
+        super().__init__("reservation gated")
+        self.outcome = outcome
 
 
 def _aware(ts: datetime | None) -> datetime | None:
@@ -135,10 +144,28 @@ class SqlLedger(Ledger):
 
     # -- charging -----------------------------------------------------------------------
 
-    def reserve(self, principal_id: str, event: PrivacyEvent) -> Reservation:
+    def reserve(
+        self,
+        principal_id: str,
+        event: PrivacyEvent,
+        *,
+        gate: Callable[[Connection], object | None] | None = None,
+    ) -> Reservation:
+        """Admit ``event`` (see :meth:`Ledger.reserve`) in one write transaction.
+
+        ``gate``, when given, runs first inside that transaction, with its connection, so that
+        the caller's own checks and writes (the query path's replay lookup and claim) commit or
+        roll back with the reservation: one durable write for all of them. When it returns
+        something other than None, the transaction is rolled back and :class:`Gated` carrying
+        that value is raised. The reservation comes back with the principal's figures after it.
+        """
         new = Spend.of(event)  # priced before the lock: the transaction stays short
         rid = new_reservation_id()
         with self._locked() as conn:
+            if gate is not None:
+                outcome = gate(conn)
+                if outcome is not None:
+                    raise Gated(outcome)
             brow = self._lock_budget(conn, principal_id)
             crow = self._lock_cap(conn)
             budget, spent = _budget(brow), _load(brow.spend if brow is not None else None)
@@ -161,7 +188,28 @@ class SqlLedger(Ledger):
                 .where(corpus_cap.c.id == CAP_ID)
                 .values(spend=_dump(corpus + new))
             )
-            return _insert_reserved(conn, rid, principal_id, event)
+            reservation = _insert_reserved(conn, rid, principal_id, event)
+        return dataclasses.replace(reservation, remaining=make_remaining(budget, spent + new))
+
+    def settle(
+        self,
+        reservation_id: str,
+        *,
+        also: Callable[[Connection], object] | None = None,
+    ) -> None:
+        """Commit a reservation and run ``also`` (the caller's audit writes) in the same
+        transaction: one write for both. Raises UnknownReservationError (rolling ``also``
+        back too) unless the reservation is still reserved."""
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(ledger_entries)
+                .where(ledger_entries.c.id == reservation_id, ledger_entries.c.status == "reserved")
+                .values(status="committed", settled_at=now())
+            )
+            if res.rowcount != 1:
+                raise UnknownReservationError(f"no open reservation {reservation_id}")
+            if also is not None:
+                also(conn)
 
     def reserve_corpus(self, principal_id: str, event: PrivacyEvent) -> Reservation:
         new = Spend.of(event)

@@ -199,3 +199,43 @@ def test_concurrent_identical_queries_are_charged_once(backend_app: Flask, analy
     assert sorted(r["replay"] for r in results) == [False] + [True] * 19
     with backend_app.app_context():
         assert [e.status for e in get_ledger().history(analyst)] == ["committed"]
+
+
+def test_settlement_after_the_response_is_sent(data_dir: Any, ingested: Any) -> None:
+    """Serving HTTP (settle_after_response on), the answer leaves after one write: the
+    reservation (durable, charged). The audit row, the commit and the claim's release come in
+    one more transaction once the server has written the response (WSGI close)."""
+    from service.app import create_app
+    from service.auth import issue_key
+    from service.ledger.tables import query_claims
+
+    app = create_app({"data_dir": str(data_dir), "testing": True, "settle_after_response": "on"})
+    engine = app.extensions["privtext"].engine
+    pid = create_principal(engine, name="ana", role="analyst")
+    with app.app_context():
+        get_ledger().set_budget(pid, Budget(10.0, 1e-6))
+    headers = {"Authorization": f"Bearer {issue_key(engine, pid)}"}
+    client = app.test_client()
+
+    resp = client.post("/v1/queries", json={"kind": "count"}, headers=headers)
+    assert resp.status_code == 200
+    first = resp.get_json()
+    with app.app_context():
+        # sent, not yet closed: charged (reserved), audit row and commit still to come
+        assert [e.status for e in get_ledger().history(pid)] == ["reserved"]
+        assert get_ledger().remaining(pid).remaining_epsilon == pytest.approx(9.0)
+    with engine.connect() as conn:
+        assert conn.execute(select(query_claims)).all() != []
+    resp.close()  # what the server does once the body is written
+    with app.app_context():
+        assert [e.status for e in get_ledger().history(pid)] == ["committed"]
+    rows = audit.entries(engine, principal_id=pid)
+    assert [r["status"] for r in rows] == ["released"]
+    assert rows[0]["reservation_id"] == first["audit_id"]
+    with engine.connect() as conn:
+        assert conn.execute(select(query_claims)).all() == []
+    again = client.post("/v1/queries", json={"kind": "count"}, headers=headers)
+    assert again.get_json()["replay"] is True
+    assert again.get_json()["result"] == first["result"]
+    again.close()
+    engine.dispose()
