@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.errors import APIError
+from service.schema_fields import EARLIEST, LATEST
 
 #: Public default bounds per feature (an analyst can declare others).
 DEFAULT_BOUNDS = {
@@ -338,14 +339,10 @@ def build_plan(req: dict[str, Any], *, metadata_columns: list[str]) -> Plan:
     return plan
 
 
-#: Instants a query may name (as UTC): wide enough for any chat corpus, narrow enough that
-#: every date computation on them (UTC conversion, bucket keys) stays in range.
-EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-
-
 def _check_instants(rng: dict[str, datetime] | None, where: str) -> None:
-    """422 unless both ends of a declared range lie in [1900, 2200) UTC."""
+    """422 unless both ends of a declared range lie in EARLIEST..LATEST (UTC): the schema's
+    rule (``service.schema_fields``), checked again where the plan is built, for plans built
+    from requests that did not come through the schema."""
     if not rng:
         return
     for end in ("start", "end"):
