@@ -162,14 +162,15 @@ def run_charged(
         }
 
     def gate(conn: Any) -> object | None:
-        """Inside the reservation's transaction: a stored answer to replay, or BUSY while an
-        identical request holds the claim; None once this request holds it."""
-        stored = audit.find_replay(conn, **key)
-        if stored is not None:
-            return stored
+        """Inside the reservation's transaction: BUSY while an identical request holds the
+        claim, else a stored answer to replay; None once this request holds the claim and no
+        answer is stored. The claim is taken first: on PostgreSQL (READ COMMITTED) each
+        statement sees what was committed before it, and the holder releases the claim in the
+        same transaction that writes its audit row, so a lookup made after taking the claim
+        cannot miss that row."""
         if not audit.try_claim(conn, **key, stale_after_s=CLAIM_STALE_S):
             return _BUSY
-        return None
+        return audit.find_replay(conn, **key)
 
     # One write transaction: replay lookup, claim, both budget checks and the reservation.
     deadline = time.monotonic() + CLAIM_WAIT_S

@@ -166,11 +166,19 @@ class SqlLedger(Ledger):
                 outcome = gate(conn)
                 if outcome is not None:
                     raise Gated(outcome)
+            # The analyst's row first (checked and written), the shared cap's row last, so that
+            # the cap is held for as little as possible: its check, one UPDATE and the commit.
             brow = self._lock_budget(conn, principal_id)
-            crow = self._lock_cap(conn)
             budget, spent = _budget(brow), _load(brow.spend if brow is not None else None)
             if not affordable(spent, new, budget):
                 raise exhausted("privacy budget exhausted", make_remaining(budget, spent))
+            conn.execute(
+                update(budgets)
+                .where(budgets.c.principal_id == principal_id)
+                .values(spend=_dump(spent + new))
+            )
+            reservation = _insert_reserved(conn, rid, principal_id, event)
+            crow = self._lock_cap(conn)
             cap, corpus = _budget(crow), _load(crow.spend)
             if cap is not None and not affordable(corpus, new, cap):
                 raise exhausted(
@@ -179,16 +187,10 @@ class SqlLedger(Ledger):
                     make_remaining(cap, corpus),
                 )
             conn.execute(
-                update(budgets)
-                .where(budgets.c.principal_id == principal_id)
-                .values(spend=_dump(spent + new))
-            )
-            conn.execute(
                 update(corpus_cap)
                 .where(corpus_cap.c.id == CAP_ID)
                 .values(spend=_dump(corpus + new))
             )
-            reservation = _insert_reserved(conn, rid, principal_id, event)
         return dataclasses.replace(reservation, remaining=make_remaining(budget, spent + new))
 
     def settle(
