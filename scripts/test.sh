@@ -18,6 +18,10 @@ if [ -n "${CI:-}" ]; then
     echo "test.sh: PostgreSQL could not be started; refusing to run without it in CI" >&2
     exit 1
   fi
+  if [ -z "${PRIVTEXT_TEST_REDIS_URL:-}" ]; then
+    echo "test.sh: Redis could not be started; refusing to run without it in CI" >&2
+    exit 1
+  fi
   if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     echo "test.sh: chromium/chromedriver missing; refusing to run without them in CI" >&2
     exit 1

@@ -78,5 +78,6 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-# The ledger's fixtures (backends, a loopback PostgreSQL) live in their own module.
-pytest_plugins = ["tests.service.conftest_ledger"]
+# The ledger's fixtures (backends, a loopback PostgreSQL) and a loopback Redis (the job queue)
+# live in their own modules.
+pytest_plugins = ["tests.service.conftest_ledger", "tests.service.conftest_redis"]

@@ -39,7 +39,7 @@ def postgres_url() -> Iterator[str]:
         if os.environ.get("PRIVTEXT_TEST_NO_AUTOSTART") or not SCRIPT.exists():
             pytest.skip("PRIVTEXT_TEST_POSTGRES_URL is not set")
         proc = subprocess.run(
-            ["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=600
+            ["bash", str(SCRIPT), "start", "postgres"], capture_output=True, text=True, timeout=600
         )
         found = dict(
             line.removeprefix("export ").split("=", 1)
