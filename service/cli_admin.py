@@ -196,7 +196,7 @@ def ledger_recompute(ctx: Context, apply: bool) -> None:
 
 @click.group("audit")
 def audit_group() -> None:
-    """The append-only audit log of every query."""
+    """The audit log of every query (append-only, but refused queries' rows expire)."""
 
 
 @audit_group.command("export")
@@ -234,6 +234,29 @@ def audit_export(
         after = page[-1]["id"]
     output.write(audit.to_json(rows) + "\n" if fmt == "json" else audit.to_csv(rows))
     click.echo(f"{len(rows)} entries", err=True)
+
+
+@audit_group.command("prune")
+@click.option(
+    "--older-than-days",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Retention in days (default: PRIVTEXT_REFUSED_AUDIT_RETENTION_DAYS, 0 keeps all).",
+)
+@pass_ctx
+def audit_prune(ctx: Context, older_than_days: int | None) -> None:
+    """Delete refused queries' rows older than the retention (charged rows are kept for ever).
+
+    ``privtext worker`` does this every hour; this command is for hosts without a worker
+    (cron) and for the operator."""
+    from service.ledger.retention import prune_refused
+
+    days = older_than_days or ctx.settings.refused_audit_retention_days
+    if days <= 0:
+        click.echo("retention is 0: refused queries' rows are kept", err=True)
+        return
+    n = prune_refused(ctx.engine, retention_days=days)
+    click.echo(f"{n} refused entries older than {days} days deleted", err=True)
 
 
 COMMANDS: list[click.Command] = [analysts, budget_group, cap, ledger_group, audit_group]

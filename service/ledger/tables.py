@@ -3,8 +3,8 @@
 ``budgets`` holds one row per analyst (the budget and the running spend), ``corpus_cap`` one
 row (id 1) for the corpus-wide cap and spend, ``ledger_entries`` one row per reservation,
 ``audit_log`` one row per query answered (append-only: triggers refuse UPDATE and DELETE on
-SQLite and PostgreSQL), and ``query_claims`` one row per query being answered (the replay
-promise under concurrency).
+SQLite and PostgreSQL, except the DELETE of a refused query's row), and ``query_claims`` one
+row per query being answered (the replay promise under concurrency).
 
 Spends are stored as JSON text (``mechanisms.ledger.Spend.to_dict``): the additive RDP vector
 at the accountant's fixed orders, the sum of pure epsilons and the count of non-pure events.
@@ -92,23 +92,30 @@ query_claims = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
-_SQLITE_GUARDS = [
-    DDL(
-        f"CREATE TRIGGER IF NOT EXISTS audit_log_no_{op.lower()} BEFORE {op} ON audit_log "
-        "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
-    )
-    for op in ("UPDATE", "DELETE")
+#: The audit log is append-only, with one exception: rows of refused queries (nothing charged,
+#: nothing released) may be deleted, so that their retention can be bounded
+#: (``service.ledger.retention``). UPDATE is refused for every row, so a charged row can never
+#: be turned into a deletable one. ``service.ledger.retention`` upgrades databases made with
+#: the older guards (which refused every DELETE).
+DELETABLE_STATUS = "refused"
+SQLITE_GUARDS = [
+    "CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log "
+    "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log "
+    f"WHEN OLD.status != '{DELETABLE_STATUS}' "
+    "BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END",
 ]
-_PG_GUARDS = [
-    DDL(
-        "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
-        "BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$ LANGUAGE plpgsql"
-    ),
-    DDL(
-        "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
-        "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()"
-    ),
+PG_GUARDS = [
+    "CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger AS $$ "
+    "BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$ LANGUAGE plpgsql",
+    "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR TRUNCATE ON audit_log "
+    "FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()",
+    "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log "
+    f"FOR EACH ROW WHEN (OLD.status <> '{DELETABLE_STATUS}') "
+    "EXECUTE FUNCTION audit_log_append_only()",
 ]
+_SQLITE_GUARDS = [DDL(sql) for sql in SQLITE_GUARDS]
+_PG_GUARDS = [DDL(sql) for sql in PG_GUARDS]
 for _ddl in _SQLITE_GUARDS:
     event.listen(audit_log, "after_create", _ddl.execute_if(dialect="sqlite"))
 for _ddl in _PG_GUARDS:
