@@ -20,6 +20,13 @@ failure of any kind is charged in full (and reported with one message, the same 
 such failure: not even the exception's class), and a cancel is charged for the steps begun.
 The settlement is recorded in the job's ``result["charge"]``.
 
+A running job holds a lease renewed by its worker (``models.job_leases``); a job whose worker
+died (its lease expired, or every running job when a worker starts on the single-consumer
+SQLite queue) is failed by ``models.job_recovery``, which also deletes its files. A job's
+input texts are deleted when it ends, however it ends: by the worker when it succeeds, fails
+or is cancelled while running, by ``cancel_job`` when it is cancelled while queued, by
+``models.job_recovery`` when its worker died.
+
 This module knows no Flask; the service passes the engine, the data directory and a ledger in.
 """
 
@@ -42,7 +49,6 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
-    MetaData,
     String,
     Table,
     Text,
@@ -51,6 +57,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from models import job_leases as leases
 
 if TYPE_CHECKING:
     from mechanisms.events import PrivacyEvent
@@ -63,8 +71,9 @@ STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled
 FINAL = ("succeeded", "failed", "cancelled")
 
 #: The jobs table lives in the service's state database. It has its own MetaData so that
-#: ``models`` does not import ``service`` (imports go one way); ``create_tables`` makes it.
-metadata = MetaData()
+#: ``models`` does not import ``service`` (imports go one way), shared with the jobs' leases
+#: (``models.job_leases``); ``create_tables`` makes both.
+metadata = leases.metadata
 
 jobs = Table(
     "jobs",
@@ -85,7 +94,7 @@ jobs = Table(
 
 
 def create_tables(engine: Engine) -> None:
-    """Create the jobs table if missing (idempotent, safe when workers race)."""
+    """Create the jobs and job_leases tables if missing (idempotent, safe when workers race)."""
     try:
         metadata.create_all(engine)
     except (OperationalError, ProgrammingError) as exc:  # another process created it first
@@ -208,8 +217,25 @@ def _transition(engine: Engine, job_id: str, allowed: tuple[str, ...], **values:
         raise JobStateError(f"job {job_id} is not in {allowed}")
 
 
-def mark_running(engine: Engine, job_id: str) -> None:
-    _transition(engine, job_id, ("queued",), status="running", started_at=now(), progress=0.0)
+def mark_running(
+    engine: Engine,
+    job_id: str,
+    *,
+    holder: str | None = None,
+    lease_s: float = leases.DEFAULT_LEASE_S,
+) -> None:
+    """``queued -> running``; with ``holder``, the job's lease (``models.job_leases``) is
+    given to it in the same transaction, so no running job is ever without one."""
+    with engine.begin() as conn:
+        res = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.status == "queued")
+            .values(status="running", started_at=now(), progress=0.0)
+        )
+        if res.rowcount != 1:
+            raise JobStateError(f"job {job_id} is not in ('queued',)")
+        if holder is not None:
+            leases.take(conn, job_id, holder, lease_s)
 
 
 def job_status(engine: Engine, job_id: str) -> str | None:
@@ -337,6 +363,7 @@ class JobContext:
     model_source: Callable[[], tuple[str, Path]] | None = None
     encoder_options: dict[str, Any] = field(default_factory=dict)
     result_ttl_s: int = 3600
+    lease_s: float = leases.DEFAULT_LEASE_S
 
     def job_dir(self, job_id: str) -> Path:
         return self.data_dir / "jobs" / job_id
@@ -410,7 +437,8 @@ def run_embedding_job(job_id: str, ctx: JobContext) -> None:
     """
     from models.encoder import get_encoder
 
-    if not _start(ctx.engine, job_id):
+    beat = _start(ctx, job_id)
+    if beat is None:
         return
     d = ctx.job_dir(job_id)
     try:
@@ -452,19 +480,24 @@ def run_embedding_job(job_id: str, ctx: JobContext) -> None:
         raise
     finally:
         (d / INPUT_FILE).unlink(missing_ok=True)
+        beat.stop()
 
 
-def _start(engine: Engine, job_id: str) -> bool:
-    """``queued -> running``; False (logged, nothing raised) when the job is no longer queued:
-    cancelled before a worker got to it, or a task delivered twice."""
+def _start(ctx: JobContext, job_id: str) -> leases.Heartbeat | None:
+    """``queued -> running`` with a lease for this run, and the started heartbeat that keeps
+    it (the caller stops it when the job has ended); None (logged, nothing raised) when the
+    job is no longer queued: cancelled before a worker got to it, or a task delivered twice."""
+    holder = leases.new_holder()
     try:
-        mark_running(engine, job_id)
+        mark_running(ctx.engine, job_id, holder=holder, lease_s=ctx.lease_s)
     except JobStateError:
         log.info(
-            "job is %s, not queued: skipped", job_status(engine, job_id), extra={"job_id": job_id}
+            "job is %s, not queued: skipped",
+            job_status(ctx.engine, job_id),
+            extra={"job_id": job_id},
         )
-        return False
-    return True
+        return None
+    return leases.Heartbeat(ctx.engine, job_id, holder, ctx.lease_s).start()
 
 
 def _stop_if_cancelled(engine: Engine, job_id: str) -> None:
@@ -528,14 +561,28 @@ def run_training_job(
     asked to stop (``cancelling``) is seen by ``should_stop``; ``train`` raises
     TrainingCancelled, the job is marked ``cancelled`` (nothing raised to the queue) with
     the settlement in ``result["charge"]``. A cancel after ``train`` returned changes nothing.
-    """
-    from models.training import TrainingCancelled, TrainingConfig, TrainingRun
 
+    While it runs the job holds a lease (``models.job_leases``); a worker killed mid-training
+    leaves it to expire, and ``models.job_recovery`` fails the job with its reservation still
+    charged.
+    """
     job = get_job(ctx.engine, job_id)
     if job is None:
         raise JobStateError(f"no job {job_id}")
-    if not _start(ctx.engine, job_id):
+    beat = _start(ctx, job_id)
+    if beat is None:
         return
+    try:
+        _train(job, ctx, train)
+    finally:
+        beat.stop()
+
+
+def _train(job: Job, ctx: JobContext, train: Callable[..., Any] | None) -> None:
+    """The body of :func:`run_training_job` once the job is running and holds its lease."""
+    from models.training import TrainingCancelled, TrainingConfig, TrainingRun
+
+    job_id = job.id
     run = TrainingRun(corpus_read=False)  # until train() is called, nothing is read
     reservation = None
     try:
@@ -622,27 +669,6 @@ def _reservation(job: Job) -> Reservation | None:
     if job.reservation_id is None:
         return None
     return Reservation(job.reservation_id, job.created_by, _event(job), job.created_at)
-
-
-def fail_interrupted(engine: Engine) -> list[str]:
-    """Mark every ``running`` or ``cancelling`` job failed (a worker that starts finds its
-    predecessor's jobs cut short). Their reservations stay charged: whether a model was
-    published before the crash is not known here, so a ``cancelling`` job is not taken as
-    cancelled (that would refund a release that may exist). Only for a single consumer (the
-    default SQLite queue)."""
-    with engine.connect() as conn:
-        ids = [
-            r.id
-            for r in conn.execute(
-                select(jobs.c.id).where(jobs.c.status.in_(("running", "cancelling")))
-            )
-        ]
-    for jid in ids:
-        try:
-            mark_failed(engine, jid, "the worker stopped while the job ran")
-        except JobStateError:
-            pass
-    return ids
 
 
 # -- the queue -----------------------------------------------------------------------------

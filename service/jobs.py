@@ -84,6 +84,7 @@ def job_context(settings: Settings, engine: Any) -> jobstore.JobContext:
         model_source=lambda: active_model(data_dir),
         encoder_options=encoder_options(settings),
         result_ttl_s=settings.embedding_result_ttl_s,
+        lease_s=float(settings.job_lease_s),
     )
 
 

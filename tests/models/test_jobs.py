@@ -19,6 +19,7 @@ from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Budget
 from mechanisms.ledger_memory import InMemoryLedger
 from models import jobs as J
+from models.job_recovery import fail_orphaned
 from models.registry import base_model_path
 from service.db import make_engine
 
@@ -245,13 +246,18 @@ def test_a_training_job_whose_parameters_cannot_load_is_refunded(ctx: J.JobConte
     assert _entry_status(ctx.ledger, reservation.id) == "refunded"
 
 
-def test_interrupted_jobs_are_failed_at_worker_start(engine: Engine) -> None:
+def test_interrupted_jobs_are_failed_at_worker_start(ctx: J.JobContext) -> None:
+    engine = ctx.engine
     a = J.create_job(engine, kind="embedding", created_by="x", params={})
     b = J.create_job(engine, kind="embedding", created_by="x", params={})
+    a_input = J.write_embedding_input(ctx, a.id, ["mine"])
+    b_input = J.write_embedding_input(ctx, b.id, ["queued"])
     J.mark_running(engine, a.id)
-    assert J.fail_interrupted(engine) == [a.id]
+    assert fail_orphaned(ctx, every_running=True) == [a.id]
     assert J.get_job(engine, a.id).status == "failed"  # type: ignore[union-attr]
+    assert not a_input.exists() and not ctx.job_dir(a.id).exists()  # the texts went with it
     assert J.get_job(engine, b.id).status == "queued"  # type: ignore[union-attr]
+    assert b_input.exists()
 
 
 def test_queue_backends(tmp_path: Path) -> None:
@@ -445,7 +451,7 @@ def test_cancelling_jobs_are_failed_at_worker_start_and_stay_charged(ctx: J.JobC
     job, reservation = _training_job(ctx)
     J.mark_running(ctx.engine, job.id)
     assert J.cancel_job(ctx, job.id).status == "cancelling"
-    assert J.fail_interrupted(ctx.engine) == [job.id]
+    assert fail_orphaned(ctx, every_running=True) == [job.id]
     assert J.get_job(ctx.engine, job.id).status == "failed"  # type: ignore[union-attr]
     assert _entry_status(ctx.ledger, reservation.id) == "reserved"
 

@@ -270,7 +270,8 @@ def test_worker_command(data_dir: Path) -> None:
 
 def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_path: Path) -> None:
     """The real consumer in its own process (as `make run` starts it) picks a job from the
-    SQLite queue, and stops on SIGINT."""
+    SQLite queue, prunes refused queries' audit rows past their retention (charged rows stay),
+    and stops on SIGINT."""
     import os
     import signal
     import subprocess
@@ -288,6 +289,9 @@ def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_p
     job = J.create_job(engine, kind="embedding", created_by="ap_x", params={"count": 1})
     J.write_embedding_input(ctx, job.id, ["from another process"])
     make_queue(sqlite_settings, engine).enqueue_embedding(job.id)
+    audit_ids = {
+        status: _audit_row(engine, status, days_old=31) for status in ("refused", "released")
+    }
 
     cli = Path(sys.executable).with_name("privtext")
     env = {**os.environ, "PRIVTEXT_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
@@ -304,6 +308,9 @@ def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_p
             time.sleep(0.5)
         output = (tmp_path / "worker.log").read_text()
         assert done is not None and done.status == "succeeded", output
+        while _audit_ids(engine) != {audit_ids["released"]} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _audit_ids(engine) == {audit_ids["released"]}, output
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -312,6 +319,37 @@ def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_p
             proc.kill()
         log.close()
     assert proc.returncode == 0, (tmp_path / "worker.log").read_text()  # stopped cleanly
+
+
+def _audit_row(engine: Any, status: str, *, days_old: int) -> int:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import insert
+
+    from service.ledger.tables import audit_log
+
+    with engine.begin() as conn:
+        res = conn.execute(
+            insert(audit_log).values(
+                created_at=datetime.now(UTC) - timedelta(days=days_old),
+                principal_id="an_x",
+                status=status,
+                snapshot_id="s",
+                query_hash="0" * 64,
+                query="{}",
+                cost="{}",
+            )
+        )
+    return int(res.inserted_primary_key[0])
+
+
+def _audit_ids(engine: Any) -> set[int]:
+    from sqlalchemy import select
+
+    from service.ledger.tables import audit_log
+
+    with engine.connect() as conn:
+        return {r.id for r in conn.execute(select(audit_log.c.id))}
 
 
 def test_job_list_rejects_unknown_parameters(client: FlaskClient, admin: dict[str, str]) -> None:
