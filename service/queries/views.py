@@ -1,7 +1,10 @@
 """``POST /v1/queries``: one endpoint for every statistics and sentiment query.
 
-validate (schema) -> plan -> price -> [run_charged: replay | dry run | reserve -> compute
-(read the corpus, add noise) -> audit -> commit]. No data is read before the reservation.
+validate (schema) -> rate limit (per analyst, every worker and host counted together: 429
+``rate_limited`` with Retry-After beyond ``query_rate_per_minute``) -> plan -> price ->
+[run_charged: replay | dry run | reserve -> compute (read the corpus, add noise) -> audit ->
+commit]. No data is read before the reservation, and nothing is charged, read or audited for a
+request over the rate limit.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from service import ratelimit
 from service.auth import current_principal, require
 from service.body import json_body
 from service.charging import run_charged
@@ -31,7 +35,9 @@ _schema = QuerySchema()
 def create_query() -> Response:
     principal = current_principal()
     req = _schema.load(json_body())
-    store = current_app.extensions["privtext"].corpus
+    svc = current_app.extensions["privtext"]
+    ratelimit.hit_queries(svc.engine, principal.id, svc.settings.query_rate_per_minute)
+    store = svc.corpus
     snapshot = store.live()
     if snapshot is None:
         raise APIError(503, "no_snapshot", "No corpus snapshot is live yet.")
@@ -39,7 +45,6 @@ def create_query() -> Response:
     embedding = None
     if plan.kind in EMBEDDING_KINDS:
         # 409 when the embeddings are not built: decided before anything is charged
-        svc = current_app.extensions["privtext"]
         cache = svc.extra.setdefault("vocabularies", {})
         embedding = prepare(svc.settings.data_dir, snapshot, cache)
         plan = dataclasses.replace(plan, model_id=embedding.model_id)
