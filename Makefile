@@ -18,16 +18,18 @@ install-test: $(BIN)/python
 
 ## Install, ingest the demo corpus if no snapshot is live, ensure an admin key, then start the
 ## job worker (huey consumer) in the background and serve on :8000 in the foreground; the
-## worker is stopped when the server exits.
+## worker is stopped when the server exits. PRIVTEXT_BIND (default 127.0.0.1:8000) and the other
+## PRIVTEXT_* settings apply; Ctrl-C lets requests in flight finish.
 run: install
 	$(BIN)/privtext ingest --demo --if-missing
 	$(BIN)/privtext ensure-admin
 	export PATH=$(CURDIR)/$(BIN):$$PATH; \
 	$(BIN)/privtext worker & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
-	$(BIN)/privtext serve --bind 127.0.0.1:8000
+	$(BIN)/privtext serve
 
-## Install what the tests need (incl. Debian's PostgreSQL), start it on loopback, run the suite.
+## Install what the tests need (incl. Debian's PostgreSQL and redis-server), start them on
+## loopback, run the suite.
 test: install-test
 	bash scripts/test.sh
 

@@ -180,15 +180,27 @@ def ensure_admin(ctx: Context) -> None:
 
 
 @main.command()
-@click.option("--bind", default="127.0.0.1:8000", show_default=True)
+@click.option(
+    "--bind",
+    default=None,
+    help="Address to listen on (default: PRIVTEXT_BIND, else 127.0.0.1:8000).",
+)
 @click.option("--workers", type=int, default=None, help="gunicorn workers (default: config).")
-def serve(bind: str, workers: int | None) -> None:
-    """Run the service under gunicorn with gunicorn.conf.py."""
-    args = ["gunicorn", "--config", "python:service.gunicorn_conf", "--bind", bind]
+@pass_ctx
+def serve(ctx: Context, bind: str | None, workers: int | None) -> None:
+    """Run the service under gunicorn (settings: service/gunicorn_conf.py).
+
+    gunicorn runs with this interpreter (``python -m gunicorn``), so the command works
+    without the virtual environment on PATH; the data directory (``--data-dir``) and every
+    PRIVTEXT_* setting reach the workers through the environment."""
+    os.environ["PRIVTEXT_DATA_DIR"] = ctx.settings.data_dir
+    args = [sys.executable, "-m", "gunicorn", "--config", "python:service.gunicorn_conf"]
+    if bind:
+        args += ["--bind", bind]
     if workers:
         args += ["--workers", str(workers)]
     args.append("service.wsgi:app")
-    os.execvp(args[0], args)
+    os.execv(sys.executable, args)
 
 
 # Ledger administration (analysts, budget, cap, audit): service/cli_admin.py.
