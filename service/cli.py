@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from service.config import Settings
-from service.db import init_db, make_engine
+from service.db import engine_for, init_db
 from service.hardening import private_dir, restrict_umask
 
 
@@ -28,7 +28,7 @@ class Context:
     def engine(self):  # type: ignore[no-untyped-def]
         if self._engine is None:
             private_dir(self.settings.data_dir)
-            self._engine = make_engine(self.settings.resolved_database_url)
+            self._engine = engine_for(self.settings)
             init_db(self._engine)
         return self._engine
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from flask import Flask, Response, g, jsonify
 from marshmallow import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from mechanisms.errors import BudgetExhaustedError, InvalidParameterError, PrivacyError
@@ -58,6 +60,30 @@ def error_response(
     for k, v in (headers or {}).items():
         resp.headers[k] = v
     return resp
+
+
+#: The answer to a state store that cannot be reached, times out or cannot write (a full or
+#: read-only disk): no answer left, and the message says nothing about the request.
+STORE_UNAVAILABLE = (
+    503,
+    "store_unavailable",
+    "The service's state store is unavailable right now; no answer was released. Retry later.",
+)
+STORE_RETRY_AFTER_S = 5
+
+
+def is_store_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the state store is down rather than that the request is wrong.
+
+    ``OperationalError`` covers a refused or lost connection, a connect or statement timeout
+    (PostgreSQL ``QueryCanceled``, the client's own limit in ``service/db.py``), a SQLite
+    busy timeout ("database is locked"), "disk I/O error", "database or disk is full" and
+    "attempt to write a readonly database"; any driver error that invalidated its connection
+    and a pool that hands out no connection in time count too.
+    """
+    if isinstance(exc, OperationalError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 _HTTP_CODES = {
@@ -118,3 +144,22 @@ def register_error_handlers(app: Flask) -> None:
         # The traceback goes to the operator's log only; the client gets a fixed message.
         log.exception("unhandled error", extra={"request_id": g.get("request_id")})
         return error_response(500, "internal_error", "Internal server error.")
+
+    # A store outage before the corpus is read (authentication, rate limit, replay lookup,
+    # reservation): nothing was released, so the client may retry. A failure after the read
+    # never gets here: ``service/charging.py`` charges it and answers ``500 query_failed``.
+    @app.errorhandler(DBAPIError)
+    @app.errorhandler(PoolTimeoutError)
+    def _store(exc: Exception) -> Response:
+        if not is_store_outage(exc):
+            return _unhandled(exc)
+        # The driver's own error (class and message), not SQLAlchemy's text: that one carries
+        # the statement's parameters, which can hold analysts' query terms or answers.
+        cause = getattr(exc, "orig", None) or exc
+        log.error(
+            "state store unavailable: %s: %s",
+            type(cause).__name__,
+            str(cause).strip().splitlines()[0] if str(cause).strip() else "",
+            extra={"request_id": g.get("request_id")},
+        )
+        return error_response(*STORE_UNAVAILABLE, headers={"Retry-After": str(STORE_RETRY_AFTER_S)})

@@ -15,7 +15,7 @@ def test_healthz(client) -> None:  # type: ignore[no-untyped-def]
 def test_readyz_ready_with_a_snapshot(client) -> None:  # type: ignore[no-untyped-def]
     resp = client.get("/readyz")
     assert resp.status_code == 200
-    assert resp.get_json()["checks"] == {"state_store": True, "corpus": True}
+    assert resp.get_json()["checks"] == {"state_store": True, "corpus": True, "disk": True}
 
 
 def test_readyz_not_ready_without_a_snapshot(empty_app) -> None:  # type: ignore[no-untyped-def]
@@ -23,7 +23,77 @@ def test_readyz_not_ready_without_a_snapshot(empty_app) -> None:  # type: ignore
     assert resp.status_code == 503
     body = resp.get_json()
     assert body["code"] == "not_ready"
-    assert body["errors"]["checks"] == {"state_store": True, "corpus": False}
+    assert body["errors"]["checks"] == {"state_store": True, "corpus": False, "disk": True}
+
+
+def test_readyz_writes_to_the_state_store(app, client) -> None:  # type: ignore[no-untyped-def]
+    """Readiness commits a write (the heartbeat row), not only a SELECT."""
+    from sqlalchemy import select
+
+    from service.db import heartbeat
+
+    assert client.get("/readyz").status_code == 200
+    with app.extensions["privtext"].engine.connect() as conn:
+        first = conn.execute(select(heartbeat.c.at)).scalar_one()
+    assert client.get("/readyz").status_code == 200
+    with app.extensions["privtext"].engine.connect() as conn:
+        assert conn.execute(select(heartbeat.c.at)).scalar_one() >= first
+
+
+def test_readyz_not_ready_when_the_store_cannot_write(app, client) -> None:  # type: ignore[no-untyped-def]
+    """Another writer holds SQLite's write lock past the busy timeout: reads still work, a
+    write does not, and /readyz says so (a SELECT 1 would have answered ready)."""
+    from service.db import make_engine
+
+    svc = app.extensions["privtext"]
+    svc.engine = make_engine(svc.settings.resolved_database_url, statement_timeout_ms=100)
+    holder = make_engine(svc.settings.resolved_database_url)
+    try:
+        with holder.connect().execution_options(immediate=True) as conn, conn.begin():
+            resp = client.get("/readyz")
+        assert resp.status_code == 503
+        assert resp.get_json()["errors"]["checks"] == {
+            "state_store": False,
+            "corpus": True,
+            "disk": True,
+        }
+        assert client.get("/readyz").status_code == 200  # the lock is gone
+    finally:
+        holder.dispose()
+        svc.engine.dispose()
+
+
+def test_readyz_not_ready_when_the_disk_is_nearly_full(data_dir, ingested) -> None:  # type: ignore[no-untyped-def]
+    """Less free space than ``min_free_disk_mb`` on the data directory's filesystem: 503."""
+    import os
+
+    from service.app import create_app
+
+    st = os.statvfs(data_dir)
+    free_mb = st.f_bavail * st.f_frsize // (1024 * 1024)
+    app = create_app(
+        {"data_dir": str(data_dir), "testing": True, "min_free_disk_mb": free_mb + 1024}
+    )
+    try:
+        resp = app.test_client().get("/readyz")
+        assert resp.status_code == 503
+        assert resp.get_json()["errors"]["checks"] == {
+            "state_store": True,
+            "corpus": True,
+            "disk": False,
+        }
+    finally:
+        app.extensions["privtext"].engine.dispose()
+
+
+def test_readyz_not_ready_when_the_snapshot_file_is_unreadable(app, client) -> None:  # type: ignore[no-untyped-def]
+    """The live snapshot's file is truncated: not Parquet any more, not ready (root passes
+    ``os.access``, so the check reads the file)."""
+    info = app.extensions["privtext"].corpus.live()
+    info.messages_path.write_bytes(b"not parquet")
+    resp = client.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.get_json()["errors"]["checks"]["corpus"] is False
 
 
 def test_metrics_count_requests_by_route(client, admin_token) -> None:  # type: ignore[no-untyped-def]
