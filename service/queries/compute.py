@@ -92,21 +92,36 @@ class CorpusQuery:
         where = " AND ".join(self._where) or "TRUE"
         return f"SELECT {columns} FROM {self.source} WHERE {where}", list(self._params)
 
-    def capped(self, columns: str, max_messages: int) -> tuple[str, list[Any]]:
-        """SQL for the filtered messages, at most ``max_messages`` per sender.
+    def _match(self) -> tuple[str, list[Any]]:
+        """A column that says whether a message passes the filters (NULL counts as no), for
+        SQL that reads every message the same way whether it matches or not."""
+        where = " AND ".join(self._where) or "TRUE"
+        return f"coalesce(({where}), false)", list(self._params)
 
-        Without filters the cap is the plain filter ``msg_rank < m``; with filters, the m
-        filtered messages of smallest random rank (a window over the filtered rows only).
+    def capped(self, columns: str, max_messages: int) -> tuple[str, list[Any]]:
+        """SQL for the filtered messages, at most ``max_messages`` per sender: the m filtered
+        messages of smallest random rank.
+
+        Without filters this is the plain filter ``msg_rank < m`` (snapshots are stored in rank
+        order, so it reads only the first row groups). With filters, every message goes through
+        the same steps whether it matches or not, so that the work (and the time a query takes)
+        does not depend on how many messages match (issue 10): each sender's m smallest keys
+        are taken over *all* its messages, the key being the rank, plus 2**31 when the message
+        does not match (ranks are below 2**31); the messages holding those keys that match are
+        then joined back. The join is on one computed key (sender_id * 2**32 + rank): on two
+        plain columns DuckDB would turn the selected keys into row-group skipping, which would
+        depend on them again. Measured in bench/bench_side_channel.py.
         """
         if not self._where:
             return f"SELECT {columns} FROM {self.source} WHERE msg_rank < ?", [max_messages]
-        where = " AND ".join(self._where)
+        match, params = self._match()
+        key = "(sender_id::BIGINT * 4294967296 + msg_rank)"
         sql = (
-            f"SELECT {columns} FROM (SELECT *, row_number() OVER "
-            f"(PARTITION BY sender_id ORDER BY msg_rank) AS _rn FROM {self.source} WHERE {where}) "
-            "WHERE _rn <= ?"
+            f"SELECT {columns} FROM {self.source} SEMI JOIN (SELECT unnest(min({key} + CASE WHEN "
+            f"{match} THEN 0 ELSE 2147483648 END, ?)) AS _k FROM {self.source} "
+            f"GROUP BY sender_id) AS _sel ON {key} = _sel._k"
         )
-        return sql, [*self._params, max_messages]
+        return sql, [*params, max_messages]
 
     def _value_q(self) -> str:
         """A message's value in grid units, centred on the grid's offset.
@@ -145,11 +160,30 @@ class CorpusQuery:
         """Messages, distinct senders or distinct conversations, per group."""
         of = self.plan.of
         if of == "senders":
-            src = self.filtered(self._cols("sender_id"))
-            res = self._grouped("count(DISTINCT sender_id)", src)
+            # One row per sender (and group) over every message, marked if any message matches.
+            match, params = self._match()
+            gcol = ", _g" if self.group is not None else ""
+            src = (
+                f"SELECT bool_or({match}) AS _any{gcol} FROM (SELECT {self._cols('*')} FROM "
+                f"{self.source}) GROUP BY sender_id{gcol}",
+                params,
+            )
+            res = self._grouped("count(*) FILTER (WHERE _any)", src)
+            if self.group is not None:  # as before, a group no matching message is in is absent
+                res = {k: v for k, v in res.items() if v[0]}
         elif of == "conversations":
             src = self.capped(self._cols("conversation_id"), max_messages)
             res = self._grouped("count(DISTINCT conversation_id)", src)
+        elif self.group is None and self._where:
+            # A sender's capped messages number min(its matching messages, m): count them per
+            # sender over every message (the same work whether they match or not).
+            match, params = self._match()
+            row = self.cur.execute(
+                f"SELECT sum(least(n, ?)) FROM (SELECT count_if({match}) AS n "
+                f"FROM {self.source} GROUP BY sender_id)",
+                [max_messages, *params],
+            ).fetchone()
+            return {None: int(row[0] or 0) if row else 0}
         else:
             src = self.capped(self._cols("1 AS one"), max_messages)
             res = self._grouped("count(*)", src)
@@ -199,13 +233,19 @@ class CorpusQuery:
 
     def group_sender_counts(self, max_groups: int) -> dict[Any, int]:
         """Distinct senders per undeclared group key, each sender in at most ``max_groups``
-        keys (those of its smallest random message rank): for partition selection."""
+        keys (those of its smallest random message rank): for partition selection.
+
+        Every (sender, key) pair is formed from every message, matching or not, and ranked
+        with the pairs no matching message is in last, so the work does not depend on how many
+        messages match."""
         assert self.group is not None
-        sql, params = self.filtered(f"sender_id, msg_rank, {self.group} AS _g")
+        match, params = self._match()
         rows = self.cur.execute(
-            "SELECT _g, count(*) FROM (SELECT sender_id, _g, row_number() OVER "
-            "(PARTITION BY sender_id ORDER BY min(msg_rank)) AS _r "
-            f"FROM ({sql}) GROUP BY sender_id, _g) WHERE _r <= ? GROUP BY _g",
+            "SELECT _g, count(*) FROM (SELECT _g, _first, row_number() OVER "
+            "(PARTITION BY sender_id ORDER BY _first) AS _r FROM (SELECT sender_id, _g, "
+            f"min(msg_rank + CASE WHEN {match} THEN 0 ELSE 2147483648 END) AS _first "
+            f"FROM (SELECT *, {self.group} AS _g FROM {self.source}) GROUP BY sender_id, _g)) "
+            "WHERE _first < 2147483648 AND _r <= ? GROUP BY _g",
             [*params, max_groups],
         ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
@@ -251,11 +291,14 @@ class CorpusQuery:
     def sender_activity(self) -> list[int]:
         """Senders per bucket of their filtered message count, bucket j = [2^j, 2^(j+1)).
 
-        Each sender is in exactly one bucket: sensitivity 1. Used to choose the cap."""
-        sql, params = self.filtered("sender_id")
+        Each sender is in exactly one bucket: sensitivity 1. Used to choose the cap. The
+        matching messages are counted per sender over every message (no filter before the
+        grouping), so the work does not depend on how many match."""
+        match, params = self._match()
         rows = self.cur.execute(
             "SELECT least(floor(log2(n))::INTEGER, ?) AS b, count(*) FROM "
-            f"(SELECT sender_id, count(*) AS n FROM ({sql}) GROUP BY sender_id) GROUP BY b",
+            f"(SELECT count_if({match}) AS n FROM {self.source} GROUP BY sender_id) "
+            "WHERE n > 0 GROUP BY b",
             [AUTO_CAP_BUCKETS - 1, *params],
         ).fetchall()
         out = [0] * AUTO_CAP_BUCKETS
