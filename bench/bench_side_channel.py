@@ -152,7 +152,28 @@ OLD = {
     "group_sender_counts": group_sender_counts_old,
     "sender_activity": sender_activity_old,
 }
-NEW = {name: getattr(CorpusQuery, name) for name in OLD}
+def capped_match_free(
+    self: CorpusQuery, columns: str, max_messages: int
+) -> tuple[str, list[Any]]:
+    """The match-independent cap measured here and then not adopted (see BENCHMARKS.md,
+    section 4): each sender's m smallest keys over all its messages (rank, plus 2**31 when the
+    message does not match), the matching messages with those keys joined back on one
+    computed key."""
+    if not self._where:
+        return f"SELECT {columns} FROM {self.source} WHERE msg_rank < ?", [max_messages]
+    match, params = self._match()
+    key = "(sender_id::BIGINT * 4294967296 + msg_rank)"
+    sql = (
+        f"SELECT {columns} FROM {self.source} SEMI JOIN (SELECT unnest(min({key} + CASE WHEN "
+        f"{match} THEN 0 ELSE 2147483648 END, ?)) AS _k FROM {self.source} "
+        f"GROUP BY sender_id) AS _sel ON {key} = _sel._k"
+    )
+    return sql, [*params, max_messages]
+
+
+#: "new": the service's per-sender counts with the match-independent cap above, as measured
+#: (the service itself kept the old cap: ``CorpusQuery.capped`` is ``capped_old``'s form).
+NEW = {**{name: getattr(CorpusQuery, name) for name in OLD}, "capped": capped_match_free}
 OldQuery = type("OldQuery", (CorpusQuery,), dict(OLD))
 
 

@@ -103,25 +103,26 @@ class CorpusQuery:
         messages of smallest random rank.
 
         Without filters this is the plain filter ``msg_rank < m`` (snapshots are stored in rank
-        order, so it reads only the first row groups). With filters, every message goes through
-        the same steps whether it matches or not, so that the work (and the time a query takes)
-        does not depend on how many messages match (issue 10): each sender's m smallest keys
-        are taken over *all* its messages, the key being the rank, plus 2**31 when the message
-        does not match (ranks are below 2**31); the messages holding those keys that match are
-        then joined back. The join is on one computed key (sender_id * 2**32 + rank): on two
-        plain columns DuckDB would turn the selected keys into row-group skipping, which would
-        depend on them again. Measured in bench/bench_side_channel.py.
+        order, so it reads only the first row groups). With filters, a per-sender window over
+        the matching messages. A form whose work does not depend on how many messages match
+        (each sender's m smallest keys over all its messages, the key being the rank plus 2**31
+        when the message does not match, then a join back) was built and measured
+        (bench/bench_side_channel.py, BENCHMARKS.md "4. Latency side channel"): it cost
+        1.3-2.2x on grouped, keyword mean, sentiment and top-terms queries, did not shrink the
+        difference between neighbouring corpora (that comes from evaluating the filter on one
+        sender's messages, present or not), and the effect of the number of matches it removes
+        was within noise for those queries. It is not used; the per-sender counts below, where
+        the match-independent form is as cheap or cheaper, are.
         """
         if not self._where:
             return f"SELECT {columns} FROM {self.source} WHERE msg_rank < ?", [max_messages]
-        match, params = self._match()
-        key = "(sender_id::BIGINT * 4294967296 + msg_rank)"
+        where = " AND ".join(self._where)
         sql = (
-            f"SELECT {columns} FROM {self.source} SEMI JOIN (SELECT unnest(min({key} + CASE WHEN "
-            f"{match} THEN 0 ELSE 2147483648 END, ?)) AS _k FROM {self.source} "
-            f"GROUP BY sender_id) AS _sel ON {key} = _sel._k"
+            f"SELECT {columns} FROM (SELECT *, row_number() OVER "
+            f"(PARTITION BY sender_id ORDER BY msg_rank) AS _rn FROM {self.source} WHERE {where}) "
+            "WHERE _rn <= ?"
         )
-        return sql, [*params, max_messages]
+        return sql, [*self._params, max_messages]
 
     def _value_q(self) -> str:
         """A message's value in grid units, centred on the grid's offset.

@@ -182,11 +182,6 @@ def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from _walk(child)
 
 
-def _below_semi_join(root: dict[str, Any]) -> list[tuple[str, int]]:
-    (join,) = [n for n in _walk(root) if n["extra_info"].get("Join Type") == "SEMI"]
-    return [(n["type"], n["intermediate_rows"]) for c in join["children"] for n in _walk(c)]
-
-
 def _scans(root: dict[str, Any]) -> list[int]:
     return [n["intermediate_rows"] for n in _walk(root) if n["type"] == "TABLE_SCAN"]
 
@@ -220,24 +215,15 @@ class Recording:
 def test_the_work_does_not_depend_on_how_many_messages_match(
     corpus: tuple[Any, list[str]], many: dict[str, Any], none: dict[str, Any]
 ) -> None:
-    """Every scan returns every message (no filter pushed into it), and every operator below
-    the cap's final join sees the same number of rows, whether the filter matches most
-    messages or none: only the join's output (at most m per sender) depends on the data.
-    Without this, DuckDB reads only the matching rows into the per-sender window (the SQL
-    before issue 10) or skips row groups by the selected ranks (a join on two plain columns).
+    """The per-sender counts (ungrouped counts of messages, counts of senders, the automatic
+    cap's histogram, undeclared group keys) scan every message, with no filter pushed into
+    the scan, whether the filter matches most messages or none. (The cap of the other kinds,
+    ``capped``, keeps a window over the matching rows: the match-independent form measured
+    1.3-2.2x slower for no measurable gain; see its docstring.)
     """
     cur, meta = corpus
     total = cur.execute("SELECT count(*) FROM messages").fetchone()[0]
-    below = []
     for filters in (many, none):
-        q = CorpusQuery(cur, plan_for(meta, kind="count", filters=filters))
-        sql, params = q.capped("sender_id, msg_rank", 3)
-        root = _operators(cur, f"SELECT count(*) FROM ({sql})", params)
-        assert _scans(root) == [total, total]
-        below.append(_below_semi_join(root))
-        matched = cur.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0]
-        assert (matched > 0) == (filters is many)
-
         rec = Recording(cur)
         plans = {
             "messages": plan_for(meta, kind="count", filters=filters),
@@ -245,16 +231,14 @@ def test_the_work_does_not_depend_on_how_many_messages_match(
             "grouped": plan_for(
                 meta, kind="count", filters=filters, group_by={"metadata": "channel"}
             ),  # fmt: skip
-            "terms": plan_for(meta, kind="top_terms", terms=["pizza"], filters=filters),
         }
         CorpusQuery(rec, plans["messages"]).counts(3)  # type: ignore[arg-type]
         CorpusQuery(rec, plans["senders"]).counts(3)  # type: ignore[arg-type]
         CorpusQuery(rec, plans["senders"]).sender_activity()  # type: ignore[arg-type]
         CorpusQuery(rec, plans["grouped"]).group_sender_counts(2)  # type: ignore[arg-type]
-        CorpusQuery(rec, plans["terms"]).term_sender_counts(3)  # type: ignore[arg-type]
+        assert len(rec.calls) == 4
         for sql_, params_ in rec.calls:
             assert set(_scans(_operators(cur, sql_, params_))) == {total}, sql_
-    assert below[0] == below[1]
 
 
 def test_the_heavy_sender_is_capped_not_dropped(corpus: tuple[Any, list[str]]) -> None:
