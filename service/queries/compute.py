@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
+from datetime import date, timedelta
 from typing import Any
 
 import duckdb
@@ -33,6 +34,20 @@ def _quote(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
+#: Time buckets are integers computed from the timestamp's microseconds since the epoch (UTC),
+#: not calendar functions: the same buckets, about twice as fast to group by (issue 11). The
+#: shift (2**20 days, a whole number of weeks' worth of hours) keeps every division a floor
+#: for any timestamp after the year -900, before 1970 included.
+_HOUR_US = 3_600_000_000
+_DAY_US = 86_400_000_000
+_SHIFT_DAYS = 2**20
+_SHIFTED_DAYS = f"((epoch_us(ts) + {_SHIFT_DAYS * _DAY_US}) // {_DAY_US})"
+#: Added to a shifted day number, mod 7, gives the ISO weekday - 1 (Monday 0): 1970-01-01
+#: was a Thursday (3).
+_WEEKDAY_OFFSET = (3 - _SHIFT_DAYS) % 7
+_EPOCH = date(1970, 1, 1)
+
+
 def _group_expr(plan: Plan) -> str | None:
     g = plan.groups
     if g is None:
@@ -40,12 +55,21 @@ def _group_expr(plan: Plan) -> str | None:
     if g.kind == "metadata":
         return _quote(g.column)
     return {
-        "hour_of_day": "hour(ts)",
-        "weekday": "isodow(ts) - 1",
-        "day": "strftime(date_trunc('day', ts), '%Y-%m-%d')",
-        "week": "strftime(date_trunc('week', ts), '%Y-%m-%d')",
+        "hour_of_day": f"(((epoch_us(ts) + {_SHIFT_DAYS * _DAY_US}) // {_HOUR_US}) % 24)",
+        "weekday": f"(({_SHIFTED_DAYS} + {_WEEKDAY_OFFSET}) % 7)",
+        "day": _SHIFTED_DAYS,
+        "week": f"({_SHIFTED_DAYS} - ({_SHIFTED_DAYS} + {_WEEKDAY_OFFSET}) % 7)",
         "month": "strftime(date_trunc('month', ts), '%Y-%m-%d')",
     }[g.column]
+
+
+def _key_decoder(plan: Plan) -> Any:
+    """How a raw group key from SQL becomes the plan's key: a shifted day number (day, week)
+    becomes its ISO date; every other key is used as it is."""
+    g = plan.groups
+    if g is not None and g.kind == "time" and g.column in ("day", "week"):
+        return lambda raw: (_EPOCH + timedelta(days=int(raw) - _SHIFT_DAYS)).isoformat()
+    return lambda raw: raw
 
 
 class CorpusQuery:
@@ -60,6 +84,7 @@ class CorpusQuery:
         self.plan = plan
         self._where, self._params = self._filters()
         self.group = _group_expr(plan)
+        self._key = _key_decoder(plan)
 
     # -- building blocks -------------------------------------------------------------
     def _filters(self) -> tuple[list[str], list[Any]]:
@@ -148,7 +173,7 @@ class CorpusQuery:
             row = self.cur.execute(f"SELECT {select} FROM ({sql})", params).fetchone()
             return {None: tuple(row) if row else ()}
         rows = self.cur.execute(f"SELECT _g, {select} FROM ({sql}) GROUP BY _g", params).fetchall()
-        return {r[0]: tuple(r[1:]) for r in rows}
+        return {self._key(r[0]): tuple(r[1:]) for r in rows}
 
     def _cols(self, *cols: str) -> str:
         parts = list(cols)
@@ -217,7 +242,7 @@ class CorpusQuery:
         for row in self.cur.execute(
             f"SELECT {gsel} b, count(*) FROM ({sql}) GROUP BY {gby}", params
         ).fetchall():
-            out[row[0]][int(row[1])] = int(row[2])
+            out[self._key(row[0]) if self.group is not None else None][int(row[1])] = int(row[2])
         return dict(out)
 
     def sentiment(self, max_messages: int) -> dict[Any, tuple[int, int, int, int]]:
