@@ -282,27 +282,28 @@ class _Settlement:
         return write
 
     def released(self, released: Mapping[str, Any]) -> None:
-        try:
-            self.ledger.settle(self.reservation_id, also=self._audit("released", released))
-        except Exception:  # noqa: BLE001 - the entry stays reserved: charged all the same
-            log.exception(
-                "could not settle a released query (its reservation stays charged)",
-                extra={"reservation_id": self.reservation_id},
-            )
-            self._unclaim()
+        self._settle("released", released)
 
     def failed(self) -> None:
-        """Commit a reservation whose computation failed, and audit the failure (best effort:
-        if the store is down, the reservation stays reserved, which is charged all the same)."""
+        """Commit a reservation whose computation failed, and audit the failure."""
         log.error(
             "query failed after the corpus was read; its reservation is committed",
             exc_info=True,
             extra={"reservation_id": self.reservation_id},
         )
+        self._settle("failed", None)
+
+    def _settle(self, status: str, released: Mapping[str, Any] | None) -> None:
+        """Best effort: if the store is down, the entry stays reserved, which is charged all
+        the same; the claim is then released on its own (or taken over once stale)."""
         try:
-            self.ledger.settle(self.reservation_id, also=self._audit("failed", None))
+            self.ledger.settle(self.reservation_id, also=self._audit(status, released))
         except Exception:  # noqa: BLE001 - a reserved entry is charged already
-            log.exception("could not settle a failed query (its reservation stays reserved)")
+            log.exception(
+                "could not settle a %s query (its reservation stays charged)",
+                status,
+                extra={"reservation_id": self.reservation_id},
+            )
             self._unclaim()
 
     def _unclaim(self) -> None:

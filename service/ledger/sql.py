@@ -231,14 +231,7 @@ class SqlLedger(Ledger):
             return _insert_reserved(conn, rid, principal_id, event)
 
     def commit(self, reservation_id: str) -> None:
-        with self.engine.begin() as conn:
-            res = conn.execute(
-                update(ledger_entries)
-                .where(ledger_entries.c.id == reservation_id, ledger_entries.c.status == "reserved")
-                .values(status="committed", settled_at=now())
-            )
-        if res.rowcount != 1:
-            raise UnknownReservationError(f"no open reservation {reservation_id}")
+        self.settle(reservation_id)
 
     def refund(self, reservation_id: str) -> None:
         with self.engine.connect() as conn:
