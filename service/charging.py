@@ -30,13 +30,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from flask import Response, current_app, g, has_request_context
 
 from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
-from mechanisms.ledger import Ledger, Remaining, Spend
+from mechanisms.ledger import Ledger, Remaining, Reservation, Spend
 from service.errors import APIError
 from service.ledger import audit
 from service.ledger.sql import Gated, SqlLedger
@@ -70,7 +71,7 @@ def _cost(event: PrivacyEvent, delta: float) -> dict[str, Any]:
 ZERO_COST: dict[str, Any] = {"event": None, "epsilon": 0.0, "delta": 0.0}
 
 
-#: A claim (see ``audit.claim``) older than this was left by a process that died.
+#: A claim (see ``audit.try_claim``) older than this was left by a process that died.
 CLAIM_STALE_S = 600.0
 #: How long an identical concurrent request waits for the first one's answer before 409.
 CLAIM_WAIT_S = 20.0
@@ -88,6 +89,44 @@ QUERY_FAILED = (
 
 def query_failed() -> APIError:
     return APIError(*QUERY_FAILED)
+
+
+@dataclass(frozen=True)
+class _Query:
+    """Who asks what of which snapshot: the key of replays and claims, and of audit rows."""
+
+    principal_id: str
+    snapshot_id: str
+    normalised: str
+    qhash: str
+
+    @property
+    def key(self) -> dict[str, str]:
+        return {
+            "principal_id": self.principal_id,
+            "snapshot_id": self.snapshot_id,
+            "qhash": self.qhash,
+        }
+
+    def record(
+        self,
+        bind: Any,
+        status: str,
+        *,
+        cost: Mapping[str, Any] = ZERO_COST,
+        released: Mapping[str, Any] | None = None,
+        reservation_id: str | None = None,
+    ) -> None:
+        audit.record(
+            bind,
+            principal_id=self.principal_id,
+            status=status,
+            snapshot_id=self.snapshot_id,
+            normalised_query=self.normalised,
+            cost=cost,
+            released=released,
+            reservation_id=reservation_id,
+        )
 
 
 def run_charged(
@@ -120,21 +159,12 @@ def run_charged(
     assert isinstance(ledger, SqlLedger)
     engine = current_app.extensions["privtext"].engine
     normalised = audit.normalise_query(query)
-    qhash = audit.query_hash(normalised)
-    common = {"snapshot_id": snapshot_id, "query_hash": qhash}
-    key = {"principal_id": pid, "snapshot_id": snapshot_id, "qhash": qhash}
+    q = _Query(pid, snapshot_id, normalised, audit.query_hash(normalised))
+    common = {"snapshot_id": snapshot_id, "query_hash": q.qhash}
 
     def replay(stored: dict[str, Any]) -> dict[str, Any]:
         if not dry_run:
-            audit.record(
-                engine,
-                principal_id=pid,
-                status="replay",
-                snapshot_id=snapshot_id,
-                normalised_query=normalised,
-                cost=ZERO_COST,
-                released=stored,
-            )
+            q.record(engine, "replay", released=stored)
         budget = ledger.remaining(pid, tight=False).to_dict()
         return {
             **stored,
@@ -146,7 +176,7 @@ def run_charged(
         }
 
     if dry_run:
-        stored = audit.find_replay(engine, **key)
+        stored = audit.find_replay(engine, **q.key)
         if stored is not None:
             return replay(stored)
         quote = ledger.quote(pid, event)
@@ -161,54 +191,17 @@ def run_charged(
             "budget": quote.remaining.to_dict(),
         }
 
-    def gate(conn: Any) -> object | None:
-        """Inside the reservation's transaction: BUSY while an identical request holds the
-        claim, else a stored answer to replay; None once this request holds the claim and no
-        answer is stored. The claim is taken first: on PostgreSQL (READ COMMITTED) each
-        statement sees what was committed before it, and the holder releases the claim in the
-        same transaction that writes its audit row, so a lookup made after taking the claim
-        cannot miss that row."""
-        if not audit.try_claim(conn, **key, stale_after_s=CLAIM_STALE_S):
-            return _BUSY
-        return audit.find_replay(conn, **key)
-
-    # One write transaction: replay lookup, claim, both budget checks and the reservation.
-    deadline = time.monotonic() + CLAIM_WAIT_S
-    while True:
-        try:
-            reservation = ledger.reserve(pid, event, gate=gate)
-            break
-        except Gated as gated:
-            if gated.outcome is not _BUSY:
-                return replay(gated.outcome)  # type: ignore[arg-type]
-            if time.monotonic() > deadline:
-                raise APIError(
-                    409,
-                    "query_in_progress",
-                    "The same query is being answered for you right now; retry to get its "
-                    "answer at no cost.",
-                    headers={"Retry-After": "1"},
-                ) from None
-            time.sleep(_CLAIM_POLL_S)
-        except BudgetExhaustedError:
-            audit.record(
-                engine,
-                principal_id=pid,
-                status="refused",
-                snapshot_id=snapshot_id,
-                normalised_query=normalised,
-                cost=ZERO_COST,
-                released=None,
-            )
-            raise
+    reserved = _reserve(ledger, engine, q, event)
+    if not isinstance(reserved, Reservation):
+        return replay(reserved)
 
     # From here on the private data is (or may be) read: whatever happens, the reservation
     # is charged (PRIVACY.md, "The ledger"): a refunded or data-shaped failure would answer a
     # question about the data for free.
-    remaining = reservation.remaining
+    remaining = reserved.remaining
     assert remaining is not None
     cost = _cost(event, remaining.delta)
-    settle = _Settlement(ledger, engine, pid, snapshot_id, normalised, cost, reservation.id, key)
+    settle = _Settlement(ledger, engine, q, cost, reserved.id)
     try:
         released = dict(compute())
         answer = {
@@ -219,7 +212,7 @@ def run_charged(
             "cost": cost,
             "budget": _budget_figures(remaining),
             # the audit row of this answer carries it as its reservation_id
-            "audit_id": reservation.id,
+            "audit_id": reserved.id,
         }
         json.dumps(released, sort_keys=True)  # as the audit row will: fails here, not later
     except BaseException as exc:
@@ -232,6 +225,45 @@ def run_charged(
     # and one that is never marked committed stays charged.
     defer(lambda: settle.released(released))
     return answer
+
+
+def _reserve(
+    ledger: SqlLedger, engine: Any, q: _Query, event: PrivacyEvent
+) -> Reservation | dict[str, Any]:
+    """One write transaction: the claim, the replay lookup, both budget checks and the
+    reservation. Returns the reservation, or a stored answer to replay (waiting, up to
+    ``CLAIM_WAIT_S``, while an identical request holds the claim).
+
+    The claim is taken before the lookup: on PostgreSQL (READ COMMITTED) each statement sees
+    what was committed before it, and the holder releases the claim in the same transaction
+    that writes its audit row, so a lookup made after taking the claim cannot miss that row.
+    Raises BudgetExhaustedError (after auditing the refusal) or APIError 409.
+    """
+
+    def gate(conn: Any) -> object | None:
+        if not audit.try_claim(conn, **q.key, stale_after_s=CLAIM_STALE_S):
+            return _BUSY
+        return audit.find_replay(conn, **q.key)
+
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while True:
+        try:
+            return ledger.reserve(q.principal_id, event, gate=gate)
+        except Gated as gated:
+            if gated.outcome is not _BUSY:
+                return gated.outcome  # type: ignore[return-value]
+            if time.monotonic() > deadline:
+                raise APIError(
+                    409,
+                    "query_in_progress",
+                    "The same query is being answered for you right now; retry to get its "
+                    "answer at no cost.",
+                    headers={"Retry-After": "1"},
+                ) from None
+            time.sleep(_CLAIM_POLL_S)
+        except BudgetExhaustedError:
+            q.record(engine, "refused")
+            raise
 
 
 _BUSY = object()
@@ -254,32 +286,12 @@ class _Settlement:
         self,
         ledger: SqlLedger,
         engine: Any,
-        pid: str,
-        snapshot_id: str,
-        normalised: str,
+        query: _Query,
         cost: dict[str, Any],
         reservation_id: str,
-        key: dict[str, str],
     ) -> None:
-        self.ledger, self.engine, self.pid = ledger, engine, pid
-        self.snapshot_id, self.normalised, self.cost = snapshot_id, normalised, cost
-        self.reservation_id, self.key = reservation_id, key
-
-    def _audit(self, status: str, released: Mapping[str, Any] | None) -> Callable[[Any], None]:
-        def write(conn: Any) -> None:
-            audit.record(
-                conn,
-                principal_id=self.pid,
-                status=status,
-                snapshot_id=self.snapshot_id,
-                normalised_query=self.normalised,
-                cost=self.cost,
-                released=released,
-                reservation_id=self.reservation_id,
-            )
-            audit.unclaim(conn, **self.key)
-
-        return write
+        self.ledger, self.engine, self.query = ledger, engine, query
+        self.cost, self.reservation_id = cost, reservation_id
 
     def released(self, released: Mapping[str, Any]) -> None:
         self._settle("released", released)
@@ -296,21 +308,29 @@ class _Settlement:
     def _settle(self, status: str, released: Mapping[str, Any] | None) -> None:
         """Best effort: if the store is down, the entry stays reserved, which is charged all
         the same; the claim is then released on its own (or taken over once stale)."""
+
+        def write(conn: Any) -> None:
+            self.query.record(
+                conn,
+                status,
+                cost=self.cost,
+                released=released,
+                reservation_id=self.reservation_id,
+            )
+            audit.unclaim(conn, **self.query.key)
+
         try:
-            self.ledger.settle(self.reservation_id, also=self._audit(status, released))
+            self.ledger.settle(self.reservation_id, also=write)
         except Exception:  # noqa: BLE001 - a reserved entry is charged already
             log.exception(
                 "could not settle a %s query (its reservation stays charged)",
                 status,
                 extra={"reservation_id": self.reservation_id},
             )
-            self._unclaim()
-
-    def _unclaim(self) -> None:
-        try:
-            audit.unclaim(self.engine, **self.key)
-        except Exception:  # noqa: BLE001 - a stale claim is taken over after CLAIM_STALE_S
-            log.exception("could not release a query claim")
+            try:
+                audit.unclaim(self.engine, **self.query.key)
+            except Exception:  # noqa: BLE001 - a stale claim is taken over after CLAIM_STALE_S
+                log.exception("could not release a query claim")
 
 
 def defer(work: Callable[[], None]) -> None:

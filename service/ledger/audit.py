@@ -48,29 +48,13 @@ def query_hash(normalised: str) -> str:
     return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
 
 
-def _row_values(
-    *,
-    principal_id: str,
-    status: str,
-    snapshot_id: str,
-    normalised_query: str,
-    cost: Mapping[str, Any],
-    released: Mapping[str, Any] | None,
-    reservation_id: str | None,
-) -> dict[str, Any]:
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {STATUSES}")
-    return {
-        "created_at": datetime.now(UTC),
-        "principal_id": principal_id,
-        "status": status,
-        "snapshot_id": snapshot_id,
-        "query_hash": query_hash(normalised_query),
-        "query": normalised_query,
-        "cost": json.dumps(cost, sort_keys=True),
-        "released": json.dumps(released, sort_keys=True) if released is not None else None,
-        "reservation_id": reservation_id,
-    }
+def _execute(bind: Engine | Connection, stmt: Any) -> Any:
+    """Run ``stmt`` in the caller's transaction when given a connection, else in one of its
+    own."""
+    if isinstance(bind, Connection):
+        return bind.execute(stmt)
+    with bind.begin() as conn:
+        return conn.execute(stmt)
 
 
 def record(
@@ -86,28 +70,31 @@ def record(
 ) -> int:
     """Append one row and return its id (in the caller's transaction when given a
     connection, else in a transaction of its own)."""
-    values = _row_values(
-        principal_id=principal_id,
-        status=status,
-        snapshot_id=snapshot_id,
-        normalised_query=normalised_query,
-        cost=cost,
-        released=released,
-        reservation_id=reservation_id,
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}")
+    res = _execute(
+        bind,
+        insert(audit_log).values(
+            created_at=datetime.now(UTC),
+            principal_id=principal_id,
+            status=status,
+            snapshot_id=snapshot_id,
+            query_hash=query_hash(normalised_query),
+            query=normalised_query,
+            cost=json.dumps(cost, sort_keys=True),
+            released=json.dumps(released, sort_keys=True) if released is not None else None,
+            reservation_id=reservation_id,
+        ),
     )
-    if isinstance(bind, Connection):
-        res = bind.execute(insert(audit_log).values(**values))
-    else:
-        with bind.begin() as conn:
-            res = conn.execute(insert(audit_log).values(**values))
-    return int(res.inserted_primary_key[0])  # type: ignore[index]
+    return int(res.inserted_primary_key[0])
 
 
 def find_replay(
     bind: Engine | Connection, *, principal_id: str, snapshot_id: str, qhash: str
 ) -> dict[str, Any] | None:
     """The last answer released for this (principal, snapshot, query hash), or None."""
-    q = (
+    row = _execute(
+        bind,
         select(audit_log.c.released)
         .where(
             audit_log.c.principal_id == principal_id,
@@ -116,13 +103,8 @@ def find_replay(
             audit_log.c.status == "released",
         )
         .order_by(audit_log.c.id.desc())
-        .limit(1)
-    )
-    if isinstance(bind, Connection):
-        row = bind.execute(q).first()
-    else:
-        with bind.connect() as conn:
-            row = conn.execute(q).first()
+        .limit(1),
+    ).first()
     if row is None or row.released is None:
         return None
     return json.loads(row.released)  # type: ignore[no-any-return]
@@ -217,13 +199,11 @@ def unclaim(
     bind: Engine | Connection, *, principal_id: str, snapshot_id: str, qhash: str
 ) -> None:
     """Release a claim taken by ``try_claim``."""
-    stmt = delete(query_claims).where(
-        query_claims.c.principal_id == principal_id,
-        query_claims.c.snapshot_id == snapshot_id,
-        query_claims.c.query_hash == qhash,
+    _execute(
+        bind,
+        delete(query_claims).where(
+            query_claims.c.principal_id == principal_id,
+            query_claims.c.snapshot_id == snapshot_id,
+            query_claims.c.query_hash == qhash,
+        ),
     )
-    if isinstance(bind, Connection):
-        bind.execute(stmt)
-    else:
-        with bind.begin() as conn:
-            conn.execute(stmt)
