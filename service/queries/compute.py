@@ -242,7 +242,7 @@ class CorpusQuery:
         for row in self.cur.execute(
             f"SELECT {gsel} b, count(*) FROM ({sql}) GROUP BY {gby}", params
         ).fetchall():
-            out[self._key(row[0]) if self.group is not None else None][int(row[1])] = int(row[2])
+            out[self._key(row[0])][int(row[1])] = int(row[2])
         return dict(out)
 
     def sentiment(self, max_messages: int) -> dict[Any, tuple[int, int, int, int]]:

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from service.errors import APIError
-from service.schema_fields import EARLIEST, LATEST
 
 #: Public default bounds per feature (an analyst can declare others).
 DEFAULT_BOUNDS = {
@@ -249,8 +248,6 @@ def build_plan(req: dict[str, Any], *, metadata_columns: list[str]) -> Plan:
         _check_metadata_column(col, metadata_columns, "filters.metadata")
     tr = filters.get("time_range")
     kw = filters.get("keywords") or {}
-    _check_instants(tr, "filters.time_range")
-    _check_instants((req.get("group_by") or {}).get("range"), "group_by.range")
 
     groups = None
     gb = req.get("group_by")
@@ -337,26 +334,6 @@ def build_plan(req: dict[str, Any], *, metadata_columns: list[str]) -> Plan:
             {"bigrams": ["not with terms"]},
         )
     return plan
-
-
-def _check_instants(rng: dict[str, datetime] | None, where: str) -> None:
-    """422 unless both ends of a declared range lie in EARLIEST..LATEST (UTC): the schema's
-    rule (``service.schema_fields``), checked again where the plan is built, for plans built
-    from requests that did not come through the schema."""
-    if not rng:
-        return
-    for end in ("start", "end"):
-        try:
-            ok = EARLIEST <= rng[end].astimezone(UTC) <= LATEST
-        except (OverflowError, ValueError):
-            ok = False
-        if not ok:
-            raise APIError(
-                422,
-                "validation_error",
-                f"{where}.{end} must lie between {EARLIEST.date()} and {LATEST.date()} (UTC).",
-                {where: {end: ["out of range"]}},
-            )
 
 
 def _check_metadata_column(col: str, columns: list[str], where: str) -> None:
