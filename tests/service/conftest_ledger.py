@@ -8,7 +8,6 @@ script; postgres-marked tests are skipped only when neither works.
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,36 +21,13 @@ from mechanisms.ledger_memory import InMemoryLedger
 from service.auth import create_principal
 from service.db import init_db, make_engine
 from service.ledger.sql import SqlLedger
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "test-services.sh"
-
-
-def _stop(datadir: str) -> None:
-    subprocess.run(["bash", str(SCRIPT), "stop", datadir], check=False, timeout=60)
+from tests.service_scripts import stop, url_or_start
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A superuser URL of a loopback PostgreSQL; the cluster is stopped at the end if ours."""
-    url = os.environ.get("PRIVTEXT_TEST_POSTGRES_URL")
-    if not url:
-        if os.environ.get("PRIVTEXT_TEST_NO_AUTOSTART") or not SCRIPT.exists():
-            pytest.skip("PRIVTEXT_TEST_POSTGRES_URL is not set")
-        proc = subprocess.run(
-            ["bash", str(SCRIPT), "start", "postgres"], capture_output=True, text=True, timeout=600
-        )
-        found = dict(
-            line.removeprefix("export ").split("=", 1)
-            for line in proc.stdout.splitlines()
-            if line.startswith("export ")
-        )
-        if proc.returncode != 0 or "PRIVTEXT_TEST_POSTGRES_URL" not in found:
-            pytest.skip(f"could not start PostgreSQL: {proc.stderr.strip()[-300:]}")
-        url, datadir = found["PRIVTEXT_TEST_POSTGRES_URL"], found["PRIVTEXT_TEST_POSTGRES_DATADIR"]
-        os.environ["PRIVTEXT_TEST_POSTGRES_URL"] = url  # for subprocesses of this session
-        os.environ["PRIVTEXT_TEST_POSTGRES_DATADIR"] = datadir  # stopped at session end
-    yield url
+    yield url_or_start("postgres", "PRIVTEXT_TEST_POSTGRES_URL", "PostgreSQL")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -62,7 +38,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """
     datadir = os.environ.get("PRIVTEXT_TEST_POSTGRES_DATADIR")
     if datadir:
-        _stop(datadir)
+        stop("stop", datadir)
 
 
 @pytest.fixture

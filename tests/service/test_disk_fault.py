@@ -48,6 +48,7 @@ from service.config import Settings
 from service.db import init_db, make_engine
 from service.ledger.sql import SqlLedger
 from service.ledger.tables import audit_log, ledger_entries
+from tests.procs import children
 
 FS_MB = 64
 TOOLS = ("truncate", "mkfs.ext4", "e2fsck", "mount", "umount", "findmnt")
@@ -156,22 +157,9 @@ def _request(port: int, method: str, path: str, token: str = "", body: Any = Non
         conn.close()
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
-
-
 def _crash(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL gunicorn's workers and master (what a crash leaves), and wait for them."""
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     for pid in [*workers, proc.pid]:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -221,7 +209,7 @@ def test_answers_survive_a_disk_fault(loop_fs: LoopFs, disk_data_dir: Path, tmp_
     )
     try:
         deadline = time.monotonic() + 60
-        while _request(port, "GET", "/readyz")[0] != 200 or len(_children(proc.pid)) < WORKERS:
+        while _request(port, "GET", "/readyz")[0] != 200 or len(children(proc.pid)) < WORKERS:
             if time.monotonic() > deadline or proc.poll() is not None:
                 pytest.fail("gunicorn did not become ready:\n" + log.read_text())
             time.sleep(0.2)

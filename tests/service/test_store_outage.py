@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +31,9 @@ from service.auth import create_principal, issue_key
 from service.charging import get_ledger
 from service.db import make_engine
 from service.ledger.tables import audit_log, ledger_entries
+from tests.procs import children
+from tests.service_scripts import start, stop
 
-ROOT = Path(__file__).resolve().parents[2]
 QUERY = {"kind": "count", "privacy": {"epsilon": 0.1}, "max_messages_per_sender": 5}
 
 
@@ -188,17 +188,7 @@ class Cluster:
     def pids(self) -> list[int]:
         """The postmaster and every process it forked (backends, checkpointer, ...)."""
         master = int(Path(self.datadir, "postmaster.pid").read_text().split()[0])
-        pids = [master]
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == master:
-                pids.append(int(entry.name))
-        return pids
+        return [master, *children(master)]
 
     def signal(self, sig: int) -> None:
         for pid in self.pids():
@@ -210,30 +200,16 @@ class Cluster:
 
 @pytest.fixture
 def own_cluster() -> Iterator[Cluster]:
-    script = ROOT / "scripts" / "test-services.sh"
     if os.environ.get("PRIVTEXT_TEST_NO_AUTOSTART"):
         pytest.skip("PRIVTEXT_TEST_NO_AUTOSTART is set: no cluster of its own to freeze")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVTEXT_TEST_POSTGRES")}
-    proc = subprocess.run(
-        ["bash", str(script), "start", "postgres"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    found = dict(
-        line.removeprefix("export ").split("=", 1)
-        for line in proc.stdout.splitlines()
-        if line.startswith("export ")
-    )
-    if proc.returncode != 0 or "PRIVTEXT_TEST_POSTGRES_URL" not in found:
-        pytest.skip(f"could not start a PostgreSQL cluster to freeze: {proc.stderr[-300:]}")
+    found = start("postgres", "PRIVTEXT_TEST_POSTGRES_URL", "a PostgreSQL cluster to freeze", env)
     cluster = Cluster(found["PRIVTEXT_TEST_POSTGRES_URL"], found["PRIVTEXT_TEST_POSTGRES_DATADIR"])
     try:
         yield cluster
     finally:
         cluster.signal(signal.SIGCONT)
-        subprocess.run(["bash", str(script), "stop", cluster.datadir], check=False, timeout=60)
+        stop("stop", cluster.datadir)
 
 
 @pytest.mark.postgres
