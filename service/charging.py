@@ -39,8 +39,9 @@ from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Ledger, Remaining, Reservation, Spend
 from service.errors import APIError
-from service.ledger import audit
+from service.ledger import audit, writes
 from service.ledger.sql import Gated, SqlLedger
+from service.ratelimit import Counter
 
 log = logging.getLogger("privtext.charging")
 
@@ -139,8 +140,13 @@ def run_charged(
     dry_run: bool = False,
     predicted: Mapping[str, Any] | None = None,
     ledger: SqlLedger | None = None,
+    rate: Counter | None = None,
 ) -> dict[str, Any]:
     """Answer ``query`` through the ledger; see the module docstring for the steps.
+
+    ``rate`` counts this request against the analyst's rate limit (429 ``rate_limited``,
+    nothing charged, read or audited, beyond it): inside the reservation's transaction, or
+    with the audit row of a refusal or a replay, or on its own for a dry run.
 
     ``compute`` returns the released answer (noisy values, interval, ...) as a JSON-able
     mapping; it is called at most once, and only after the reservation succeeded. It reads
@@ -164,7 +170,10 @@ def run_charged(
 
     def replay(stored: dict[str, Any]) -> dict[str, Any]:
         if not dry_run:
-            q.record(engine, "replay", released=stored)
+            with writes.write(engine, durable=False) as conn:
+                if rate is not None:
+                    rate.take(conn)
+                q.record(conn, "replay", released=stored)
         budget = ledger.remaining(pid, tight=False).to_dict()
         return {
             **stored,
@@ -176,6 +185,8 @@ def run_charged(
         }
 
     if dry_run:
+        if rate is not None:
+            rate.hit(engine)
         stored = audit.find_replay(engine, **q.key)
         if stored is not None:
             return replay(stored)
@@ -191,7 +202,7 @@ def run_charged(
             "budget": quote.remaining.to_dict(),
         }
 
-    reserved = _reserve(ledger, engine, q, event)
+    reserved = _reserve(ledger, engine, q, event, rate)
     if not isinstance(reserved, Reservation):
         return replay(reserved)
 
@@ -228,19 +239,22 @@ def run_charged(
 
 
 def _reserve(
-    ledger: SqlLedger, engine: Any, q: _Query, event: PrivacyEvent
+    ledger: SqlLedger, engine: Any, q: _Query, event: PrivacyEvent, rate: Counter | None
 ) -> Reservation | dict[str, Any]:
-    """One write transaction: the claim, the replay lookup, both budget checks and the
-    reservation. Returns the reservation, or a stored answer to replay (waiting, up to
-    ``CLAIM_WAIT_S``, while an identical request holds the claim).
+    """One write transaction: the rate-limit count, the claim, the replay lookup, both budget
+    checks and the reservation. Returns the reservation, or a stored answer to replay
+    (waiting, up to ``CLAIM_WAIT_S``, while an identical request holds the claim).
 
     The claim is taken before the lookup: on PostgreSQL (READ COMMITTED) each statement sees
     what was committed before it, and the holder releases the claim in the same transaction
     that writes its audit row, so a lookup made after taking the claim cannot miss that row.
-    Raises BudgetExhaustedError (after auditing the refusal) or APIError 409.
+    Raises BudgetExhaustedError (after auditing the refusal and counting it against the rate
+    limit), APIError 409, or APIError 429 (nothing written).
     """
 
     def gate(conn: Any) -> object | None:
+        if rate is not None:
+            rate.take(conn)
         if not audit.try_claim(conn, **q.key, stale_after_s=CLAIM_STALE_S):
             return _BUSY
         return audit.find_replay(conn, **q.key)
@@ -262,7 +276,10 @@ def _reserve(
                 ) from None
             time.sleep(_CLAIM_POLL_S)
         except BudgetExhaustedError:
-            q.record(engine, "refused")
+            with writes.write(engine, durable=False) as conn:
+                if rate is not None:
+                    rate.take(conn)
+                q.record(conn, "refused")
             raise
 
 
@@ -320,7 +337,7 @@ class _Settlement:
             audit.unclaim(conn, **self.query.key)
 
         try:
-            self.ledger.settle(self.reservation_id, also=write)
+            self.ledger.settle(self.reservation_id, also=write, durable=False)
         except Exception:  # noqa: BLE001 - a reserved entry is charged already
             log.exception(
                 "could not settle a %s query (its reservation stays charged)",

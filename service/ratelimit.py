@@ -3,31 +3,31 @@ fixed window per (subject, bucket), counting requests and units (texts). The sub
 key for the embedding routes (bucket ``embeddings``) and the analyst for ``POST /v1/queries``
 (bucket ``queries``, :func:`hit_queries`).
 
-One row per key and bucket holds the current window's start and its counts. ``hit`` reads and
-updates it in one write transaction (SQLite ``BEGIN IMMEDIATE``; PostgreSQL ``SELECT ... FOR
-UPDATE``, with an insert race settled by retrying once), so concurrent requests cannot both
-take the last slot. A refused request is not counted. Over the limit: 429 ``rate_limited`` in
-the error envelope, ``Retry-After`` (seconds to the next window) in the header and in
+One row per key and bucket holds the current window's start and its counts. A
+:class:`Counter` reads and updates it inside one write transaction (SQLite ``BEGIN
+IMMEDIATE``; PostgreSQL ``SELECT ... FOR UPDATE``, a key's first row inserted with ``ON
+CONFLICT DO NOTHING``), so concurrent requests cannot both take the last slot: in a
+transaction of its own (``Counter.hit``, the embedding routes and dry runs), or inside the
+caller's (``Counter.take``: the charged query path counts in its reservation's transaction, so
+the count costs no transaction of its own, and a query refused by its budget is counted with
+its audit row). A refused request is not counted. Over the limit: 429 ``rate_limited`` in the
+error envelope, ``Retry-After`` (seconds to the next window) in the header and in
 ``errors.retry_after``.
 
 A fixed window lets a key send up to twice the limit across a window boundary; that is
 accepted here (the limit bounds load and the growth of the audit log; it protects no privacy:
 embeddings cost no budget, and every query is charged by the ledger whatever its rate).
 
-A count need not survive a crash, so its write does not wait for the disk: on PostgreSQL
-``synchronous_commit`` is off for that transaction, on SQLite (WAL) the connection commits it
-with ``synchronous=NORMAL`` (no fsync, and no risk of corruption in WAL mode) and then gets
-its own setting back. The charged path's writes keep their durability; a query pays no
-second fsync for its rate limit.
+A count need not survive a crash, so a count in a transaction of its own does not wait for
+the disk (``service/ledger/writes.py``); inside a reservation it commits with the charge.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -36,15 +36,17 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
-    insert,
+    bindparam,
     select,
-    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from service.db import metadata
 from service.errors import APIError
+from service.ledger import writes
 
 rate_windows = Table(
     "rate_windows",
@@ -79,6 +81,93 @@ class Limit:
                 raise ValueError(f"{name} must be >= 1")
 
 
+@dataclass(frozen=True)
+class Counter:
+    """One request of ``units`` for ``key_id`` in ``bucket``, limited by ``limit``; ``what``
+    names what is limited in the error message."""
+
+    key_id: str
+    bucket: str
+    limit: Limit
+    units: int = 1
+    what: str = "embedding requests for this key"
+
+    def hit(self, engine: Engine, *, now: float | None = None) -> None:
+        """Count it in a transaction of its own, committed without an fsync."""
+        with writes.write(engine, durable=False) as conn:
+            self.take(conn, now=now)
+
+    def take(self, conn: Connection, *, now: float | None = None) -> None:
+        """Count it inside the caller's write transaction (which commits or rolls back the
+        count with its own writes); raise a 429 APIError, counting nothing, when the window's
+        requests or units would exceed the limit."""
+        limit, units = self.limit, self.units
+        t = time.time() if now is None else now
+        start = int(t // limit.window_s) * limit.window_s
+        retry_after = max(1, math.ceil(start + limit.window_s - t))
+        if units > limit.units:
+            detail = f"at most {limit.units} texts per {limit.window_s} s"
+            raise _limited(retry_after, detail, self.what)
+        row = conn.execute(_LOCK_ROW, {"k": self.key_id, "b": self.bucket}).first()
+        if row is None:
+            # ON CONFLICT DO NOTHING: two first requests at once cannot both insert (and the
+            # loser's transaction is not aborted); the loser then locks the winner's row.
+            first = {
+                "key_id": self.key_id,
+                "bucket": self.bucket,
+                "window_start": start,
+                "requests": 1,
+                "units": units,
+            }
+            if conn.execute(_insert_first(conn), first).first() is not None:
+                return
+            row = conn.execute(_LOCK_ROW, {"k": self.key_id, "b": self.bucket}).one()
+        used_requests, used_units = (
+            (row.requests, row.units) if row.window_start == start else (0, 0)
+        )
+        if used_requests + 1 > limit.requests:
+            detail = f"at most {limit.requests} requests per {limit.window_s} s"
+            raise _limited(retry_after, detail, self.what)
+        if used_units + units > limit.units:
+            detail = f"at most {limit.units} texts per {limit.window_s} s"
+            raise _limited(retry_after, detail, self.what)
+        conn.execute(
+            _UPDATE_ROW,
+            {
+                "k": self.key_id,
+                "b": self.bucket,
+                "start": start,
+                "requests": used_requests + 1,
+                "units": used_units + units,
+            },
+        )
+
+
+# Built once: the hot path runs them on every query.
+_LOCK_ROW = (
+    select(rate_windows)
+    .where(rate_windows.c.key_id == bindparam("k"), rate_windows.c.bucket == bindparam("b"))
+    .with_for_update()
+)
+_UPDATE_ROW = (
+    update(rate_windows)
+    .where(rate_windows.c.key_id == bindparam("k"), rate_windows.c.bucket == bindparam("b"))
+    .values(
+        window_start=bindparam("start"),
+        requests=bindparam("requests"),
+        units=bindparam("units"),
+    )
+)
+_INSERT_FIRST = {
+    name: dialect_insert(rate_windows).on_conflict_do_nothing().returning(rate_windows.c.key_id)
+    for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+
+
+def _insert_first(conn: Connection) -> Any:
+    return _INSERT_FIRST[conn.dialect.name]
+
+
 def hit(
     engine: Engine,
     key_id: str,
@@ -89,96 +178,28 @@ def hit(
     now: float | None = None,
     what: str = "embedding requests for this key",
 ) -> None:
-    """Count one request of ``units`` for ``key_id`` in ``bucket``; raise a 429 APIError
-    (counting nothing) when the window's requests or units would exceed ``limit``. ``what``
-    names what is limited in the error message."""
-    t = time.time() if now is None else now
-    start = int(t // limit.window_s) * limit.window_s
-    retry_after = max(1, math.ceil(start + limit.window_s - t))
-    if units > limit.units:
-        raise _limited(retry_after, f"at most {limit.units} texts per {limit.window_s} s", what)
-    for attempt in range(2):
-        try:
-            _hit_once(engine, key_id, bucket, limit, units, start, retry_after, what)
-            return
-        except IntegrityError:
-            if attempt:
-                raise
+    """Count one request of ``units`` for ``key_id`` in ``bucket`` in a transaction of its
+    own; raise a 429 APIError (counting nothing) when the window's requests or units would
+    exceed ``limit``."""
+    Counter(key_id, bucket, limit, units, what).hit(engine, now=now)
 
 
-def _hit_once(
-    engine: Engine,
-    key_id: str,
-    bucket: str,
-    limit: Limit,
-    units: int,
-    start: int,
-    retry_after: int,
-    what: str,
-) -> None:
-    with engine.connect() as conn, _without_fsync(conn):
-        if engine.dialect.name == "sqlite":
-            conn = conn.execution_options(immediate=True)
-        with conn.begin():
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("SET LOCAL synchronous_commit = off"))
-            row = conn.execute(
-                select(rate_windows)
-                .where(rate_windows.c.key_id == key_id, rate_windows.c.bucket == bucket)
-                .with_for_update()
-            ).first()
-            if row is None:
-                conn.execute(
-                    insert(rate_windows).values(
-                        key_id=key_id, bucket=bucket, window_start=start, requests=1, units=units
-                    )
-                )
-                return
-            used_requests, used_units = (
-                (row.requests, row.units) if row.window_start == start else (0, 0)
-            )
-            if used_requests + 1 > limit.requests:
-                detail = f"at most {limit.requests} requests per {limit.window_s} s"
-                raise _limited(retry_after, detail, what)
-            if used_units + units > limit.units:
-                detail = f"at most {limit.units} texts per {limit.window_s} s"
-                raise _limited(retry_after, detail, what)
-            conn.execute(
-                update(rate_windows)
-                .where(rate_windows.c.key_id == key_id, rate_windows.c.bucket == bucket)
-                .values(window_start=start, requests=used_requests + 1, units=used_units + units)
-            )
+def queries_counter(principal_id: str, per_minute: int) -> Counter | None:
+    """The count of one ``POST /v1/queries`` of the analyst ``principal_id`` (429 beyond
+    ``per_minute`` in the current minute); None when ``per_minute`` is 0 or less (no limit).
+    The charged path takes it inside its reservation's transaction."""
+    if per_minute <= 0:
+        return None
+    limit = Limit(requests=per_minute, units=per_minute, window_s=60)
+    return Counter(principal_id, "queries", limit, 1, "queries for this analyst")
 
 
 def hit_queries(engine: Engine, principal_id: str, per_minute: int) -> None:
-    """Count one ``POST /v1/queries`` of the analyst ``principal_id`` (429 beyond
-    ``per_minute`` in the current minute; ``per_minute`` 0 or less: no limit)."""
-    if per_minute <= 0:
-        return
-    limit = Limit(requests=per_minute, units=per_minute, window_s=60)
-    hit(engine, principal_id, "queries", limit, what="queries for this analyst")
-
-
-@contextmanager
-def _without_fsync(conn: Connection) -> Iterator[None]:
-    """On SQLite in WAL mode, commit this connection's next transactions with
-    ``synchronous=NORMAL`` (no fsync) and then restore its own setting; elsewhere nothing."""
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    raw = conn.connection.driver_connection
-    assert raw is not None
-    mode = raw.execute("PRAGMA journal_mode").fetchone()
-    level = raw.execute("PRAGMA synchronous").fetchone()
-    relax = mode is not None and str(mode[0]).lower() == "wal" and level is not None
-    relax = relax and int(level[0]) > 1
-    if relax:
-        raw.execute("PRAGMA synchronous=NORMAL")
-    try:
-        yield
-    finally:
-        if relax:
-            raw.execute(f"PRAGMA synchronous={int(level[0])}")
+    """Count one ``POST /v1/queries`` of the analyst ``principal_id`` in a transaction of its
+    own (see :func:`queries_counter`)."""
+    counter = queries_counter(principal_id, per_minute)
+    if counter is not None:
+        counter.hit(engine)
 
 
 def _limited(retry_after: int, detail: str, what: str) -> APIError:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -48,13 +48,45 @@ def query_hash(normalised: str) -> str:
     return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
 
 
-def _execute(bind: Engine | Connection, stmt: Any) -> Any:
+def _execute(bind: Engine | Connection, stmt: Any, params: Mapping[str, Any] | None = None) -> Any:
     """Run ``stmt`` in the caller's transaction when given a connection, else in one of its
     own."""
     if isinstance(bind, Connection):
-        return bind.execute(stmt)
+        return bind.execute(stmt, params)
     with bind.begin() as conn:
-        return conn.execute(stmt)
+        return conn.execute(stmt, params)
+
+
+# The statements of the charged path, built once (constructing them anew costs more than
+# running them on SQLite).
+_INSERT = insert(audit_log)
+_FIND_REPLAY = (
+    select(audit_log.c.released)
+    .where(
+        audit_log.c.principal_id == bindparam("principal_id"),
+        audit_log.c.snapshot_id == bindparam("snapshot_id"),
+        audit_log.c.query_hash == bindparam("qhash"),
+        audit_log.c.status == "released",
+    )
+    .order_by(audit_log.c.id.desc())
+    .limit(1)
+)
+_CLAIM_KEY = (
+    query_claims.c.principal_id == bindparam("principal_id"),
+    query_claims.c.snapshot_id == bindparam("snapshot_id"),
+    query_claims.c.query_hash == bindparam("qhash"),
+)
+_CLAIM = {
+    name: dialect_insert(query_claims)
+    .on_conflict_do_nothing()
+    # RETURNING tells whether the row went in (psycopg reports no rowcount for ON CONFLICT)
+    .returning(query_claims.c.query_hash)
+    for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_UNCLAIM = delete(query_claims).where(*_CLAIM_KEY)
+_UNCLAIM_STALE = delete(query_claims).where(
+    *_CLAIM_KEY, query_claims.c.created_at < bindparam("before")
+)
 
 
 def record(
@@ -74,17 +106,18 @@ def record(
         raise ValueError(f"status must be one of {STATUSES}")
     res = _execute(
         bind,
-        insert(audit_log).values(
-            created_at=datetime.now(UTC),
-            principal_id=principal_id,
-            status=status,
-            snapshot_id=snapshot_id,
-            query_hash=query_hash(normalised_query),
-            query=normalised_query,
-            cost=json.dumps(cost, sort_keys=True),
-            released=json.dumps(released, sort_keys=True) if released is not None else None,
-            reservation_id=reservation_id,
-        ),
+        _INSERT,
+        {
+            "created_at": datetime.now(UTC),
+            "principal_id": principal_id,
+            "status": status,
+            "snapshot_id": snapshot_id,
+            "query_hash": query_hash(normalised_query),
+            "query": normalised_query,
+            "cost": json.dumps(cost, sort_keys=True),
+            "released": json.dumps(released, sort_keys=True) if released is not None else None,
+            "reservation_id": reservation_id,
+        },
     )
     return int(res.inserted_primary_key[0])
 
@@ -93,18 +126,8 @@ def find_replay(
     bind: Engine | Connection, *, principal_id: str, snapshot_id: str, qhash: str
 ) -> dict[str, Any] | None:
     """The last answer released for this (principal, snapshot, query hash), or None."""
-    row = _execute(
-        bind,
-        select(audit_log.c.released)
-        .where(
-            audit_log.c.principal_id == principal_id,
-            audit_log.c.snapshot_id == snapshot_id,
-            audit_log.c.query_hash == qhash,
-            audit_log.c.status == "released",
-        )
-        .order_by(audit_log.c.id.desc())
-        .limit(1),
-    ).first()
+    key = {"principal_id": principal_id, "snapshot_id": snapshot_id, "qhash": qhash}
+    row = _execute(bind, _FIND_REPLAY, key).first()
     if row is None or row.released is None:
         return None
     return json.loads(row.released)  # type: ignore[no-any-return]
@@ -176,34 +199,21 @@ def try_claim(
     False while another request holds it. A claim older than ``stale_after_s`` seconds was
     left by a process that died (its reservation stays charged) and is taken over.
     """
-    key = {"principal_id": principal_id, "snapshot_id": snapshot_id, "query_hash": qhash}
+    key = {"principal_id": principal_id, "snapshot_id": snapshot_id, "qhash": qhash}
     now = datetime.now(UTC)
-    if conn.dialect.name == "postgresql":
-        stmt: Any = pg_insert(query_claims).on_conflict_do_nothing()
-    else:
-        stmt = sqlite_insert(query_claims).on_conflict_do_nothing()
-    # RETURNING tells whether the row went in (psycopg reports no rowcount for ON CONFLICT)
-    stmt = stmt.values(**key, created_at=now).returning(query_claims.c.query_hash)
-    if conn.execute(stmt).first() is not None:
+    claim = _CLAIM[conn.dialect.name]
+    row = {"principal_id": principal_id, "snapshot_id": snapshot_id, "query_hash": qhash}
+    if conn.execute(claim, {**row, "created_at": now}).first() is not None:
         return True
-    stale = conn.execute(
-        delete(query_claims).where(
-            *(query_claims.c[k] == v for k, v in key.items()),
-            query_claims.c.created_at < now - timedelta(seconds=stale_after_s),
-        )
+    before = now - timedelta(seconds=stale_after_s)
+    stale = conn.execute(_UNCLAIM_STALE, {**key, "before": before})
+    return bool(
+        stale.rowcount == 1 and conn.execute(claim, {**row, "created_at": now}).first() is not None
     )
-    return bool(stale.rowcount == 1 and conn.execute(stmt).first() is not None)
 
 
-def unclaim(
-    bind: Engine | Connection, *, principal_id: str, snapshot_id: str, qhash: str
-) -> None:
+def unclaim(bind: Engine | Connection, *, principal_id: str, snapshot_id: str, qhash: str) -> None:
     """Release a claim taken by ``try_claim``."""
     _execute(
-        bind,
-        delete(query_claims).where(
-            query_claims.c.principal_id == principal_id,
-            query_claims.c.snapshot_id == snapshot_id,
-            query_claims.c.query_hash == qhash,
-        ),
+        bind, _UNCLAIM, {"principal_id": principal_id, "snapshot_id": snapshot_id, "qhash": qhash}
     )

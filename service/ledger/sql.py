@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mechanisms.events import PrivacyEvent
@@ -44,6 +44,7 @@ from mechanisms.ledger import (
     now,
     raised,
 )
+from service.ledger import writes
 from service.ledger.tables import budgets, corpus_cap, ledger_entries
 
 CAP_ID = 1
@@ -85,15 +86,32 @@ def _insert_reserved(
     """Record a new reservation (inside the caller's locked transaction)."""
     created = now()
     conn.execute(
-        insert(ledger_entries).values(
-            id=rid,
-            principal_id=principal_id,
-            event=json.dumps(event.to_dict(), sort_keys=True),
-            status="reserved",
-            created_at=created,
-        )
+        _INSERT_ENTRY,
+        {
+            "id": rid,
+            "principal_id": principal_id,
+            "event": json.dumps(event.to_dict(), sort_keys=True),
+            "status": "reserved",
+            "created_at": created,
+        },
     )
     return Reservation(rid, principal_id, event, created)
+
+
+# The statements of the charged path, built once (constructing them anew costs more than
+# running them on SQLite).
+_INSERT_ENTRY = insert(ledger_entries)
+_LOCK_BUDGET = select(budgets).where(budgets.c.principal_id == bindparam("pid")).with_for_update()
+_SET_BUDGET_SPEND = (
+    update(budgets).where(budgets.c.principal_id == bindparam("pid")).values(spend=bindparam("s"))
+)
+_LOCK_CAP = select(corpus_cap).where(corpus_cap.c.id == CAP_ID).with_for_update()
+_SET_CAP_SPEND = update(corpus_cap).where(corpus_cap.c.id == CAP_ID).values(spend=bindparam("s"))
+_SETTLE = (
+    update(ledger_entries)
+    .where(ledger_entries.c.id == bindparam("rid"), ledger_entries.c.status == "reserved")
+    .values(status="committed", settled_at=bindparam("at"))
+)
 
 
 class SqlLedger(Ledger):
@@ -132,15 +150,11 @@ class SqlLedger(Ledger):
 
     @staticmethod
     def _lock_budget(conn: Connection, principal_id: str) -> Any:
-        return conn.execute(
-            select(budgets).where(budgets.c.principal_id == principal_id).with_for_update()
-        ).first()
+        return conn.execute(_LOCK_BUDGET, {"pid": principal_id}).first()
 
     @staticmethod
     def _lock_cap(conn: Connection) -> Any:
-        return conn.execute(
-            select(corpus_cap).where(corpus_cap.c.id == CAP_ID).with_for_update()
-        ).one()
+        return conn.execute(_LOCK_CAP).one()
 
     # -- charging -----------------------------------------------------------------------
 
@@ -172,11 +186,7 @@ class SqlLedger(Ledger):
             budget, spent = _budget(brow), _load(brow.spend if brow is not None else None)
             if not affordable(spent, new, budget):
                 raise exhausted("privacy budget exhausted", make_remaining(budget, spent))
-            conn.execute(
-                update(budgets)
-                .where(budgets.c.principal_id == principal_id)
-                .values(spend=_dump(spent + new))
-            )
+            conn.execute(_SET_BUDGET_SPEND, {"pid": principal_id, "s": _dump(spent + new)})
             reservation = _insert_reserved(conn, rid, principal_id, event)
             crow = self._lock_cap(conn)
             cap, corpus = _budget(crow), _load(crow.spend)
@@ -186,11 +196,7 @@ class SqlLedger(Ledger):
                     make_remaining(budget, spent),
                     make_remaining(cap, corpus),
                 )
-            conn.execute(
-                update(corpus_cap)
-                .where(corpus_cap.c.id == CAP_ID)
-                .values(spend=_dump(corpus + new))
-            )
+            conn.execute(_SET_CAP_SPEND, {"s": _dump(corpus + new)})
         return dataclasses.replace(reservation, remaining=make_remaining(budget, spent + new))
 
     def settle(
@@ -198,16 +204,17 @@ class SqlLedger(Ledger):
         reservation_id: str,
         *,
         also: Callable[[Connection], object] | None = None,
+        durable: bool = True,
     ) -> None:
         """Commit a reservation and run ``also`` (the caller's audit writes) in the same
         transaction: one write for both. Raises UnknownReservationError (rolling ``also``
-        back too) unless the reservation is still reserved."""
-        with self.engine.begin() as conn:
-            res = conn.execute(
-                update(ledger_entries)
-                .where(ledger_entries.c.id == reservation_id, ledger_entries.c.status == "reserved")
-                .values(status="committed", settled_at=now())
-            )
+        back too) unless the reservation is still reserved.
+
+        ``durable=False`` commits without an fsync (``service/ledger/writes.py``): for a
+        reservation whose charge is durable already, losing the settlement in an OS crash
+        leaves the entry reserved, which is charged all the same."""
+        with writes.write(self.engine, durable=durable) as conn:
+            res = conn.execute(_SETTLE, {"rid": reservation_id, "at": now()})
             if res.rowcount != 1:
                 raise UnknownReservationError(f"no open reservation {reservation_id}")
             if also is not None:

@@ -1,10 +1,11 @@
 """``POST /v1/queries``: one endpoint for every statistics and sentiment query.
 
-validate (schema) -> rate limit (per analyst, every worker and host counted together: 429
-``rate_limited`` with Retry-After beyond ``query_rate_per_minute``) -> plan -> price ->
-[run_charged: replay | dry run | reserve -> compute (read the corpus, add noise) -> audit ->
-commit]. No data is read before the reservation, and nothing is charged, read or audited for a
-request over the rate limit.
+validate (schema) -> plan -> price -> [run_charged: replay | dry run | rate limit, claim,
+reserve -> compute (read the corpus, add noise) -> audit -> commit]. The per-analyst rate
+limit (every worker and host counted together: 429 ``rate_limited`` with Retry-After beyond
+``query_rate_per_minute``) is counted inside the reservation's transaction. No data is read
+before the reservation, and nothing is charged, read or audited for a request over the rate
+limit; requests refused by the schema, the plan or the price (422) are not counted.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ def create_query() -> Response:
     principal = current_principal()
     req = _schema.load(json_body())
     svc = current_app.extensions["privtext"]
-    ratelimit.hit_queries(svc.engine, principal.id, svc.settings.query_rate_per_minute)
     store = svc.corpus
     snapshot = store.live()
     if snapshot is None:
@@ -73,5 +73,6 @@ def create_query() -> Response:
         compute=compute,
         dry_run=plan.dry_run,
         predicted={"confidence_level": plan.level, "parts": predicted},
+        rate=ratelimit.queries_counter(principal.id, svc.settings.query_rate_per_minute),
     )
     return jsonify(result)

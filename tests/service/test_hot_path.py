@@ -70,44 +70,54 @@ def _on_path(app: Flask, token: str, body: dict[str, Any]) -> tuple[list[str], l
     return before, stmts.seen[len(before) :]
 
 
-def _durable(stmts: list[str]) -> list[str]:
-    """Statements less the rate limit's own transaction (BEGIN, its SELECT and write, COMMIT),
-    which is committed without waiting for the disk (service/ratelimit.py): a count need not
-    survive a crash."""
-    out: list[str] = []
-    skipping = False
-    for s in stmts:
-        if "rate_windows" in s:
-            skipping = True
-            while out and out[-1].split()[0] in ("BEGIN", "PRAGMA", "SET"):
-                out.pop()
-            continue
-        if skipping and s.split()[0] in ("COMMIT", "PRAGMA", "SET"):
-            if s == "COMMIT":
-                skipping = False
-            continue
-        skipping = False
-        out.append(s)
-    return out
-
-
 def _writes(stmts: list[str]) -> list[str]:
-    return [s for s in _durable(stmts) if s.split()[0] in ("INSERT", "UPDATE", "DELETE")]
+    return [s for s in stmts if s.split()[0] in ("INSERT", "UPDATE", "DELETE")]
 
 
 def test_one_write_transaction_before_the_answer(served: Flask) -> None:
     _, token = _analyst(served)
     _on_path(served, token, {"kind": "count", "confidence_level": 0.9})  # warm the key cache
     before, after = _on_path(served, token, {"kind": "count"})
-    # one transaction: the claim, both spends, the entry; then its commit
-    assert [s.split()[0] for s in _writes(before)] == ["INSERT", "UPDATE", "INSERT", "UPDATE"]
-    assert _durable(before).count("COMMIT") == 1, before
-    assert len(_durable(before)) <= 10, before
+    # one transaction: the rate-limit count, the claim, both spends, the entry; its commit
+    assert [s.split()[0] for s in _writes(before)] == [
+        "UPDATE",
+        "INSERT",
+        "UPDATE",
+        "INSERT",
+        "UPDATE",
+    ], before
+    assert "rate_windows" in _writes(before)[0] and "query_claims" in _writes(before)[1]
+    assert before.count("COMMIT") == 1, before
+    assert before[0] == "BEGIN IMMEDIATE" and before[-1] == "COMMIT", before
+    assert len(before) <= 11, before
     # nothing on the path reads the history
     assert not any("FROM ledger_entries" in s for s in before), before
     # after the response: one transaction (commit the entry, the audit row, the claim)
     assert [s.split()[0] for s in _writes(after)] == ["UPDATE", "INSERT", "DELETE"]
     assert after.count("COMMIT") == 1
+
+
+def test_only_the_charge_waits_for_the_disk(served: Flask) -> None:
+    """The reservation commits with ``synchronous=FULL`` (an fsync before the answer leaves);
+    the settlement after the response with ``NORMAL`` (lost in an OS crash, it leaves the
+    entry reserved: charged all the same), and the connection gets FULL back."""
+    _, token = _analyst(served)
+    _on_path(served, token, {"kind": "count", "confidence_level": 0.9})
+    engine = served.extensions["privtext"].engine
+    levels: list[int] = []
+
+    def level(conn: Any) -> None:
+        raw = conn.connection.driver_connection
+        levels.append(raw.execute("PRAGMA synchronous").fetchone()[0])
+
+    event.listen(engine, "commit", level)
+    try:
+        _on_path(served, token, {"kind": "count"})
+    finally:
+        event.remove(engine, "commit", level)
+    assert levels == [2, 1]  # FULL, then NORMAL
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
 def test_admission_does_not_grow_with_history(served: Flask) -> None:

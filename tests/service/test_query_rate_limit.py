@@ -147,3 +147,37 @@ def test_a_count_skips_the_fsync_and_restores_the_setting(tmp_path: Path) -> Non
         row = conn.execute(select(ratelimit.rate_windows)).one()
     assert (row.key_id, row.bucket, row.requests) == ("an_1", "queries", 2)
     engine.dispose()
+
+
+def test_two_first_counts_at_once_do_not_fail(state_engine: Engine) -> None:
+    """A key's first row is inserted with ON CONFLICT DO NOTHING inside the caller's
+    transaction: a second first count that races it waits for it and counts on its row
+    (PostgreSQL; on SQLite the write lock orders them), instead of failing the transaction."""
+    import threading
+
+    from service.ledger import writes
+
+    ratelimit.create_tables(state_engine)
+    counter = ratelimit.queries_counter("an_race", 10)
+    assert counter is not None
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def second() -> None:
+        started.set()
+        try:
+            counter.hit(state_engine)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with writes.write(state_engine) as conn:
+        counter.take(conn)  # the first row, not yet committed
+        t = threading.Thread(target=second)
+        t.start()
+        started.wait(5)
+        t.join(0.3)  # the second count waits on the first's row (or write lock)
+    t.join(10)
+    assert not t.is_alive() and errors == []
+    with state_engine.connect() as conn:
+        row = conn.execute(select(ratelimit.rate_windows)).one()
+    assert (row.key_id, row.requests) == ("an_race", 2)
