@@ -244,7 +244,7 @@ def baseline_server(ctx: Ctx, workers: int, name: str) -> Server:
 
 class Ctx:
     def __init__(self, args: argparse.Namespace) -> None:
-        from service.corpus import SnapshotStore
+        from corpus import SnapshotStore
 
         self.args = args
         self.data_dir = str(Path(args.data_dir).resolve())

@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from service.corpus import SnapshotStore, ingest_demo
-from service.corpus.ingest import default_workers, read_demo
+from corpus import SnapshotStore, ingest_demo
+from corpus.ingest import default_workers, read_demo
 
 GOAL_S = 60.0
 

@@ -43,7 +43,7 @@ from model_bench_data import multi_sender_conversations  # noqa: E402
 
 def held_out_conversations(data_dir: Path, held_out: int = 1000, seed: int = 0) -> list[int]:
     """model_bench_data.build's held-out conversations (its first use of its seeded rng)."""
-    from service.corpus.store import SnapshotStore
+    from corpus.store import SnapshotStore
 
     rng = random.Random(seed)
     _info, cur = SnapshotStore(data_dir).cursor()

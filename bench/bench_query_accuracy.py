@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 import opendp.prelude as dp
 
+from corpus import SnapshotStore, ingest_demo
 from mechanisms.ledger import Budget
 from service.app import create_app
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
-from service.corpus import SnapshotStore, ingest_demo
 from service.queries.answer import build_answer
 from service.queries.compute import TOKEN_SQL_RE, CorpusQuery
 from service.queries.plan import QUANTILE_BINS, build_plan

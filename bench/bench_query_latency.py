@@ -48,10 +48,10 @@ from typing import Any
 
 import requests
 
+from corpus import SnapshotStore
 from mechanisms.ledger import Budget
 from service.app import create_app
 from service.charging import get_ledger
-from service.corpus import SnapshotStore
 from service.queries.answer import build_answer
 from service.queries.compute import TOKEN_SQL_RE, CorpusQuery
 from service.queries.plan import QUANTILE_BINS, build_plan

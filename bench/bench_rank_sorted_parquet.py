@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 
-from service.corpus import SnapshotStore
+from corpus import SnapshotStore
 
 QUERIES = {
     "capped count": "SELECT count(*) FROM read_parquet('{}') WHERE msg_rank < 100",

@@ -59,8 +59,8 @@ import duckdb
 import numpy as np
 from scipy import stats
 
-from service.corpus import SnapshotStore
-from service.corpus.store import MANIFEST_FILE, MESSAGES_FILE
+from corpus import SnapshotStore
+from corpus.store import MANIFEST_FILE, MESSAGES_FILE
 from service.queries.compute import CorpusQuery
 from service.queries.plan import AUTO_CAP_BUCKETS, Plan, build_plan
 from service.queries.release import GROUPS_PER_SENDER

@@ -16,7 +16,7 @@ import statistics
 import time
 from typing import Any
 
-from service.corpus.store import SnapshotStore
+from corpus.store import SnapshotStore
 from service.queries import compute
 from service.queries.plan import build_plan
 from service.queries.schemas import QuerySchema

@@ -5,7 +5,7 @@ Usage: .venv/bin/python bench/make_big_corpus.py DATA_DIR [--messages 1000000]
 The demo corpus (chitchat-dataset, 258,145 messages, 1,315 senders) replicated
 ceil(N / 258,145) times, each copy with fresh sender and conversation ids (``<id>~<copy>``),
 truncated to exactly N messages, then ingested through the normal ingest path
-(``service.corpus.ingest.build_snapshot``: VADER scores and tokens, random sender ids and
+(``corpus.ingest.build_snapshot``: VADER scores and tokens, random sender ids and
 per-sender ranks, parquet, publish, LIVE). Texts, timestamps and metadata are the demo's.
 """
 
@@ -15,9 +15,9 @@ import argparse
 import math
 import time
 
-from service.corpus import SnapshotStore
-from service.corpus.ingest import build_snapshot, read_demo
-from service.corpus.readers import Records
+from corpus import SnapshotStore
+from corpus.ingest import build_snapshot, read_demo
+from corpus.readers import Records
 
 
 def replicate(demo: Records, n: int) -> Records:

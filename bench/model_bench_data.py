@@ -72,8 +72,8 @@ def build(
 ) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
+    from corpus.store import SnapshotStore
     from models.data import load_sender_pair_examples
-    from service.corpus.store import SnapshotStore
 
     rng = random.Random(seed)
     info, cur = SnapshotStore(data_dir).cursor()

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from corpus.store import SnapshotNotFound, SnapshotStore
 from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Ledger, Reservation
@@ -156,7 +157,6 @@ def run_charged_training(
     read when the cap cannot afford the training; re-raises what training raised, once the
     reservation is settled."""
     from models.training import plan_training, train
-    from service.corpus.store import SnapshotNotFound, SnapshotStore
 
     store = SnapshotStore(data_dir)
     info = store.get(snapshot_id) if snapshot_id else store.live()

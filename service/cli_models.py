@@ -28,10 +28,10 @@ def embed_corpus(
     device: str | None,
 ) -> None:
     """Embed every message of a snapshot with a model version (cached; idempotent)."""
+    from corpus.store import SnapshotNotFound, SnapshotStore
     from models import corpus_embeddings
     from models.registry import ModelNotFound, ModelRegistry
     from models.vocabulary import build_vocabulary
-    from service.corpus.store import SnapshotNotFound, SnapshotStore
 
     data_dir = ctx.settings.data_dir
     try:

@@ -93,8 +93,8 @@ def worker(ctx: Context, workers: int) -> None:
     for job_id in first.failed:
         click.echo(f"job {job_id} was running when its worker stopped: failed", err=True)
     # Staging directories left by a killed training or ingest (older than a day) are removed.
+    from corpus.store import SnapshotStore
     from models.registry import ModelRegistry
-    from service.corpus.store import SnapshotStore
 
     for stale in [*ModelRegistry(settings.data_dir).clean_stale_tmp(),
                   *SnapshotStore(settings.data_dir).clean_stale_tmp()]:

@@ -7,8 +7,8 @@ from importlib import resources
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from corpus.store import SnapshotStore
 from service.auth import public, require
-from service.corpus.store import SnapshotStore
 from service.db import probe_write
 from service.errors import error_response
 

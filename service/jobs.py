@@ -165,10 +165,10 @@ def visible_job(job_id: str, kind: str | None = None) -> jobstore.Job:
 @bp.post("/v1/admin/training-jobs")
 @require("admin")
 def create_training_job() -> tuple[Response, int]:
+    from corpus.store import SnapshotNotFound
     from models.charge import charge_training, refund_training
     from models.training import TrainingConfig, plan_training, planned_delta
     from service.charging import get_ledger
-    from service.corpus.store import SnapshotNotFound
 
     principal = current_principal()
     req = _training_schema.load(json_body())

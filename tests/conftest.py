@@ -37,7 +37,7 @@ def corpus_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ingested(data_dir: Path, corpus_file: Path):  # type: ignore[no-untyped-def]
-    from service.corpus.ingest import ingest_file
+    from corpus.ingest import ingest_file
 
     return ingest_file(corpus_file, data_dir, workers=1)
 

@@ -18,7 +18,7 @@ import duckdb
 
 from service.queries.plan import AUTO_CAP_BUCKETS, NEGATIVE_AT, POSITIVE_AT, Plan
 
-#: Tokens as in service.corpus.features.tokenize (letters/digits with inner apostrophes).
+#: Tokens as in corpus.features.tokenize (letters/digits with inner apostrophes).
 TOKEN_SQL_RE = r"[\p{L}\p{N}]+(?:['\x{2019}][\p{L}\p{N}]+)*"
 #: A small public list of function words left out of discovered top terms.
 STOPWORDS = tuple(

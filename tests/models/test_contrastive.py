@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from corpus.ingest import ingest_file
 from mechanisms.errors import InvalidParameterError
 from models.data import count_senders, load_sender_pair_examples
 from models.registry import ModelRegistry, base_model_path
 from models.trainer import Trainer
 from models.training import TrainingConfig, train
-from service.corpus.ingest import ingest_file
 from tests.factories import write_jsonl
 
 # three senders; examples are [a1, p1, a2, p2, ...]

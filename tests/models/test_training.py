@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from corpus.ingest import ingest_file
 from mechanisms.accountant import Accountant
 from mechanisms.errors import InvalidParameterError
 from models.data import count_senders, load_sender_examples
@@ -24,7 +25,6 @@ from models.training import (
     plan_training,
     train,
 )
-from service.corpus.ingest import ingest_file
 from tests.factories import make_messages, write_jsonl
 
 

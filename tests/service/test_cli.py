@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from corpus.store import SnapshotStore
 from service.auth import authenticate
 from service.cli import main
-from service.corpus.store import SnapshotStore
 from service.db import make_engine
 from tests.factories import make_messages, write_jsonl
 

@@ -128,7 +128,7 @@ def loop_fs(tmp_path: Path) -> Iterator[LoopFs]:
 @pytest.fixture
 def disk_data_dir(loop_fs: LoopFs, corpus_file: Path) -> Path:
     """A data directory on the loop filesystem with the test corpus ingested."""
-    from service.corpus.ingest import ingest_file
+    from corpus.ingest import ingest_file
 
     data = loop_fs.mountpoint / "data"
     data.mkdir()

@@ -20,6 +20,8 @@ from click.testing import CliRunner
 from flask import Flask
 from sqlalchemy import func, select
 
+from corpus.ingest import ingest_file
+from corpus.store import SnapshotStore
 from mechanisms.gaussian import GaussianMechanism
 from mechanisms.laplace import LaplaceMechanism
 from mechanisms.ledger import Budget
@@ -29,8 +31,6 @@ from models.registry import ModelRegistry
 from models.vocabulary import build_vocabulary, load_vocabulary, public_words
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
-from service.corpus.ingest import ingest_file
-from service.corpus.store import SnapshotStore
 from service.ledger.tables import audit_log
 from service.queries import embeddings as emb
 from service.queries.plan import EMBEDDING_DIM, build_plan

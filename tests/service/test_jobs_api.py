@@ -162,9 +162,9 @@ def test_starting_a_training_reads_nothing_and_returns_only_declared_figures(
     """The sampling rate and the default delta come from the declared population size (here
     1,000, the corpus holds 20): no response carries a figure computed from the corpus, and
     starting the job does not touch the corpus at all."""
+    from corpus.store import SnapshotStore
     from models import jobs as J
     from models.training import default_delta
-    from service.corpus.store import SnapshotStore
 
     def no_reading(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the corpus was read to start a training")

@@ -11,11 +11,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from corpus.ingest import ingest_file
 from mechanisms.ledger import Budget
 from service.app import create_app
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
-from service.corpus.ingest import ingest_file
 from tests.factories import make_messages, write_jsonl
 
 Post = Callable[..., Any]

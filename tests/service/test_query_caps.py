@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from service.corpus import SnapshotStore, ingest_file
+from corpus import SnapshotStore, ingest_file
 from service.queries.compute import CorpusQuery
 from service.queries.plan import AUTO_CAP_BUCKETS, Plan, build_plan
 from service.queries.schemas import QuerySchema

@@ -17,9 +17,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from corpus.ingest import ingest_file
 from service.app import create_app
 from service.auth import create_principal, issue_key
-from service.corpus.ingest import ingest_file
 from tests.factories import make_messages, write_jsonl
 
 

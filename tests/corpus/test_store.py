@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from service.corpus import SnapshotNotFound, SnapshotStore, ingest_file
+from corpus import SnapshotNotFound, SnapshotStore, ingest_file
 
 
 def make_source(path: Path, n: int, sender_prefix: str = "s") -> Path:

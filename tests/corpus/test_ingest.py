@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from service.corpus import IngestError, SnapshotStore, ingest_demo, ingest_file, tokenize
-from service.corpus import ingest as ingest_mod
+from corpus import IngestError, SnapshotStore, ingest_demo, ingest_file, tokenize
+from corpus import ingest as ingest_mod
 
 SECRET = "zebra-secret-text"
 

@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from service.corpus.features import SENTIMENT_COLUMNS, TOKEN_RE, score_texts, tokenize
-from service.corpus.readers import IngestError, Records, add_row, read_file
-from service.corpus.store import MESSAGES_FILE, SnapshotInfo, SnapshotStore
+from corpus.features import SENTIMENT_COLUMNS, TOKEN_RE, score_texts, tokenize
+from corpus.readers import IngestError, Records, add_row, read_file
+from corpus.store import MESSAGES_FILE, SnapshotInfo, SnapshotStore
 
 __all__ = ["IngestError", "ingest_demo", "ingest_file", "tokenize", "build_snapshot"]
 
