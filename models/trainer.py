@@ -41,7 +41,12 @@ from models.mlm import (
     mask_tokens,
     save_sentence_transformer,
 )
-from models.training import PRIVACY_STATEMENT, TrainingCancelled, TrainingConfig, TrainingRun
+from models.training_config import (
+    PRIVACY_STATEMENT,
+    TrainingCancelled,
+    TrainingConfig,
+    TrainingRun,
+)
 
 __all__ = ["Trainer", "save_version", "pick_device"]
 
