@@ -285,18 +285,18 @@ def _publish(store: SnapshotStore, table_: Any, manifest: dict[str, Any], source
              row_group: int) -> None:  # fmt: skip
     import pyarrow.parquet as pq
 
-    tmp = store.new_tmp_dir()
-    pq.write_table(table_, tmp / MESSAGES_FILE, compression="zstd", row_group_size=row_group)
-    digest = hashlib.sha256((tmp / MESSAGES_FILE).read_bytes()).hexdigest()
-    created = datetime.now(UTC)
-    manifest = {
-        **manifest,
-        "id": f"snap-{created:%Y%m%dT%H%M%SZ}-{digest[:8]}",
-        "created_at": created.isoformat(),
-        "content_sha256": digest,
-        "source": source,
-    }
-    info = store.publish(tmp, manifest)
+    with store.staging() as tmp:
+        pq.write_table(table_, tmp / MESSAGES_FILE, compression="zstd", row_group_size=row_group)
+        digest = hashlib.sha256((tmp / MESSAGES_FILE).read_bytes()).hexdigest()
+        created = datetime.now(UTC)
+        manifest = {
+            **manifest,
+            "id": f"snap-{created:%Y%m%dT%H%M%SZ}-{digest[:8]}",
+            "created_at": created.isoformat(),
+            "content_sha256": digest,
+            "source": source,
+        }
+        info = store.publish(tmp, manifest)
     print(f"{store.data_dir}: {info.id} ({source}), {table_.num_rows:,} messages")
 
 

@@ -152,8 +152,7 @@ def build_snapshot(
     # skip the rest). The rank is drawn independently of content: the order reveals nothing.
     table = _to_table(records, tokens, scores).sort_by([("msg_rank", "ascending")])
     store = SnapshotStore(data_dir)
-    tmp = store.new_tmp_dir()
-    try:
+    with store.staging() as tmp:
         pq.write_table(table, tmp / MESSAGES_FILE, compression="zstd", row_group_size=16384)
         content_hash = _sha256(tmp / MESSAGES_FILE)
         created = datetime.now(UTC)
@@ -170,10 +169,7 @@ def build_snapshot(
                 "vaderSentiment": importlib_metadata.version("vaderSentiment"),
             },
         }
-    except BaseException:
-        store.discard_tmp_dir(tmp)
-        raise
-    return store.publish(tmp, manifest, activate=activate)
+        return store.publish(tmp, manifest, activate=activate)
 
 
 def ingest_file(

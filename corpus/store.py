@@ -9,8 +9,9 @@ Layout under ``data_dir``::
       tmp/<unique>/                 ingests in progress (never read by queries)
 
 A snapshot is written in a unique directory under ``tmp/``, fsynced, renamed into
-``snapshots/<id>`` and only then made live, so a reader never sees a half-written snapshot
-and a failed ingest leaves the live one untouched. Snapshots are never modified afterwards.
+``snapshots/<id>`` and only then made live (:mod:`util.atomic`), so a reader never sees a
+half-written snapshot and a failed ingest leaves the live one untouched. Snapshots are never
+modified afterwards.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ import builtins
 import json
 import os
 import re
-import shutil
-import tempfile
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
+
+from util import atomic
 
 MESSAGES_FILE = "messages.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -65,18 +67,6 @@ class SnapshotInfo:
             "source": self.source,
             "metadata_columns": list(self.metadata_columns),
         }
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a file or directory (best effort for directories on odd file systems)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not path.is_dir():
-            raise
-    finally:
-        os.close(fd)
 
 
 class SnapshotStore:
@@ -144,11 +134,8 @@ class SnapshotStore:
 
     def live(self) -> SnapshotInfo | None:
         """The live snapshot, or ``None`` before the first ingest."""
-        try:
-            snapshot_id = self.live_file.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            return None
-        return self.get(snapshot_id)
+        snapshot_id = atomic.read_pointer(self.live_file)
+        return None if snapshot_id is None else self.get(snapshot_id)
 
     def is_reachable(self) -> bool:
         """Readiness: a snapshot is live and its parquet file can be read."""
@@ -162,29 +149,17 @@ class SnapshotStore:
     def activate(self, snapshot_id: str) -> SnapshotInfo:
         """Make ``snapshot_id`` the live snapshot (atomic replace of the LIVE file)."""
         info = self.get(snapshot_id)
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".LIVE-", dir=self.root)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(info.id + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, self.live_file)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_path(self.root)
+        atomic.write_pointer(self.live_file, info.id)
         return info
 
     # -- writing (used by ingest) --------------------------------------------------------
-    def new_tmp_dir(self) -> Path:
-        """A fresh, unique working directory for one ingest."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="ingest-", dir=self.tmp_dir))
-
-    def discard_tmp_dir(self, tmp: Path) -> None:
-        """Remove an ingest's working directory (after a failure)."""
-        shutil.rmtree(tmp, ignore_errors=True)
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh working directory for one ingest (under ``tmp/``); write
+        ``messages.parquet`` into it and :meth:`publish` it inside the block. Removed when the
+        block ends, so a failed ingest leaves nothing behind."""
+        with atomic.staging_dir(self.tmp_dir, prefix="ingest-") as tmp:
+            yield tmp
 
     def clean_stale_tmp(self, older_than_s: float = 24 * 3600) -> builtins.list[Path]:
         """Remove ingest working directories untouched for ``older_than_s`` seconds.
@@ -193,44 +168,27 @@ class SnapshotStore:
         itself). A younger directory may belong to an ingest still running, so it is kept.
         Returns the directories removed.
         """
-        if not self.tmp_dir.is_dir():
-            return []
-        cutoff = time.time() - older_than_s
-        removed = []
-        for entry in self.tmp_dir.iterdir():
-            if entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-        return removed
+        return atomic.remove_stale(self.tmp_dir, older_than_s)
 
     def publish(
         self, tmp: Path, manifest: dict[str, Any], *, activate: bool = True
     ) -> SnapshotInfo:
-        """Seal ``tmp`` (which holds ``messages.parquet``) as snapshot ``manifest['id']``.
+        """Seal ``tmp`` (a :meth:`staging` directory holding ``messages.parquet``) as snapshot
+        ``manifest['id']``.
 
-        Writes the manifest, fsyncs, renames into ``snapshots/`` and, if ``activate``, flips
-        LIVE. On any failure ``tmp`` is removed and LIVE is untouched.
+        Writes the manifest, makes both files read-only, fsyncs, renames into ``snapshots/``
+        (FileExistsError if that snapshot exists) and, if ``activate``, flips LIVE. On any
+        failure nothing is published and LIVE is untouched (the staging block removes ``tmp``).
         """
-        try:
-            snapshot_id = manifest["id"]
-            if not _ID_RE.match(snapshot_id):
-                raise ValueError(f"invalid snapshot id {snapshot_id!r}")
-            with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as fh:
-                json.dump(manifest, fh, indent=2, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            for name in (MESSAGES_FILE, MANIFEST_FILE):
-                _fsync_path(tmp / name)
-                os.chmod(tmp / name, 0o400)  # read-only, and for the owner only
-            _fsync_path(tmp)
-            self.snapshots_dir.mkdir(parents=True, exist_ok=True)
-            target = self.snapshots_dir / snapshot_id
-            # os.rename onto an existing non-empty directory fails: no snapshot is overwritten.
-            os.rename(tmp, target)
-            _fsync_path(self.snapshots_dir)
-        except BaseException:
-            self.discard_tmp_dir(tmp)
-            raise
+        snapshot_id = manifest["id"]
+        if not _ID_RE.match(snapshot_id):
+            raise ValueError(f"invalid snapshot id {snapshot_id!r}")
+        (tmp / MANIFEST_FILE).write_text(
+            json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8"
+        )
+        for name in (MESSAGES_FILE, MANIFEST_FILE):
+            os.chmod(tmp / name, 0o400)  # read-only, and for the owner only
+        atomic.publish_dir(tmp, self.snapshots_dir / snapshot_id)
         return self.activate(snapshot_id) if activate else self.get(snapshot_id)
 
     # -- querying ------------------------------------------------------------------------

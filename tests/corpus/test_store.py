@@ -150,7 +150,9 @@ def test_clean_stale_tmp(tmp_path: Path) -> None:
     import os
 
     store = SnapshotStore(tmp_path)
-    old, young = store.new_tmp_dir(), store.new_tmp_dir()
+    old, young = store.tmp_dir / "ingest-killed", store.tmp_dir / "ingest-running"
+    for d in (old, young):  # what a killed and a running ingest leave under tmp/
+        d.mkdir(parents=True)
     (old / "messages.parquet").write_bytes(b"partial")
     os.utime(old, (0, 0))
     assert store.clean_stale_tmp(older_than_s=3600) == [old]

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from models.registry import BASE_ID, ModelNotFound, ModelRegistry, base_model_path
+from models.registry import BASE_ID, ModelNotFound, ModelRegistry, ModelVersion, base_model_path
 
 
-def _stage(registry: ModelRegistry) -> Path:
-    staging = registry.new_staging_dir()
-    (staging / "model").mkdir()
-    (staging / "model" / "modules.json").write_text("[]")
-    (staging / "checkpoint.pt").write_bytes(b"x")
-    return staging
+def _publish(registry: ModelRegistry, manifest: dict[str, Any], **kwargs: Any) -> ModelVersion:
+    with registry.staging() as staging:
+        (staging / "model").mkdir()
+        (staging / "model" / "modules.json").write_text("[]")
+        (staging / "checkpoint.pt").write_bytes(b"x")
+        return registry.publish(staging, manifest, **kwargs)
 
 
 def test_base_is_active_when_nothing_was_trained(tmp_path: Path) -> None:
@@ -29,11 +30,9 @@ def test_base_is_active_when_nothing_was_trained(tmp_path: Path) -> None:
 
 def test_publish_activate_and_switch_back(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)
-    v1 = registry.publish(_stage(registry), {"epsilon": 8.0, "delta": 1e-5, "config": {"a": 1}})
+    v1 = _publish(registry, {"epsilon": 8.0, "delta": 1e-5, "config": {"a": 1}})
     assert registry.active() == v1 and v1.path == tmp_path / "models" / v1.id / "model"
-    v2 = registry.publish(
-        _stage(registry), {"epsilon": 4.0, "delta": 1e-5, "config": {}}, activate=False
-    )
+    v2 = _publish(registry, {"epsilon": 4.0, "delta": 1e-5, "config": {}}, activate=False)
     assert registry.active().id == v1.id
     assert [v.id for v in registry.list()] == [BASE_ID, v1.id, v2.id]
     assert registry.activate(v2.id).id == registry.active().id == v2.id
@@ -44,17 +43,16 @@ def test_publish_activate_and_switch_back(tmp_path: Path) -> None:
 
 def test_incomplete_staging_is_discarded_and_never_visible(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)
-    staging = registry.new_staging_dir()
-    (staging / "checkpoint.pt").write_bytes(b"x")  # no model/
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(ValueError, match="model"), registry.staging() as staging:
+        (staging / "checkpoint.pt").write_bytes(b"x")  # no model/
         registry.publish(staging, {"epsilon": 1.0, "delta": 1e-5, "config": {}})
-    assert not staging.exists()
+    assert not staging.exists() and not any(registry.tmp_dir.iterdir())
     assert [v.id for v in registry.list()] == [BASE_ID] and registry.active().id == BASE_ID
 
 
 def test_unfinished_or_unknown_versions_are_not_found(tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)
-    v = registry.publish(_stage(registry), {"epsilon": 1.0, "delta": 1e-5, "config": {}})
+    v = _publish(registry, {"epsilon": 1.0, "delta": 1e-5, "config": {}})
     manifest = tmp_path / "models" / v.id / "manifest.json"
     data = json.loads(manifest.read_text())
     manifest.chmod(0o644)
