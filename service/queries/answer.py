@@ -10,6 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from mechanisms.estimators import (
+    bootstrap_quantile_interval,
+    histogram_quantile,
+    interval,
+    ratio_box,
+    variance_box,
+)
 from service.queries.compute import CorpusQuery
 from service.queries.plan import AUTO_CAP_BUCKETS, EMBEDDING_KINDS, Plan
 from service.queries.release import (
@@ -46,18 +53,6 @@ def choose_cap(q: CorpusQuery, priced: Priced) -> int:
         if err < best_err:
             best, best_err = cap, err
     return best
-
-
-def _interval(value: float, hw: float) -> list[float]:
-    return [value - hw, value + hw]
-
-
-def _ratio_box(num: float, hn: float, den: float, hd: float, lo: float, hi: float) -> list[float]:
-    """Range of num/den over the box [num +/- hn] x [den +/- hd], clipped to [lo, hi]."""
-    if den - hd <= 0:
-        return [lo, hi]
-    corners = [(num + a * hn) / (den + b * hd) for a in (-1, 1) for b in (-1, 1)]
-    return [max(lo, min(corners)), min(hi, max(corners))]
 
 
 def build_answer(plan: Plan, priced: Priced, q: CorpusQuery) -> dict[str, Any]:
@@ -171,7 +166,7 @@ def _dispatch(
         if plan.groups is not None and plan.groups.keys is None and plan.of == "senders":
             hw = half_width(P["selection"], level)
             rows = [
-                (k, {"value": selection[k], "interval": _interval(selection[k], hw)})
+                (k, {"value": selection[k], "interval": interval(selection[k], hw)})
                 for k in keys or []
             ]
             return _pack(keys, rows)
@@ -179,7 +174,7 @@ def _dispatch(
         vals = noisy(P["count"], [v for _, v in raw])
         hw = half_width(P["count"], level)
         rows = [
-            (k, {"value": float(v), "interval": _interval(float(v), hw)})
+            (k, {"value": float(v), "interval": interval(float(v), hw)})
             for (k, _), v in zip(raw, vals, strict=True)
         ]
         return _pack(keys, rows)
@@ -203,7 +198,7 @@ def _dispatch(
             shares = {
                 name: {
                     "value": float(c[i] / total) if total > 0 else None,
-                    "interval": _ratio_box(float(c[i]), hc, total, htot, 0.0, 1.0),
+                    "interval": ratio_box(float(c[i]), hc, total, htot, 0.0, 1.0),
                 }
                 for i, name in enumerate(("positive", "neutral", "negative"))
             }
@@ -214,7 +209,7 @@ def _dispatch(
                     {
                         "mean_compound": {
                             "value": None if mean is None else max(-1.0, min(1.0, mean)),
-                            "interval": _ratio_box(
+                            "interval": ratio_box(
                                 float(s) * step, hs * step, total, htot, -1.0, 1.0
                             ),
                         },
@@ -233,7 +228,7 @@ def _dispatch(
         vals = noisy(P["sum"], [v[3] for _, v in raw])
         hw = half_width(P["sum"], level) * step
         rows = [
-            (k, {"value": float(v) * step, "interval": _interval(float(v) * step, hw)})
+            (k, {"value": float(v) * step, "interval": interval(float(v) * step, hw)})
             for (k, _), v in zip(raw, vals, strict=True)
         ]
         return _pack(keys, rows)
@@ -244,7 +239,7 @@ def _dispatch(
     if kind == "mean":
         for (k, _), c, s in zip(raw, counts, sums, strict=True):
             value = (off + s / c) * step if c >= 1 else None
-            lo_hi = _ratio_box(float(s), hs, float(c), hc, grid.lower_q - off, grid.upper_q - off)
+            lo_hi = ratio_box(float(s), hs, float(c), hc, grid.lower_q - off, grid.upper_q - off)
             value = None if value is None else min(grid.upper, max(grid.lower, value))
             rows.append(
                 (
@@ -265,20 +260,10 @@ def _dispatch(
     hq = half_width(P["sumsq"], level)
     span = (grid.upper - grid.lower) ** 2 / 4
     for (k, _), c, s, qq in zip(raw, counts, sums, sq, strict=True):
-        if c < 2:
-            rows.append((k, {"value": None, "interval": [0.0, span]}))
-            continue
-        var = max(0.0, (qq / c - (s / c) ** 2)) * step * step
-        cmin, cmax = c - hc, c + hc
-        if cmin <= 0:
-            interval = [0.0, span]
-        else:
-            smax2 = max((s - hs) ** 2, (s + hs) ** 2)
-            smin2 = 0.0 if (s - hs) <= 0 <= (s + hs) else min((s - hs) ** 2, (s + hs) ** 2)
-            lo = (qq - hq) / cmax - smax2 / cmin**2
-            hi = (qq + hq) / cmin - smin2 / cmax**2
-            interval = [max(0.0, lo * step * step), min(span, hi * step * step)]
-        rows.append((k, {"value": min(var, span), "interval": interval}))
+        value, box = variance_box(
+            c, s, qq, h_count=hc, h_total=hs, h_sq=hq, unit=step, span=span
+        )
+        rows.append((k, {"value": value, "interval": box}))
     bias.append(
         "The variance comes from a noisy count, sum and sum of squares; its interval is a "
         "conservative box over them (approximate)."
@@ -312,7 +297,7 @@ def _binned(
                             "lower": edges[i],
                             "upper": edges[i + 1],
                             "value": float(v[i]),
-                            "interval": _interval(float(v[i]), hw),
+                            "interval": interval(float(v[i]), hw),
                         }
                         for i in range(nb)
                     ]
@@ -324,21 +309,17 @@ def _binned(
     v = vals[0]
     width = (grid.upper - grid.lower) / nb
     sims = v + simulate_noise(part, (BOOTSTRAP, nb))
-    alpha = (1.0 - level) / 2.0
-    out = []
-    for qv in plan.quantiles:
-        boot = [_cdf_quantile(sim, edges, qv) for sim in sims]
-        out.append(
-            {
-                "quantile": qv,
-                "value": _cdf_quantile(v, edges, qv),
-                # widened by one bin: the histogram cannot place a quantile more finely
-                "interval": [
-                    max(grid.lower, float(np.quantile(boot, alpha)) - width),
-                    min(grid.upper, float(np.quantile(boot, 1.0 - alpha)) + width),
-                ],
-            }
-        )
+    out = [
+        {
+            "quantile": qv,
+            "value": histogram_quantile(v, edges, qv),
+            # widened by one bin: the histogram cannot place a quantile more finely
+            "interval": bootstrap_quantile_interval(
+                sims, edges, qv, level, widen=width, lower=grid.lower, upper=grid.upper
+            ),
+        }
+        for qv in plan.quantiles
+    ]
     return {
         "result": {"quantiles": out},
         "interval_note": f"Quantiles are read off a noisy {nb}-bin histogram; their "
@@ -366,24 +347,6 @@ def simulate_noise(part: Part, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(draws, dtype=np.float64).reshape(shape)
 
 
-def _cdf_quantile(hist: np.ndarray, edges: tuple[float, ...], qv: float) -> float:
-    """The ``qv`` quantile read off a noisy histogram, interpolating within a bin.
-
-    The noisy counts are kept as they are (clipping each at zero would push mass into empty
-    bins and bias quantiles toward the middle); their running sum is made non-decreasing.
-    """
-    cum = np.maximum.accumulate(np.cumsum(hist, dtype=np.float64))
-    cum = np.maximum(cum, 0.0)
-    total = float(cum[-1])
-    if total <= 0:
-        return float((edges[0] + edges[-1]) / 2)
-    target = qv * total
-    i = min(int(np.searchsorted(cum, target)), len(cum) - 1)
-    prev = cum[i - 1] if i > 0 else 0.0
-    frac = 0.0 if cum[i] <= prev else (target - prev) / (cum[i] - prev)
-    return float(edges[i] + min(1.0, max(0.0, frac)) * (edges[i + 1] - edges[i]))
-
-
 def _top_terms(
     plan: Plan, priced: Priced, q: CorpusQuery, m: int, level: float, bias: list[str]
 ) -> dict[str, Any]:
@@ -393,7 +356,7 @@ def _top_terms(
     if plan.terms:
         vals = noisy(part, [counts.get(t, 0) for t in plan.terms])
         rows: list[dict[str, Any]] = [
-            {"term": t, "senders": float(v), "interval": _interval(float(v), hw)}
+            {"term": t, "senders": float(v), "interval": interval(float(v), hw)}
             for t, v in zip(plan.terms, vals, strict=True)
         ]
         rows.sort(key=lambda r: -float(r["senders"]))
@@ -409,5 +372,5 @@ def _top_terms(
         f"{plan.max_terms_per_sender} of its terms (its most used), and common function "
         "words are left out."
     )
-    rows = [{"term": t, "senders": v, "interval": _interval(v, hw)} for t, v in kept[: plan.k]]
+    rows = [{"term": t, "senders": v, "interval": interval(v, hw)} for t, v in kept[: plan.k]]
     return {"result": {"terms": rows}}

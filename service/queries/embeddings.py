@@ -51,6 +51,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from mechanisms.estimators import vector_ratio_half_width
 from service.errors import APIError
 from service.queries.compute import CorpusQuery
 from service.queries.plan import EMBEDDING_DIM, EMBEDDING_GRID_BITS, Plan
@@ -249,9 +250,7 @@ def _mean(
     coord_hw = None
     norm = norm_debiased = None
     if mean is not None:
-        if c - hc > 0:
-            corners = [(s + a * hs) / (c + b * hc) for a in (-1, 1) for b in (-1, 1)]
-            coord_hw = float(np.max(np.abs(np.stack(corners) - mean)))
+        coord_hw = vector_ratio_half_width(s, hs, c, hc)
         norm = float(np.linalg.norm(mean))
         noise_var = EMBEDDING_DIM * float(ps.mechanism.variance) / UNITS_PER_ONE**2 / c**2
         norm_debiased = math.sqrt(max(0.0, norm * norm - noise_var))
