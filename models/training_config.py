@@ -59,7 +59,7 @@ class TrainingRun:
     inputs have been used (config, plan, base model), True from the moment the first read of
     the corpus begins.
     ``steps_started``: DP-SGD steps begun (a step counts from its first sender on, so a step
-    cut short by a cancel counts). :func:`models.charge.settle_training` reads both.
+    cut short by a cancel counts). The charge (:mod:`models.charge`) is settled from both.
     """
 
     corpus_read: bool | None = None
