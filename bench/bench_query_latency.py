@@ -55,7 +55,7 @@ from service.charging import get_ledger
 from service.queries.answer import build_answer
 from service.queries.compute import TOKEN_SQL_RE, CorpusQuery
 from service.queries.plan import QUANTILE_BINS, build_plan
-from service.queries.release import price
+from service.queries.pricing import price
 from service.queries.schemas import QuerySchema
 
 ROOT = Path(__file__).resolve().parent.parent

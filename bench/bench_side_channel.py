@@ -63,7 +63,7 @@ from corpus import SnapshotStore
 from corpus.store import MANIFEST_FILE, MESSAGES_FILE
 from service.queries.compute import CorpusQuery
 from service.queries.plan import AUTO_CAP_BUCKETS, Plan, build_plan
-from service.queries.release import GROUPS_PER_SENDER
+from service.queries.pricing import GROUPS_PER_SENDER
 from service.queries.schemas import QuerySchema
 
 KW = {"keywords": {"terms": ["yeah"]}}

@@ -18,16 +18,15 @@ from mechanisms.estimators import (
     variance_box,
 )
 from service.queries.compute import CorpusQuery
-from service.queries.plan import AUTO_CAP_BUCKETS, EMBEDDING_KINDS, Plan
-from service.queries.release import (
-    GROUPS_PER_SENDER,
-    Part,
-    Priced,
+from service.queries.parts import (
     half_width,
+    noise_scale,
     noisy,
-    parts_for,
     rescale,
+    simulate_noise,
 )
+from service.queries.plan import AUTO_CAP_BUCKETS, EMBEDDING_KINDS, Plan
+from service.queries.pricing import GROUPS_PER_SENDER, Priced, parts_for
 
 
 def choose_cap(q: CorpusQuery, priced: Priced) -> int:
@@ -113,7 +112,7 @@ def build_answer(plan: Plan, priced: Priced, q: CorpusQuery) -> dict[str, Any]:
         "noise": {
             name: {
                 "sensitivity": p.sensitivity,
-                ("scale" if plan.mechanism == "laplace" else "sigma"): _scale(p),
+                ("scale" if plan.mechanism == "laplace" else "sigma"): noise_scale(p),
             }
             for name, p in priced.parts.items()
         },
@@ -125,12 +124,6 @@ def build_answer(plan: Plan, priced: Priced, q: CorpusQuery) -> dict[str, Any]:
         "max_messages_per_sender": cap_info,
         "bias": bias,
     }
-
-
-def _scale(part: Part) -> float:
-    mech = part.mechanism
-    value = getattr(mech, "scale", None) or getattr(mech, "sigma", None)
-    return float(value) if value is not None else 0.0
 
 
 def _keyed(keys: list[Any] | None, values: dict[Any, Any], default: Any) -> list[tuple[Any, Any]]:
@@ -329,22 +322,6 @@ def _binned(
 
 
 BOOTSTRAP = 200
-
-
-def simulate_noise(part: Part, shape: tuple[int, ...]) -> np.ndarray:
-    """Fresh draws of ``part``'s noise distribution, for post-processing only (bootstrap
-    intervals of released values); it protects nothing, so a fast non-secret generator is
-    used."""
-    from mechanisms.samplers import discrete_gaussian, discrete_laplace
-
-    rng = np.random.default_rng()
-    size = int(np.prod(shape))
-    mech = part.mechanism
-    if hasattr(mech, "sigma"):
-        draws = discrete_gaussian(float(mech.sigma), size, rng=rng)
-    else:
-        draws = discrete_laplace(float(mech.scale), size, rng=rng)
-    return np.asarray(draws, dtype=np.float64).reshape(shape)
 
 
 def _top_terms(

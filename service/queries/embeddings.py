@@ -54,8 +54,9 @@ import numpy as np
 from mechanisms.estimators import vector_ratio_half_width
 from service.errors import APIError
 from service.queries.compute import CorpusQuery
+from service.queries.parts import Part, half_width, noisy
 from service.queries.plan import EMBEDDING_DIM, EMBEDDING_GRID_BITS, Plan
-from service.queries.release import Part, Priced, half_width, noisy
+from service.queries.pricing import Priced
 
 UNITS_PER_ONE = 2**EMBEDDING_GRID_BITS  # 1/u
 #: ceil(sqrt(d)/u): the L1 bound of one quantised unit vector, in grid units.

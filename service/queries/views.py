@@ -23,8 +23,9 @@ from service.errors import APIError
 from service.queries.answer import build_answer
 from service.queries.compute import CorpusQuery
 from service.queries.embeddings import prepare
+from service.queries.parts import half_width
 from service.queries.plan import EMBEDDING_KINDS, build_plan
-from service.queries.release import half_width, price
+from service.queries.pricing import price
 from service.queries.schemas import QuerySchema
 
 bp = Blueprint("queries", __name__)

@@ -34,7 +34,7 @@ from service.charging import get_ledger
 from service.ledger.tables import audit_log
 from service.queries import embeddings as emb
 from service.queries.plan import EMBEDDING_DIM, build_plan
-from service.queries.release import price
+from service.queries.pricing import price
 from tests.factories import WORDS, make_messages, write_jsonl
 
 D = EMBEDDING_DIM

@@ -31,8 +31,9 @@ from mechanisms.ledger import Budget
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
 from service.queries.compute import CorpusQuery
+from service.queries.parts import rescale
 from service.queries.plan import build_plan
-from service.queries.release import Priced, parts_for, price, rescale
+from service.queries.pricing import Priced, parts_for, price
 from service.queries.schemas import QuerySchema
 
 Post = Callable[[dict[str, Any]], tuple[int, dict[str, Any], list[Any], int]]
@@ -216,7 +217,7 @@ def test_aggregates_beyond_the_exact_range_are_clamped_not_refused() -> None:
     """An exact sum of 2**70 grid units (more rows than the old 2**52 check allowed) is clamped
     to +/- 2**50 before noise, a contraction that keeps the sensitivity, instead of failing."""
     from mechanisms.laplace import LaplaceMechanism
-    from service.queries.release import AGGREGATE_LIMIT, Part, noisy
+    from service.queries.parts import AGGREGATE_LIMIT, Part, noisy
 
     part = Part("sum", 1.0, 1.0, LaplaceMechanism(sensitivity=1.0, epsilon=1.0))
     out = noisy(part, [2**70, -(2**70), 5])

@@ -1,50 +1,47 @@
-"""Pricing and releasing: from a plan to mechanisms, a privacy event and noisy answers.
+"""Pricing: from a plan to the mechanism of every noisy part and the privacy event to charge.
 
-``price(plan)`` decides every noise scale from public facts only (the plan's bounds, cap and
-requested cost or accuracy); ``release(plan, priced, query)`` then reads the private
-aggregates, adds exact discrete noise and builds the answer. All noise arithmetic lives in
-``mechanisms/``; this module only splits the cost and post-processes noisy values.
+``price(plan, max_messages=...)`` decides every noise scale from public facts only (the plan's
+bounds, cap, groups and requested cost or accuracy), and everything that could make the release
+fail is decided here, before the corpus is read (PRIVACY.md, "The ledger"): the grid (in the
+plan), every noise scale at every cap the release may use (``_check_caps``), the accuracy
+target's range and the cost it implies. A plan that fails any of them is refused with a 422 that
+costs nothing. The release itself (``answer.build_answer``) only reads, adds the priced noise and
+post-processes.
+
+Nothing here depends on a query kind: a kind says which parts it needs and their sensitivities
+(``parts_for``); pricing splits the cost over them. All noise arithmetic lives in
+``mechanisms/``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
 
 from mechanisms.accountant import PrivacyEvent
+from mechanisms.bounding import partition_threshold
 from mechanisms.errors import InvalidParameterError
 from mechanisms.gaussian import GaussianMechanism
 from mechanisms.laplace import LaplaceMechanism
 from service.errors import APIError
+from service.queries.parts import (
+    MAX_NOISE_UNITS,
+    Mechanism,
+    Part,
+    cost_of,
+    gaussian,
+    half_width,
+    laplace,
+    noise_scale,
+    rescale,
+)
 from service.queries.plan import AUTO_CAP_SHARE, AUTO_CAPS, Plan
 
-#: Public limits, checked at pricing before any data is read. A noise scale (or sigma) is at
-#: most 2**39 integer units (the exact samplers take up to 2**40), so with exact aggregates
-#: clamped to +/- ``AGGREGATE_LIMIT`` a noisy value stays far inside int64 and float64's exact
-#: range (noise beyond 2**51 has probability below exp(-4096)).
-MAX_NOISE_UNITS = 2.0**39
-AGGREGATE_LIMIT = 2**50
 MIN_HALF_WIDTH_UNITS = 0.5
 #: The most one query priced by accuracy may cost (the schema's limit on epsilon, and the
 #: zCDP rho of that epsilon as pure DP).
 MAX_QUERY_EPSILON = 10.0
 MAX_QUERY_RHO = MAX_QUERY_EPSILON**2 / 2
-
-Mechanism = Any  # mechanisms.laplace.LaplaceMechanism | mechanisms.gaussian.GaussianMechanism
-
-
-@dataclass
-class Part:
-    """One noisy release inside a query: its name, L1/L2 sensitivity (in grid units) and
-    share of the query's cost."""
-
-    name: str
-    sensitivity: float
-    share: float
-    mechanism: Mechanism = None
 
 
 @dataclass
@@ -55,7 +52,6 @@ class Priced:
     delta: float
     cap_part: Part | None = None
     threshold: float | None = None
-    notes: list[str] = field(default_factory=list)
     #: Caps the release may use, each checked at pricing (see ``_check_caps``).
     cap_candidates: tuple[int, ...] = ()
     #: For an automatic cap: each candidate's weighed half-width (see ``choose_cap``).
@@ -65,14 +61,6 @@ class Priced:
 def _rho_for(epsilon: float, delta: float) -> float:
     """The largest rho whose RDP conversion gives at most (epsilon, delta)."""
     return float(GaussianMechanism(sensitivity=1.0, epsilon=epsilon, delta=delta).rho)
-
-
-def _laplace(sensitivity: float, epsilon: float) -> Mechanism:
-    return LaplaceMechanism(sensitivity=sensitivity, epsilon=epsilon)
-
-
-def _gaussian(sensitivity: float, rho: float) -> Mechanism:
-    return GaussianMechanism(sensitivity=sensitivity, rho=rho)
 
 
 def _from_accuracy(
@@ -165,44 +153,56 @@ def price(plan: Plan, *, max_messages: int | None) -> Priced:
     cap_part = (
         Part("auto_cap", 1.0, AUTO_CAP_SHARE) if max_messages is None and plan.uses_cap else None
     )
-    main_share = 1.0 - (AUTO_CAP_SHARE if cap_part else 0.0)
-
     if plan.accuracy is not None:
         priced = _price_accuracy(plan, parts, selection)
     elif plan.mechanism == "laplace":
-        assert plan.epsilon is not None
-        eps = plan.epsilon
-        for part in parts.values():
-            part.mechanism = _laplace(part.sensitivity, eps * main_share * part.share)
-        if cap_part:
-            cap_part.mechanism = _laplace(cap_part.sensitivity, eps * cap_part.share)
-        if selection:
-            event = PrivacyEvent.approx_dp(eps, plan.delta)
-            priced = Priced(
-                event=event, parts=parts, epsilon=eps, delta=plan.delta, cap_part=cap_part
-            )
-        else:
-            event = PrivacyEvent.laplace(eps)
-            priced = Priced(event=event, parts=parts, epsilon=eps, delta=0.0, cap_part=cap_part)
+        priced = _price_laplace(plan, parts, cap_part, selection)
     else:
-        assert plan.epsilon is not None
-        rho = _rho_for(plan.epsilon, plan.delta)
-        for part in parts.values():
-            part.mechanism = _gaussian(part.sensitivity, rho * main_share * part.share)
-        if cap_part:
-            cap_part.mechanism = _gaussian(cap_part.sensitivity, rho * cap_part.share)
-        # Gaussian releases compose exactly: the whole query is one Gaussian whose rho is the
-        # sum of the parts' (each rounded up a little).
-        spent_rho = sum(p.mechanism.rho for p in _all(parts, cap_part))
-        event = PrivacyEvent.gaussian(1.0 / math.sqrt(2.0 * spent_rho))
-        priced = Priced(
-            event=event, parts=parts, epsilon=plan.epsilon, delta=plan.delta, cap_part=cap_part
-        )
+        priced = _price_gaussian(plan, parts, cap_part)
     priced.cap_part = cap_part
     if selection:
         priced.threshold = _threshold(plan, parts)
     _check_caps(plan, priced, max_messages)
     return priced
+
+
+def _price_laplace(
+    plan: Plan, parts: dict[str, Part], cap_part: Part | None, selection: bool
+) -> Priced:
+    """Split ``plan.epsilon`` over the parts by their shares (basic composition), after the
+    automatic cap's share. Keys found by partition selection add the threshold's delta: the
+    event is then (epsilon, delta)."""
+    assert plan.epsilon is not None
+    eps = plan.epsilon
+    main_share = 1.0 - (AUTO_CAP_SHARE if cap_part else 0.0)
+    for part in parts.values():
+        part.mechanism = laplace(part.sensitivity, eps * main_share * part.share)
+    if cap_part:
+        cap_part.mechanism = laplace(cap_part.sensitivity, eps * cap_part.share)
+    if selection:
+        event = PrivacyEvent.approx_dp(eps, plan.delta)
+        return Priced(event=event, parts=parts, epsilon=eps, delta=plan.delta, cap_part=cap_part)
+    event = PrivacyEvent.laplace(eps)
+    return Priced(event=event, parts=parts, epsilon=eps, delta=0.0, cap_part=cap_part)
+
+
+def _price_gaussian(plan: Plan, parts: dict[str, Part], cap_part: Part | None) -> Priced:
+    """Split the rho of ``(plan.epsilon, plan.delta)`` over the parts by their shares, after
+    the automatic cap's share."""
+    assert plan.epsilon is not None
+    rho = _rho_for(plan.epsilon, plan.delta)
+    main_share = 1.0 - (AUTO_CAP_SHARE if cap_part else 0.0)
+    for part in parts.values():
+        part.mechanism = gaussian(part.sensitivity, rho * main_share * part.share)
+    if cap_part:
+        cap_part.mechanism = gaussian(cap_part.sensitivity, rho * cap_part.share)
+    # Gaussian releases compose exactly: the whole query is one Gaussian whose rho is the
+    # sum of the parts' (each rounded up a little).
+    spent_rho = sum(p.mechanism.rho for p in _all(parts, cap_part))
+    event = PrivacyEvent.gaussian(1.0 / math.sqrt(2.0 * spent_rho))
+    return Priced(
+        event=event, parts=parts, epsilon=plan.epsilon, delta=plan.delta, cap_part=cap_part
+    )
 
 
 def _price_accuracy(plan: Plan, parts: dict[str, Part], selection: bool) -> Priced:
@@ -288,7 +288,7 @@ def _check_caps(plan: Plan, priced: Priced, max_messages: int | None) -> None:
     probe_hw: dict[int, float] = {}
     why = ""
     checked: dict[tuple[float, float, float], float] = {}  # many parts share one shape
-    costs = {id(p): _cost_of(p) for p in _all(priced.parts, priced.cap_part)}
+    costs = {id(p): cost_of(p) for p in _all(priced.parts, priced.cap_part)}
 
     def check(part: Part, sensitivity: float, level: float) -> float:
         key = (sensitivity, costs[id(part)], level)
@@ -326,7 +326,7 @@ def _check_caps(plan: Plan, priced: Priced, max_messages: int | None) -> None:
 
 def _check_noise(part: Part, level: float) -> float:
     """The part's half-width at ``level``; InvalidParameterError if its noise is too large."""
-    scale = _noise_units(part)
+    scale = noise_scale(part)
     if not (math.isfinite(scale) and scale <= MAX_NOISE_UNITS):
         raise InvalidParameterError(
             f"noise scale {scale:.4g} above the limit of 2**39 units for {part.name}"
@@ -337,26 +337,11 @@ def _check_noise(part: Part, level: float) -> float:
     return hw
 
 
-def _cost_of(part: Part) -> float:
-    """What a part spends (its epsilon, or its rho): kept when the part is rescaled."""
-    mech = part.mechanism
-    return float(mech.rho) if isinstance(mech, GaussianMechanism) else float(mech.epsilon)
-
-
-def _noise_units(part: Part) -> float:
-    mech = part.mechanism
-    if isinstance(mech, GaussianMechanism):
-        return float(mech.sigma)
-    return float(mech.scale)
-
-
 def _all(parts: dict[str, Part], cap_part: Part | None) -> list[Part]:
     return [*parts.values(), *([cap_part] if cap_part else [])]
 
 
 def _threshold(plan: Plan, parts: dict[str, Part]) -> float:
-    from mechanisms.bounding import partition_threshold
-
     if plan.kind == "top_terms":
         max_keys = plan.max_terms_per_sender
         eps = parts["senders"].mechanism.epsilon
@@ -376,29 +361,3 @@ GROUPS_PER_SENDER = 4
 SELECTION_SHARE = 0.5
 
 
-def rescale(part: Part, plan: Plan, sensitivity: float) -> None:
-    """Re-build ``part``'s mechanism for a new sensitivity at the same cost."""
-    part.sensitivity = sensitivity
-    if plan.mechanism == "laplace":
-        part.mechanism = _laplace(sensitivity, float(part.mechanism.epsilon))
-    else:
-        part.mechanism = _gaussian(sensitivity, float(part.mechanism.rho))
-
-
-def half_width(part: Part, level: float) -> float:
-    return float(part.mechanism.confidence_interval(level))
-
-
-def noisy(part: Part, values: Any) -> np.ndarray:
-    """``part``'s noise added to exact integer aggregates ``values`` (any nesting).
-
-    Each value is first clamped to +/- ``AGGREGATE_LIMIT``: clamping every coordinate to a
-    public interval moves two neighbouring inputs no further apart (in L1 or L2), so the
-    sensitivity is unchanged, and no aggregate, however large the data, can make the
-    mechanism refuse its input after the corpus was read.
-    """
-    exact = np.asarray(values, dtype=object)
-    if exact.size:
-        exact = np.clip(exact, -AGGREGATE_LIMIT, AGGREGATE_LIMIT)
-    arr = exact.astype(np.int64)
-    return np.asarray(part.mechanism.randomise(arr), dtype=np.float64)
