@@ -1,13 +1,16 @@
-"""The privacy ledger: one small interface, the admission maths, and an in-memory backend.
+"""The privacy ledger: one policy over thin stores.
 
 The ledger stores what was spent (privacy events and amounts) per principal, never queries.
 Every release is charged before it happens: ``reserve`` admits an event only when the
 analyst's budget *and* the corpus-wide cap still afford it, ``commit`` marks it released, and
-``refund`` returns a reservation whose answer was never released.
+``refund`` returns a reservation whose answer was never released. :meth:`Ledger.charging`
+(and :meth:`Ledger.charge`, which reserves first) wraps the code that reads private data: the
+reservation is committed whatever that code does, because once the data has been read,
+*whether* the computation succeeded is itself an answer (PRIVACY.md, "The ledger").
 
-Admission has one rule, :func:`mechanisms.spend.within` (through :func:`affordable` here):
-each reserved or committed event adds its RDP curve (at the accountant's fixed public orders)
-to a running vector, and the event is admitted when
+Admission has one rule, :func:`mechanisms.spend.within` (through
+:func:`mechanisms.budget.affordable`): each reserved or committed event adds its RDP curve (at
+the accountant's fixed public orders) to a running vector, and the event is admitted when
 
     min(epsilon_from_rdp(rdp_total + rdp_event, delta), basic composition of pure epsilons)
         <= budget.epsilon + EPSILON_TOLERANCE
@@ -15,40 +18,52 @@ to a running vector, and the event is admitted when
 at the budget's delta (``approx_dp`` events added on top by basic composition). Both bounds
 are sound, so their minimum is; the basic-composition term makes a handful of Laplace releases
 cost exactly their epsilons, and the RDP term makes many Gaussian releases cost what tight
-composition says. Because the vector is additive, admission is O(number of orders) and can
-run inside one short database transaction. ``Accountant.can_afford`` uses the same rule.
+composition says. Because the vector is additive, admission is O(number of orders) and runs
+inside one short store transaction. ``Accountant.can_afford`` uses the same rule.
 
 ``remaining`` also reports ``spent_epsilon_tight``: over the whole history, the PLD figure
 where every event has a known dominating privacy loss distribution, else the admission bound
 (see :meth:`mechanisms.accountant.Accountant.epsilon`). It is never used to admit, because it
 is too slow to compute under a lock; it is always a valid upper bound.
 
-A budget's delta is in (0, :data:`MAX_DELTA`]; see :class:`Budget`.
+The policy (this module's :class:`Ledger`) is written once. A store only opens transactions
+and locks, reads, writes and inserts rows (:class:`LedgerStore`, :class:`LedgerTxn`):
+``mechanisms.ledger_memory.MemoryStore`` (unit tests, one process) and
+``service.ledger.sql.SqlStore`` (SQLite or PostgreSQL, shared by every worker and host). Every
+write transaction reads the analyst's row before the cap's, so two cannot deadlock.
 
-Backends: ``mechanisms.ledger_memory.InMemoryLedger`` (unit tests, one process) and
-``service.ledger.sql.SqlLedger`` (SQLite or PostgreSQL, shared by every worker and host).
+Each entry has a scope: ``"analyst"`` (charged to the analyst's budget and the cap) or
+``"corpus"`` (charged to the cap alone: training requested by an administrator).
+
+A budget's delta is in (0, :data:`MAX_DELTA`]; see :class:`Budget`.
 """
 
 from __future__ import annotations
 
-import abc
-import math
+import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from mechanisms.accountant import Accountant
-from mechanisms.errors import (
-    BudgetExhaustedError,
-    InvalidParameterError,
-    check_delta,
-    check_finite,
-    check_positive,
+from mechanisms.budget import (
+    MAX_DELTA,
+    REPORT_DELTA,
+    Budget,
+    Quote,
+    Remaining,
+    affordable,
+    check_budget_delta,
+    exhausted,
+    make_quote,
+    make_remaining,
+    raised,
 )
+from mechanisms.errors import InvalidParameterError
 from mechanisms.events import PrivacyEvent
-from mechanisms.spend import EPSILON_TOLERANCE, Spend, within
+from mechanisms.spend import EPSILON_TOLERANCE, Spend
 
 __all__ = [
     "Budget",
@@ -58,87 +73,45 @@ __all__ = [
     "Remaining",
     "Quote",
     "Ledger",
+    "LedgerStore",
+    "LedgerTxn",
+    "Charge",
+    "Gated",
     "UnknownReservationError",
     "EPSILON_TOLERANCE",
     "MAX_DELTA",
+    "REPORT_DELTA",
+    "ANALYST",
+    "CORPUS",
     "check_budget_delta",
 ]
 
+log = logging.getLogger("privtext.ledger")
+
 STATUSES = ("reserved", "committed", "refunded")
-
-#: The delta at which spending is reported when there is no budget to take it from.
-REPORT_DELTA = 1e-6
-
-#: The largest delta a budget or the corpus-wide cap may have (queries have the same limit).
-#: Delta is the probability that the epsilon guarantee fails outright: above 1e-3 it means
-#: little, and a large one makes the RDP conversion read real spending as epsilon 0 (at delta
-#: 0.5 past spending read as 0 and more queries were admitted).
-MAX_DELTA = 1e-3
-
-
-def check_budget_delta(name: str, value: object) -> float:
-    """Return ``value`` as a float in (0, MAX_DELTA]; raise InvalidParameterError otherwise.
-
-    Zero is refused too: an (epsilon, 0) budget can pay for no Gaussian release and no key
-    discovery, and its spent epsilon at delta 0 is infinite once anything but Laplace events
-    is charged to the corpus.
-    """
-    result = check_finite(name, value)
-    if not 0 < result <= MAX_DELTA:
-        raise InvalidParameterError(f"{name} must be in (0, {MAX_DELTA:g}], got {result}")
-    return result
+#: The scope of an entry: charged to the analyst's budget and the cap, or to the cap alone.
+ANALYST, CORPUS = "analyst", "corpus"
+SCOPES = (ANALYST, CORPUS)
 
 
 class UnknownReservationError(InvalidParameterError, KeyError):
     """A commit or refund named a reservation that does not exist or is no longer reserved."""
 
 
+class Gated(Exception):  # noqa: N818 - not an error: the caller's gate decided
+    """A reservation abandoned because the caller's gate returned ``outcome``."""
+
+    def __init__(self, outcome: object) -> None:
+        super().__init__("reservation gated")
+        self.outcome = outcome
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class Budget:
-    """An (epsilon, delta) budget as an administrator states it.
-
-    ``epsilon`` in (0, inf), ``delta`` in (0, MAX_DELTA] (1e-3). Raises InvalidParameterError
-    otherwise. Budgets read back from a store go through :meth:`stored`.
-    """
-
-    epsilon: float
-    delta: float
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "epsilon", check_positive("epsilon", self.epsilon))
-        object.__setattr__(self, "delta", check_budget_delta("delta", self.delta))
-
-    @classmethod
-    def stored(cls, epsilon: float, delta: float) -> Budget:
-        """A budget as a store holds it, which may predate the delta limit.
-
-        A delta above MAX_DELTA is read as MAX_DELTA (stricter than stored, so never admits
-        more); a delta of 0 (a pure-epsilon budget, once allowed) stays 0, which admission
-        handles soundly (only Laplace releases fit). Setting or raising such a budget again
-        goes through the normal checks. Raises InvalidParameterError for values that were
-        never valid (epsilon <= 0, delta outside [0, 1), non-finite).
-        """
-        budget = object.__new__(cls)
-        object.__setattr__(budget, "epsilon", check_positive("epsilon", epsilon))
-        object.__setattr__(budget, "delta", min(check_delta("delta", delta), MAX_DELTA))
-        return budget
-
-    def to_dict(self) -> dict[str, float]:
-        return {"epsilon": self.epsilon, "delta": self.delta}
-
-
-def affordable(spent: Spend, new: Spend, budget: Budget | None) -> bool:
-    """True when ``spent + new`` stays within ``budget`` (False when there is no budget).
-
-    The one admission rule (:func:`mechanisms.spend.within`), for both backends and quotes.
-    """
-    if budget is None:
-        return False
-    return within(spent + new, budget.epsilon, budget.delta)
+def new_reservation_id() -> str:
+    return f"rsv_{uuid.uuid4().hex}"
 
 
 @dataclass(frozen=True)
@@ -147,9 +120,10 @@ class Reservation:
     principal_id: str
     event: PrivacyEvent
     created_at: datetime
-    #: The principal's figures right after this reservation (from the rows it locked), when
-    #: the backend computes them; saves reading the budget again to report it.
+    #: The principal's figures right after this reservation (from the rows it locked); for an
+    #: analyst's reservation, saves reading the budget again to report it.
     remaining: Remaining | None = field(default=None, compare=False, repr=False)
+    scope: str = ANALYST
 
 
 @dataclass(frozen=True)
@@ -160,6 +134,7 @@ class LedgerEntry:
     status: str  # "reserved" | "committed" | "refunded"
     created_at: datetime
     settled_at: datetime | None = None
+    scope: str = ANALYST
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,211 +147,360 @@ class LedgerEntry:
         }
 
 
-@dataclass(frozen=True)
-class Remaining:
-    """Budget figures for one principal (or the corpus), all at ``delta`` (the budget's).
+class LedgerTxn(Protocol):
+    """One transaction of a store. In a write transaction, reading a budget or the cap locks
+    its row until the transaction ends (SQLite holds the database write lock throughout)."""
 
-    ``spent_epsilon`` is the admission bound (min of RDP conversion and basic composition of
-    pure epsilons) over reserved and committed events: what admission compares with the budget.
-    ``spent_epsilon_tight`` is the accountant's tightest valid figure over the same events (for
-    reporting; None when not computed), and ``tight_accounting`` says how it was computed:
-    ``"pld"`` (privacy loss distributions, or RDP where smaller) when every event has a known
-    dominating PLD, else ``"rdp+basic (admission bound)"``: a discrete Gaussian event records
-    only its noise-to-sensitivity ratio, and no PLD of that ratio alone bounds every discrete
-    Gaussian with it (see :mod:`mechanisms.accountant`). ``remaining_epsilon`` = budget -
-    admission bound. ``spent_epsilon`` is infinite when no finite epsilon holds at ``delta``
-    (a stored budget of delta 0 with a Gaussian event): JSON writes it as null.
-    """
+    def budget(self, principal_id: str) -> tuple[Budget | None, Spend]:
+        """The principal's budget (None: none set) and running spend."""
 
-    budget: Budget | None
-    spent_epsilon: float
-    remaining_epsilon: float
-    spent_epsilon_tight: float | None = None
-    reserved: int = 0
-    committed: int = 0
-    delta: float = 0.0  # the delta every epsilon here is stated at
-    tight_accounting: str | None = None
+    def put_spend(self, principal_id: str, spend: Spend) -> None:
+        """Store the principal's running spend (the budget row exists)."""
 
-    @property
-    def remaining_delta(self) -> float:
-        return self.budget.delta if self.budget is not None else 0.0
+    def put_budget(self, principal_id: str, budget: Budget) -> None:
+        """Set the principal's budget, creating the row (spend empty) when there is none."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "budget": self.budget.to_dict() if self.budget else None,
-            "delta": self.delta,
-            "spent_epsilon": self.spent_epsilon,
-            "spent_epsilon_accounting": "rdp+basic (admission bound)",
-            "spent_epsilon_tight": self.spent_epsilon_tight,
-            "spent_epsilon_tight_accounting": self.tight_accounting,
-            "remaining_epsilon": self.remaining_epsilon,
-            "reserved": self.reserved,
-            "committed": self.committed,
-        }
+    def cap(self) -> tuple[Budget | None, Spend]:
+        """The corpus-wide cap (None: none set) and the corpus's running spend."""
+
+    def put_cap_spend(self, spend: Spend) -> None: ...
+
+    def put_cap(self, budget: Budget | None) -> None: ...
+
+    def add_entry(self, entry: LedgerEntry) -> None: ...
+
+    def entry(self, reservation_id: str) -> LedgerEntry | None: ...
+
+    def settle_entry(self, reservation_id: str, status: str, at: datetime) -> bool:
+        """Move a ``reserved`` entry to ``status``; False when it is not reserved (or absent)."""
+
+    def budget_rows(self) -> list[tuple[str, Budget | None, Spend]]:
+        """Every principal's (id, budget, spend), ordered by id (locked in a write)."""
+
+    def live_entries(self, principal_id: str | None = None) -> list[LedgerEntry]:
+        """Reserved and committed entries (of one principal, or all), oldest first."""
+
+    def counts(self, principal_id: str) -> dict[str, int]:
+        """How many of the principal's entries are in each status."""
+
+    def history(self, principal_id: str, limit: int, offset: int) -> list[LedgerEntry]:
+        """The principal's entries, newest first."""
 
 
-@dataclass(frozen=True)
-class Quote:
-    """The price of one event for one principal, without reserving anything."""
+class LedgerStore(Protocol):
+    """Where the ledger's rows live. It opens transactions; the :class:`Ledger` decides."""
 
-    epsilon: float  # the event alone, at the analyst's delta (admission bound)
-    marginal_epsilon: float  # how much the analyst's spent admission bound would grow
-    affordable: bool  # both the analyst's budget and the corpus cap afford it now
-    remaining: Remaining = field(repr=False)
+    def write(self, *, durable: bool = True) -> AbstractContextManager[LedgerTxn]:
+        """A write transaction, committed on a clean exit, rolled back on an exception.
+        ``durable=False``: the commit need not wait for the disk (a lost commit must leave
+        nothing under-charged)."""
 
-
-def make_remaining(
-    budget: Budget | None,
-    spend: Spend,
-    events: Iterable[PrivacyEvent] | None = None,
-    *,
-    reserved: int = 0,
-    committed: int = 0,
-) -> Remaining:
-    """Build a :class:`Remaining`; ``events`` (when given) yields the tight figure."""
-    # Without a budget (the corpus before a cap is set) figures are stated at REPORT_DELTA.
-    delta = budget.delta if budget else REPORT_DELTA
-    spent = spend.epsilon(delta)
-    tight: float | None = None
-    method: str | None = None
-    if events is not None and budget is not None:
-        tight, method = _tight_epsilon(list(events), budget.delta)
-    left = max(0.0, budget.epsilon - spent) if budget else 0.0
-    return Remaining(
-        budget,
-        spent,
-        left,
-        tight,
-        reserved=reserved,
-        committed=committed,
-        delta=delta,
-        tight_accounting=method,
-    )
+    def read(self) -> AbstractContextManager[LedgerTxn]:
+        """A read-only transaction (one consistent view; locks nothing)."""
 
 
-def _tight_epsilon(events: list[PrivacyEvent], delta: float) -> tuple[float | None, str | None]:
-    """The tightest valid epsilon of ``events`` at ``delta``, and how it was computed."""
-    try:
-        accountant = Accountant(events)
-        method = "pld" if accountant.pld_dominated else "rdp+basic (admission bound)"
-        return float(accountant.epsilon(delta, method="pld")), method
-    except Exception:  # noqa: BLE001 - the tight figure is informative, never load-bearing
-        return None, None
+Gate = Callable[[LedgerTxn], object | None]
 
 
-def exhausted(message: str, *rems: Remaining) -> BudgetExhaustedError:
-    """A BudgetExhaustedError carrying the smallest remaining epsilon of ``rems``."""
-    known = [r for r in rems if r.budget is not None]
-    left = min((r.remaining_epsilon for r in known), default=0.0)
-    delta = known[0].remaining_delta if known else 0.0
-    return BudgetExhaustedError(message, remaining_epsilon=left, remaining_delta=delta)
+class Ledger:
+    """Charge-before-release bookkeeping for every principal and the corpus-wide cap, over
+    ``store``."""
 
+    def __init__(self, store: LedgerStore) -> None:
+        self.store = store
 
-class Ledger(abc.ABC):
-    """Charge-before-release bookkeeping for every principal and the corpus-wide cap."""
+    # -- charging -----------------------------------------------------------------------
 
-    @abc.abstractmethod
-    def reserve(self, principal_id: str, event: PrivacyEvent) -> Reservation:
-        """Atomically admit ``event`` against the principal's budget and the corpus cap.
+    def reserve(
+        self,
+        principal_id: str,
+        event: PrivacyEvent,
+        *,
+        scope: str = ANALYST,
+        gate: Gate | None = None,
+    ) -> Reservation:
+        """Atomically admit ``event`` against the principal's budget and the corpus cap
+        (``scope="corpus"``: against the cap alone, for releases that are no analyst's, such
+        as training requested by the administrator ``principal_id``; with no cap set the event
+        is admitted and tracked). One write transaction; nothing is recorded on refusal.
 
-        Raises BudgetExhaustedError (with the remaining figures) when either would be exceeded
-        or the principal has no budget; nothing is recorded then.
+        ``gate``, when given, runs first inside that transaction, with it, so that the
+        caller's own checks and writes (the query path's rate count, claim and replay lookup)
+        commit or roll back with the reservation. When it returns something other than None,
+        the transaction is rolled back and :class:`Gated` carrying that value is raised.
+
+        Raises BudgetExhaustedError (with the remaining figures) when either would be
+        exceeded or the principal has no budget.
         """
+        if scope not in SCOPES:
+            raise InvalidParameterError(f"scope must be one of {SCOPES}")
+        new = Spend.of(event)  # priced before the transaction: it stays short
+        entry = LedgerEntry(
+            new_reservation_id(), principal_id, event, "reserved", now(), None, scope
+        )
+        mine: Remaining | None = None
+        budget: Budget | None = None
+        spent = Spend()
+        with self.store.write() as txn:
+            if gate is not None:
+                outcome = gate(txn)
+                if outcome is not None:
+                    raise Gated(outcome)
+            # The analyst's row first (checked and written), the shared cap's row last, so
+            # that the cap is held for as little as possible: its check, one write, the commit.
+            if scope == ANALYST:
+                budget, spent = txn.budget(principal_id)
+                if not affordable(spent, new, budget):
+                    raise exhausted("privacy budget exhausted", make_remaining(budget, spent))
+                txn.put_spend(principal_id, spent + new)
+            txn.add_entry(entry)
+            cap, corpus = txn.cap()
+            if cap is not None and not affordable(corpus, new, cap):
+                rems = [make_remaining(cap, corpus)]
+                if scope == ANALYST:
+                    rems.insert(0, make_remaining(budget, spent))
+                raise exhausted("the corpus-wide privacy cap is exhausted", *rems)
+            txn.put_cap_spend(corpus + new)
+        if scope == ANALYST:
+            mine = make_remaining(budget, spent + new)
+        return Reservation(entry.id, principal_id, event, entry.created_at, mine, scope)
 
     def reserve_corpus(self, principal_id: str, event: PrivacyEvent) -> Reservation:
-        """Atomically admit ``event`` against the corpus-wide cap alone.
+        """``reserve(principal_id, event, scope="corpus")``."""
+        return self.reserve(principal_id, event, scope=CORPUS)
 
-        For releases that are no analyst's (model training, requested by the administrator
-        ``principal_id``, who is recorded on the entry but whose budget is not charged). With
-        no cap set the event is admitted and tracked, like ``reserve``. ``commit`` and
-        ``refund`` work as for ``reserve``. Raises BudgetExhaustedError when the cap cannot
-        afford it; nothing is recorded then.
-        """
-        raise NotImplementedError(f"{type(self).__name__} cannot reserve against the cap alone")
+    def settle(
+        self,
+        reservation_id: str,
+        *,
+        also: Callable[[LedgerTxn], object] | None = None,
+        durable: bool = True,
+    ) -> None:
+        """Commit a reservation and run ``also`` (the caller's records) in the same
+        transaction. Raises UnknownReservationError (rolling ``also`` back too) unless the
+        reservation is still reserved. ``durable=False`` need not wait for the disk: losing
+        the commit leaves the entry reserved, which is charged all the same."""
+        with self.store.write(durable=durable) as txn:
+            if not txn.settle_entry(reservation_id, "committed", now()):
+                raise UnknownReservationError(f"no open reservation {reservation_id}")
+            if also is not None:
+                also(txn)
 
-    @abc.abstractmethod
     def commit(self, reservation_id: str) -> None:
         """Mark a reservation released. Raises UnknownReservationError unless it is reserved."""
+        self.settle(reservation_id)
 
-    @abc.abstractmethod
     def refund(self, reservation_id: str) -> None:
-        """Return a reservation whose answer was never released (only while reserved)."""
+        """Return a reservation whose answer was never released (only while reserved), and
+        only when the private data was never read: once it was, use :meth:`charging`."""
+        with self.store.write() as txn:
+            entry = txn.entry(reservation_id)
+            if entry is None or entry.status != "reserved":
+                raise UnknownReservationError(f"no open reservation {reservation_id}")
+            old = Spend.of(entry.event)
+            if entry.scope == ANALYST:
+                _, spent = txn.budget(entry.principal_id)
+                txn.put_spend(entry.principal_id, spent - old)
+            _, corpus = txn.cap()
+            txn.put_cap_spend(corpus - old)
+            if not txn.settle_entry(reservation_id, "refunded", now()):
+                raise UnknownReservationError(f"no open reservation {reservation_id}")
 
-    @abc.abstractmethod
+    @contextmanager
+    def charging(
+        self,
+        reservation: Reservation,
+        *,
+        also: Callable[[LedgerTxn, str], object] | None = None,
+        durable: bool = True,
+        unsettled: Callable[[], object] | None = None,
+    ) -> Iterator[Charge]:
+        """Run the block that reads private data for ``reservation``, and commit it whatever
+        the block does: after a clean exit (outcome ``"released"``) or an exception
+        (``"failed"``, re-raised after the commit). Never refunds.
+
+        ``also(txn, outcome)`` writes the caller's records in the commit's transaction. The
+        block may call :meth:`Charge.defer` to commit a clean exit later itself (the service
+        commits after the response has been sent). The commit is best effort: when the store
+        fails, the entry stays reserved (charged all the same), the error is logged, and
+        ``unsettled`` is called.
+        """
+        charge = Charge(self, reservation, also, durable, unsettled)
+        try:
+            yield charge
+        except BaseException:
+            charge.settle("failed")
+            raise
+        if not charge.deferred:
+            charge.settle("released")
+
+    @contextmanager
+    def charge(
+        self, principal_id: str, event: PrivacyEvent, *, scope: str = ANALYST, **settle: Any
+    ) -> Iterator[Charge]:
+        """:meth:`reserve`, then :meth:`charging` (``settle``: its keyword arguments).
+        Raises as ``reserve`` does before the block runs (nothing read, nothing charged)."""
+        reservation = self.reserve(principal_id, event, scope=scope)
+        with self.charging(reservation, **settle) as charge:
+            yield charge
+
+    # -- reading ------------------------------------------------------------------------
+
     def remaining(self, principal_id: str, *, tight: bool = True) -> Remaining:
         """The principal's budget figures; ``tight`` also computes the PLD figure."""
+        with self.store.read() as txn:
+            budget, spend = txn.budget(principal_id)
+            counts = txn.counts(principal_id)
+            live = txn.live_entries(principal_id) if tight else None
+        return make_remaining(
+            budget,
+            spend,
+            [e.event for e in live] if live is not None else None,
+            reserved=counts.get("reserved", 0),
+            committed=counts.get("committed", 0),
+        )
 
-    @abc.abstractmethod
     def history(self, principal_id: str, *, limit: int = 100, offset: int = 0) -> list[LedgerEntry]:
         """The principal's ledger entries, newest first."""
+        with self.store.read() as txn:
+            return txn.history(principal_id, limit, offset)
 
-    @abc.abstractmethod
     def quote(self, principal_id: str, event: PrivacyEvent) -> Quote:
         """Price ``event`` for the principal without reserving (a dry run)."""
+        new = Spend.of(event)
+        with self.store.read() as txn:
+            budget, spent = txn.budget(principal_id)
+            cap, corpus = txn.cap()
+        ok = affordable(spent, new, budget) and (cap is None or affordable(corpus, new, cap))
+        return make_quote(budget, spent, new, ok)
 
-    @abc.abstractmethod
-    def get_budget(self, principal_id: str) -> Budget | None: ...
+    def corpus_cap(self) -> Budget | None:
+        with self.store.read() as txn:
+            return txn.cap()[0]
 
-    @abc.abstractmethod
-    def set_budget(self, principal_id: str, budget: Budget) -> Budget: ...
+    def corpus_remaining(self, *, tight: bool = False) -> Remaining:
+        with self.store.read() as txn:
+            cap, corpus = txn.cap()
+            live = txn.live_entries() if tight else None
+        return make_remaining(cap, corpus, [e.event for e in live] if live is not None else None)
 
-    @abc.abstractmethod
+    # -- administration -----------------------------------------------------------------
+
+    def get_budget(self, principal_id: str) -> Budget | None:
+        with self.store.read() as txn:
+            return txn.budget(principal_id)[0]
+
+    def set_budget(self, principal_id: str, budget: Budget) -> Budget:
+        with self.store.write() as txn:
+            txn.budget(principal_id)  # locks the row first, like every write
+            txn.put_budget(principal_id, budget)
+        return budget
+
     def raise_budget(
         self, principal_id: str, *, epsilon: float = 0.0, delta: float = 0.0
     ) -> Budget:
         """Add ``epsilon`` and ``delta`` (both >= 0) to the current budget."""
+        with self.store.write() as txn:
+            budget = raised(txn.budget(principal_id)[0], epsilon, delta)
+            txn.put_budget(principal_id, budget)
+        return budget
 
-    @abc.abstractmethod
-    def corpus_cap(self) -> Budget | None: ...
-
-    @abc.abstractmethod
     def set_corpus_cap(self, budget: Budget | None) -> None:
         """Set the corpus-wide cap; None removes it (spending is still tracked)."""
+        with self.store.write() as txn:
+            txn.cap()
+            txn.put_cap(budget)
 
-    @abc.abstractmethod
-    def corpus_remaining(self, *, tight: bool = False) -> Remaining: ...
+    def recompute_spends(self, *, apply: bool = False) -> list[dict[str, Any]]:
+        """Recompute every stored spend from the live (reserved or committed) entries.
+
+        The stored spends are running sums, updated on every reserve and refund; this sums
+        the entries again, for an operator to check them, or to repair them (``apply``) after
+        a bug (a refund of an event with infinite RDP orders once zeroed those orders). An
+        analyst's spend is the sum of their analyst-scope entries; the cap's is the sum of
+        all. Runs under the write locks, budgets before the cap, like every other
+        transaction. Returns, per budget row and for the cap, the epsilon stored and
+        recomputed (at the budget's delta, or REPORT_DELTA without one).
+        """
+        with self.store.write() as txn:
+            rows: list[tuple[str | None, Budget | None, Spend]] = list(txn.budget_rows())
+            cap, stored_corpus = txn.cap()
+            priced: dict[PrivacyEvent, Spend] = {}
+            own: dict[str, Spend] = {}
+            corpus = Spend()
+            for e in txn.live_entries():
+                spend = priced.get(e.event) or priced.setdefault(e.event, Spend.of(e.event))
+                corpus = corpus + spend
+                if e.scope == ANALYST:
+                    own[e.principal_id] = own.get(e.principal_id, Spend()) + spend
+            report = []
+            for principal_id, budget, stored in [*rows, (None, cap, stored_corpus)]:
+                fresh = corpus if principal_id is None else own.get(principal_id, Spend())
+                delta = budget.delta if budget else REPORT_DELTA
+                report.append(
+                    {
+                        "scope": CORPUS if principal_id is None else ANALYST,
+                        "principal_id": principal_id,
+                        "delta": delta,
+                        "stored_epsilon": stored.epsilon(delta),
+                        "recomputed_epsilon": fresh.epsilon(delta),
+                        "entries": fresh.count,
+                    }
+                )
+                if apply and principal_id is None:
+                    txn.put_cap_spend(fresh)
+                elif apply and principal_id is not None:
+                    txn.put_spend(principal_id, fresh)
+        return report
 
 
-def raised(old: Budget | None, epsilon: float, delta: float) -> Budget:
-    """``old`` raised by (epsilon, delta); both increments must be >= 0 and not both 0.
+class Charge:
+    """A reservation being spent by code that reads private data (see
+    :meth:`Ledger.charging`)."""
 
-    The result is a :class:`Budget`, so its delta must end in (0, MAX_DELTA]: a first raise
-    needs a delta, and a raise past MAX_DELTA raises InvalidParameterError.
-    """
-    for name, value in (("epsilon", epsilon), ("delta", delta)):
-        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-            raise InvalidParameterError(f"{name} increment must be a finite number >= 0")
-    if epsilon == 0 and delta == 0:
-        raise InvalidParameterError("a raise must increase epsilon or delta")
-    base = old or Budget(epsilon=epsilon, delta=delta)
-    if old is None:
-        return base
-    return Budget(epsilon=old.epsilon + epsilon, delta=old.delta + delta)
+    def __init__(
+        self,
+        ledger: Ledger,
+        reservation: Reservation,
+        also: Callable[[LedgerTxn, str], object] | None,
+        durable: bool,
+        unsettled: Callable[[], object] | None,
+    ) -> None:
+        self.ledger, self.reservation = ledger, reservation
+        self._also, self._durable, self._unsettled = also, durable, unsettled
+        self.deferred = False
+        self.settled = False
 
+    @property
+    def id(self) -> str:
+        return self.reservation.id
 
-def new_reservation_id() -> str:
-    return f"rsv_{uuid.uuid4().hex}"
+    def defer(self) -> Callable[[], None]:
+        """Take over the commit of a clean exit; returns the call that makes it."""
+        self.deferred = True
+        return lambda: self.settle("released")
 
+    def settle(self, outcome: str) -> None:
+        """Commit the reservation (once), with the caller's records for ``outcome``."""
+        if self.settled:
+            return
+        self.settled = True
+        also = self._also
 
-#: Reservations made by ``reserve_corpus`` (charged to the corpus-wide cap only) carry this
-#: prefix, so that ``refund`` knows there is no analyst budget to give back.
-CORPUS_RESERVATION_PREFIX = "rsvc_"
+        def write(txn: LedgerTxn) -> None:
+            if also is not None:
+                also(txn, outcome)
 
-
-def new_corpus_reservation_id() -> str:
-    return f"{CORPUS_RESERVATION_PREFIX}{uuid.uuid4().hex}"
-
-
-def is_corpus_reservation(reservation_id: str) -> bool:
-    return reservation_id.startswith(CORPUS_RESERVATION_PREFIX)
-
-
-def make_quote(budget: Budget | None, spent: Spend, new: Spend, ok: bool) -> Quote:
-    delta = budget.delta if budget else REPORT_DELTA
-    before = spent.epsilon(delta)
-    return Quote(
-        epsilon=new.epsilon(delta),
-        marginal_epsilon=max(0.0, (spent + new).epsilon(delta) - before),
-        affordable=ok,
-        remaining=make_remaining(budget, spent),
-    )
+        try:
+            self.ledger.settle(self.id, also=write, durable=self._durable)
+        except Exception:  # noqa: BLE001 - a reserved entry is charged already
+            log.exception(
+                "could not commit a %s charge (its reservation stays charged)",
+                outcome,
+                extra={"reservation_id": self.id},
+            )
+            if self._unsettled is not None:
+                try:
+                    self._unsettled()
+                except Exception:  # noqa: BLE001 - best effort, logged
+                    log.exception("could not clean up after an unsettled charge")

@@ -1,162 +1,136 @@
-"""An in-memory :class:`~mechanisms.ledger.Ledger` for unit tests.
+"""An in-memory ledger store for unit tests.
 
 It holds state in one process's memory: N gunicorn workers would each have their own copy, so
-the service never uses it (``service.ledger.SqlLedger`` is the real backend).
+the service never uses it (``service.ledger.sql.SqlStore`` is the real store). A transaction
+holds one lock for its whole life and applies its writes only when it ends cleanly, so a
+refusal or an exception leaves nothing behind, as a database rollback would.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 
-from mechanisms.events import PrivacyEvent
-from mechanisms.ledger import (
-    Budget,
-    Ledger,
-    LedgerEntry,
-    Quote,
-    Remaining,
-    Reservation,
-    Spend,
-    UnknownReservationError,
-    affordable,
-    exhausted,
-    is_corpus_reservation,
-    make_quote,
-    make_remaining,
-    new_corpus_reservation_id,
-    new_reservation_id,
-    now,
-    raised,
-)
+from mechanisms.budget import Budget
+from mechanisms.ledger import Ledger, LedgerEntry
+from mechanisms.spend import Spend
 
-__all__ = ["InMemoryLedger"]
+__all__ = ["InMemoryLedger", "MemoryStore"]
 
 
-class InMemoryLedger(Ledger):
-    """A ledger in one process's memory (tests only: workers would each have their own)."""
+class _Txn:
+    """Reads see the store plus this transaction's own writes; writes wait for ``apply``."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._budgets: dict[str, Budget] = {}
-        self._spend: dict[str, Spend] = {}
-        self._cap: Budget | None = None
-        self._corpus = Spend()
-        self._entries: dict[str, LedgerEntry] = {}
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.budgets: dict[str, Budget] = {}
+        self.spends: dict[str, Spend] = {}
+        self.cap_budget: tuple[Budget | None] | None = None
+        self.corpus: Spend | None = None
+        self.entries: dict[str, LedgerEntry] = {}
 
-    def reserve(self, principal_id: str, event: PrivacyEvent) -> Reservation:
-        new = Spend.of(event)
-        with self._lock:
-            budget = self._budgets.get(principal_id)
-            spent = self._spend.get(principal_id, Spend())
-            if not affordable(spent, new, budget):
-                raise exhausted("privacy budget exhausted", make_remaining(budget, spent))
-            if self._cap is not None and not affordable(self._corpus, new, self._cap):
-                raise exhausted(
-                    "the corpus-wide privacy cap is exhausted",
-                    make_remaining(budget, spent),
-                    make_remaining(self._cap, self._corpus),
-                )
-            self._spend[principal_id] = spent + new
-            self._corpus = self._corpus + new
-            rid = new_reservation_id()
-            entry = LedgerEntry(rid, principal_id, event, "reserved", now())
-            self._entries[rid] = entry
-        return Reservation(rid, principal_id, event, entry.created_at)
+    def budget(self, principal_id: str) -> tuple[Budget | None, Spend]:
+        s = self.store
+        budget = self.budgets.get(principal_id, s.budgets.get(principal_id))
+        return budget, self.spends.get(principal_id, s.spends.get(principal_id, Spend()))
 
-    def reserve_corpus(self, principal_id: str, event: PrivacyEvent) -> Reservation:
-        new = Spend.of(event)
-        with self._lock:
-            if self._cap is not None and not affordable(self._corpus, new, self._cap):
-                raise exhausted(
-                    "the corpus-wide privacy cap is exhausted",
-                    make_remaining(self._cap, self._corpus),
-                )
-            self._corpus = self._corpus + new
-            rid = new_corpus_reservation_id()
-            entry = LedgerEntry(rid, principal_id, event, "reserved", now())
-            self._entries[rid] = entry
-        return Reservation(rid, principal_id, event, entry.created_at)
+    def put_spend(self, principal_id: str, spend: Spend) -> None:
+        self.spends[principal_id] = spend
 
-    def _settle(self, reservation_id: str, status: str) -> None:
-        with self._lock:
-            entry = self._entries.get(reservation_id)
-            if entry is None or entry.status != "reserved":
-                raise UnknownReservationError(f"no open reservation {reservation_id}")
-            if status == "refunded":
-                new = Spend.of(entry.event)
-                if not is_corpus_reservation(reservation_id):
-                    self._spend[entry.principal_id] = self._spend[entry.principal_id] - new
-                self._corpus = self._corpus - new
-            self._entries[reservation_id] = LedgerEntry(
-                entry.id, entry.principal_id, entry.event, status, entry.created_at, now()
-            )
+    def put_budget(self, principal_id: str, budget: Budget) -> None:
+        self.budgets[principal_id] = budget
 
-    def commit(self, reservation_id: str) -> None:
-        self._settle(reservation_id, "committed")
+    def cap(self) -> tuple[Budget | None, Spend]:
+        cap = self.cap_budget[0] if self.cap_budget is not None else self.store.cap
+        return cap, self.corpus if self.corpus is not None else self.store.corpus
 
-    def refund(self, reservation_id: str) -> None:
-        self._settle(reservation_id, "refunded")
+    def put_cap_spend(self, spend: Spend) -> None:
+        self.corpus = spend
 
-    def _live(self, principal_id: str | None) -> list[LedgerEntry]:
+    def put_cap(self, budget: Budget | None) -> None:
+        self.cap_budget = (budget,)
+
+    def add_entry(self, entry: LedgerEntry) -> None:
+        self.entries[entry.id] = entry
+
+    def entry(self, reservation_id: str) -> LedgerEntry | None:
+        return self.entries.get(reservation_id, self.store.entries.get(reservation_id))
+
+    def settle_entry(self, reservation_id: str, status: str, at: datetime) -> bool:
+        e = self.entry(reservation_id)
+        if e is None or e.status != "reserved":
+            return False
+        self.entries[reservation_id] = LedgerEntry(
+            e.id, e.principal_id, e.event, status, e.created_at, at, e.scope
+        )
+        return True
+
+    def _all_entries(self) -> list[LedgerEntry]:
+        merged = {**self.store.entries, **self.entries}
+        return list(merged.values())  # insertion order: oldest first
+
+    def budget_rows(self) -> list[tuple[str, Budget | None, Spend]]:
+        ids = sorted({*self.store.budgets, *self.budgets})
+        return [(pid, *self.budget(pid)) for pid in ids]
+
+    def live_entries(self, principal_id: str | None = None) -> list[LedgerEntry]:
         return [
             e
-            for e in self._entries.values()
-            if e.status != "refunded" and (principal_id is None or e.principal_id == principal_id)
+            for e in self._all_entries()
+            if e.status != "refunded" and principal_id in (None, e.principal_id)
         ]
 
-    def remaining(self, principal_id: str, *, tight: bool = True) -> Remaining:
-        with self._lock:
-            live = self._live(principal_id)
-            spend = self._spend.get(principal_id, Spend())
-            budget = self._budgets.get(principal_id)
-        return make_remaining(
-            budget,
-            spend,
-            [e.event for e in live] if tight else None,
-            reserved=sum(e.status == "reserved" for e in live),
-            committed=sum(e.status == "committed" for e in live),
-        )
+    def counts(self, principal_id: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self._all_entries():
+            if e.principal_id == principal_id:
+                out[e.status] = out.get(e.status, 0) + 1
+        return out
 
-    def history(self, principal_id: str, *, limit: int = 100, offset: int = 0) -> list[LedgerEntry]:
-        with self._lock:
-            mine = [e for e in self._entries.values() if e.principal_id == principal_id]
+    def history(self, principal_id: str, limit: int, offset: int) -> list[LedgerEntry]:
+        mine = [e for e in self._all_entries() if e.principal_id == principal_id]
         mine.reverse()
         return mine[offset : offset + limit]
 
-    def quote(self, principal_id: str, event: PrivacyEvent) -> Quote:
-        new = Spend.of(event)
+    def apply(self) -> None:
+        s = self.store
+        s.budgets.update(self.budgets)
+        s.spends.update(self.spends)
+        if self.cap_budget is not None:
+            s.cap = self.cap_budget[0]
+        if self.corpus is not None:
+            s.corpus = self.corpus
+        s.entries.update(self.entries)
+
+
+class MemoryStore:
+    """Budgets, spends, the cap and the entries in dicts, behind one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.budgets: dict[str, Budget] = {}
+        self.spends: dict[str, Spend] = {}
+        self.cap: Budget | None = None
+        self.corpus = Spend()
+        self.entries: dict[str, LedgerEntry] = {}
+
+    @contextmanager
+    def write(self, *, durable: bool = True) -> Iterator[_Txn]:
         with self._lock:
-            budget = self._budgets.get(principal_id)
-            spent = self._spend.get(principal_id, Spend())
-            ok = affordable(spent, new, budget) and (
-                self._cap is None or affordable(self._corpus, new, self._cap)
-            )
-        return make_quote(budget, spent, new, ok)
+            txn = _Txn(self)
+            yield txn
+            txn.apply()
 
-    def get_budget(self, principal_id: str) -> Budget | None:
-        return self._budgets.get(principal_id)
-
-    def set_budget(self, principal_id: str, budget: Budget) -> Budget:
+    @contextmanager
+    def read(self) -> Iterator[_Txn]:
         with self._lock:
-            self._budgets[principal_id] = budget
-        return budget
+            yield _Txn(self)
 
-    def raise_budget(
-        self, principal_id: str, *, epsilon: float = 0.0, delta: float = 0.0
-    ) -> Budget:
-        with self._lock:
-            budget = raised(self._budgets.get(principal_id), epsilon, delta)
-            self._budgets[principal_id] = budget
-        return budget
 
-    def corpus_cap(self) -> Budget | None:
-        return self._cap
+class InMemoryLedger(Ledger):
+    """The ledger over a :class:`MemoryStore` (tests only: workers would each have their own)."""
 
-    def set_corpus_cap(self, budget: Budget | None) -> None:
-        with self._lock:
-            self._cap = budget
-
-    def corpus_remaining(self, *, tight: bool = False) -> Remaining:
-        with self._lock:
-            events = [e.event for e in self._live(None)] if tight else None
-            return make_remaining(self._cap, self._corpus, events)
+    def __init__(self) -> None:
+        super().__init__(MemoryStore())

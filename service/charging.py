@@ -37,10 +37,10 @@ from flask import Response, current_app, g, has_request_context
 
 from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
-from mechanisms.ledger import Ledger, Remaining, Reservation, Spend
+from mechanisms.ledger import Gated, Ledger, Remaining, Reservation, Spend
 from service.errors import APIError
 from service.ledger import audit, writes
-from service.ledger.sql import Gated, SqlLedger
+from service.ledger.sql import SqlLedger
 from service.ratelimit import Counter
 
 log = logging.getLogger("privtext.charging")
@@ -207,34 +207,53 @@ def run_charged(
         return replay(reserved)
 
     # From here on the private data is (or may be) read: whatever happens, the reservation
-    # is charged (PRIVACY.md, "The ledger"): a refunded or data-shaped failure would answer a
-    # question about the data for free.
+    # is charged (PRIVACY.md, "The ledger"; ``Ledger.charging``): a refunded or data-shaped
+    # failure would answer a question about the data for free.
     remaining = reserved.remaining
     assert remaining is not None
     cost = _cost(event, remaining.delta)
-    settle = _Settlement(ledger, engine, q, cost, reserved.id)
+    released: dict[str, Any] | None = None
+
+    def records(txn: Any, outcome: str) -> None:
+        """The audit row and the claim's release, in the commit's transaction."""
+        q.record(
+            txn.conn,
+            outcome,
+            cost=cost,
+            released=released if outcome == "released" else None,
+            reservation_id=reserved.id,
+        )
+        audit.unclaim(txn.conn, **q.key)
+
+    def unsettled() -> None:  # a stale claim is taken over after CLAIM_STALE_S anyway
+        audit.unclaim(engine, **q.key)
+
     try:
-        released = dict(compute())
-        answer = {
-            **released,
-            **common,
-            "replay": False,
-            "dry_run": False,
-            "cost": cost,
-            "budget": _budget_figures(remaining),
-            # the audit row of this answer carries it as its reservation_id
-            "audit_id": reserved.id,
-        }
-        json.dumps(released, sort_keys=True)  # as the audit row will: fails here, not later
-    except BaseException as exc:
-        settle.failed()
-        if isinstance(exc, Exception):
-            raise query_failed() from None
-        raise
-    # The audit row, the commit and the claim's release: one more transaction, after the
-    # answer has been sent when serving HTTP (``defer``); the reservation is durable already,
-    # and one that is never marked committed stays charged.
-    defer(lambda: settle.released(released))
+        with ledger.charging(reserved, also=records, durable=False, unsettled=unsettled) as charge:
+            released = dict(compute())
+            answer = {
+                **released,
+                **common,
+                "replay": False,
+                "dry_run": False,
+                "cost": cost,
+                "budget": _budget_figures(remaining),
+                # the audit row of this answer carries it as its reservation_id
+                "audit_id": reserved.id,
+            }
+            json.dumps(released, sort_keys=True)  # as the audit row will: fails here, not later
+            # The commit, the audit row and the claim's release: one more transaction, after
+            # the answer has been sent when serving HTTP (``defer``); the reservation is
+            # durable already, and one that is never marked committed stays charged.
+            settle = charge.defer()
+    except Exception:
+        log.error(
+            "query failed after the corpus was read; its reservation is committed",
+            exc_info=True,
+            extra={"reservation_id": reserved.id},
+        )
+        raise query_failed() from None
+    defer(settle)
     return answer
 
 
@@ -252,7 +271,8 @@ def _reserve(
     limit), APIError 409, or APIError 429 (nothing written).
     """
 
-    def gate(conn: Any) -> object | None:
+    def gate(txn: Any) -> object | None:
+        conn = txn.conn
         if rate is not None:
             rate.take(conn)
         if not audit.try_claim(conn, **q.key, stale_after_s=CLAIM_STALE_S):
@@ -293,61 +313,6 @@ def _budget_figures(remaining: Remaining) -> dict[str, Any]:
     figures.pop("reserved", None)
     figures.pop("committed", None)
     return figures
-
-
-class _Settlement:
-    """The writes that end a charged query: commit, audit row, claim released, in one
-    transaction."""
-
-    def __init__(
-        self,
-        ledger: SqlLedger,
-        engine: Any,
-        query: _Query,
-        cost: dict[str, Any],
-        reservation_id: str,
-    ) -> None:
-        self.ledger, self.engine, self.query = ledger, engine, query
-        self.cost, self.reservation_id = cost, reservation_id
-
-    def released(self, released: Mapping[str, Any]) -> None:
-        self._settle("released", released)
-
-    def failed(self) -> None:
-        """Commit a reservation whose computation failed, and audit the failure."""
-        log.error(
-            "query failed after the corpus was read; its reservation is committed",
-            exc_info=True,
-            extra={"reservation_id": self.reservation_id},
-        )
-        self._settle("failed", None)
-
-    def _settle(self, status: str, released: Mapping[str, Any] | None) -> None:
-        """Best effort: if the store is down, the entry stays reserved, which is charged all
-        the same; the claim is then released on its own (or taken over once stale)."""
-
-        def write(conn: Any) -> None:
-            self.query.record(
-                conn,
-                status,
-                cost=self.cost,
-                released=released,
-                reservation_id=self.reservation_id,
-            )
-            audit.unclaim(conn, **self.query.key)
-
-        try:
-            self.ledger.settle(self.reservation_id, also=write, durable=False)
-        except Exception:  # noqa: BLE001 - a reserved entry is charged already
-            log.exception(
-                "could not settle a %s query (its reservation stays charged)",
-                status,
-                extra={"reservation_id": self.reservation_id},
-            )
-            try:
-                audit.unclaim(self.engine, **self.query.key)
-            except Exception:  # noqa: BLE001 - a stale claim is taken over after CLAIM_STALE_S
-                log.exception("could not release a query claim")
 
 
 def defer(work: Callable[[], None]) -> None:

@@ -238,10 +238,11 @@ def init_db(engine: Engine) -> None:
     import service.ledger.tables  # noqa: F401 - adds the ledger and audit tables
     import service.page_sessions  # noqa: F401 - adds the budget page's sessions
     import service.ratelimit  # noqa: F401 - adds the rate-limit windows
-    from models import jobs  # the job table lives with the jobs (models/ imports no service)
+    from jobs import table as job_tables  # the job tables have their own MetaData
 
     with engine.connect().execution_options(immediate=True) as conn, conn.begin():
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         metadata.create_all(conn)
-        jobs.metadata.create_all(conn)
+        service.ledger.tables.upgrade(conn)
+        job_tables.metadata.create_all(conn)

@@ -25,7 +25,10 @@ from sqlalchemy import (
     Table,
     Text,
     event,
+    inspect,
+    text,
 )
+from sqlalchemy.engine import Connection
 
 from service.db import metadata
 
@@ -56,6 +59,8 @@ ledger_entries = Table(
     Column("principal_id", String(64), ForeignKey("principals.id"), nullable=False),
     Column("event", Text, nullable=False),  # PrivacyEvent.to_dict() as JSON
     Column("status", String(16), nullable=False),  # reserved | committed | refunded
+    # analyst: charged to the analyst's budget and the cap; corpus: to the cap alone
+    Column("scope", String(16), nullable=False, server_default="analyst"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("settled_at", DateTime(timezone=True), nullable=True),
     Index("ix_ledger_entries_principal_created", "principal_id", "created_at"),
@@ -120,3 +125,18 @@ for _ddl in _SQLITE_GUARDS:
     event.listen(audit_log, "after_create", _ddl.execute_if(dialect="sqlite"))
 for _ddl in _PG_GUARDS:
     event.listen(audit_log, "after_create", _ddl.execute_if(dialect="postgresql"))
+
+
+def upgrade(conn: Connection) -> None:
+    """Bring a store created by an earlier version up to these tables, in the caller's
+    schema transaction (idempotent): ``ledger_entries.scope`` was once told by the id prefix
+    ``rsvc_`` of corpus-only reservations."""
+    columns = {c["name"] for c in inspect(conn).get_columns("ledger_entries")}
+    if "scope" in columns:
+        return
+    conn.execute(
+        text("ALTER TABLE ledger_entries ADD COLUMN scope VARCHAR(16) NOT NULL DEFAULT 'analyst'")
+    )
+    conn.execute(
+        text("UPDATE ledger_entries SET scope = 'corpus' WHERE substr(id, 1, 5) = 'rsvc_'")
+    )
