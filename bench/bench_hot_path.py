@@ -384,7 +384,7 @@ def kinds() -> list[tuple[str, dict[str, Any]]]:
     import bench_query_latency as bql
     import nonprivate_app as npa
 
-    from service.queries.compute import TOKEN_SQL_RE
+    from corpus.duckdb_engine import TOKEN_SQL_RE
 
     assert npa.TOKEN_RE == TOKEN_SQL_RE and npa.TERMS == bql.TERMS
     assert npa.HIST_EDGES == bql.HIST_EDGES

@@ -43,12 +43,13 @@ import numpy as np
 import opendp.prelude as dp
 
 from corpus import SnapshotStore, ingest_demo
+from corpus.duckdb_engine import TOKEN_SQL_RE
+from corpus.duckdb_engine import DuckDBEngine as CorpusQuery
 from mechanisms.ledger import Budget
 from service.app import create_app
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
 from service.queries.answer import build_answer
-from service.queries.compute import TOKEN_SQL_RE, CorpusQuery
 from service.queries.plan import QUANTILE_BINS, build_plan
 from service.queries.pricing import price
 from service.queries.schemas import QuerySchema
@@ -83,7 +84,8 @@ CLAMPED = f"least(greatest(chars, {LO}), {HI})"
 
 
 def bin_case(col: str, edges: list[float]) -> str:
-    """The service's bin rule (compute.bin_counts): below an inner edge -> that bin, else last."""
+    """The service's bin rule (DuckDBEngine.bin_counts): below an inner edge -> that bin,
+    else last."""
     cases = " ".join(f"WHEN {col} < {float(e)!r} THEN {i}" for i, e in enumerate(edges[1:-1]))
     return f"CASE {cases} ELSE {len(edges) - 2} END"
 

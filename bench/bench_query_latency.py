@@ -49,11 +49,12 @@ from typing import Any
 import requests
 
 from corpus import SnapshotStore
+from corpus.duckdb_engine import TOKEN_SQL_RE
+from corpus.duckdb_engine import DuckDBEngine as CorpusQuery
 from mechanisms.ledger import Budget
 from service.app import create_app
 from service.charging import get_ledger
 from service.queries.answer import build_answer
-from service.queries.compute import TOKEN_SQL_RE, CorpusQuery
 from service.queries.plan import QUANTILE_BINS, build_plan
 from service.queries.pricing import price
 from service.queries.schemas import QuerySchema

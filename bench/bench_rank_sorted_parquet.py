@@ -4,7 +4,7 @@ Usage: .venv/bin/python bench/bench_rank_sorted_parquet.py DATA_DIR [--runs 25]
 
 Copies the live snapshot's parquet, ordered by ``msg_rank`` (same zstd, same row-group size
 as ingest), into a temporary file, then times, interleaved, three capped aggregates (the SQL
-shapes ``service/queries/compute.py`` runs with the default cap and no filters) on both files.
+shapes ``corpus/duckdb_engine.py`` runs with the default cap and no filters) on both files.
 With rows sorted by rank, ``msg_rank < 100`` is answered from few row groups (DuckDB skips the
 rest by their min/max statistics). Nothing in the service is changed.
 """

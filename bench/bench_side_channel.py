@@ -24,7 +24,7 @@ holding a view per corpus (the view ``SnapshotStore`` opens over the snapshot's 
   ``row_number() OVER (PARTITION BY sender_id ORDER BY msg_rank) <= m`` over the matching rows
   (DuckDB runs it as a per-sender top-m over the matching rows only); per-sender counts over
   the matching rows only;
-* ``new``: ``service/queries/compute.py`` as it is now (every message goes through the same
+* ``new``: ``corpus/duckdb_engine.py`` as it is now (every message goes through the same
   steps whether it matches or not);
 * ``floor``: no cap at all, the least work any exact answer needs: the filters evaluated on
   every message and the matching ones counted (unfiltered: the rows under the cap counted).
@@ -60,8 +60,8 @@ import numpy as np
 from scipy import stats
 
 from corpus import SnapshotStore
+from corpus.duckdb_engine import DuckDBEngine as CorpusQuery
 from corpus.store import MANIFEST_FILE, MESSAGES_FILE
-from service.queries.compute import CorpusQuery
 from service.queries.plan import AUTO_CAP_BUCKETS, Plan, build_plan
 from service.queries.pricing import GROUPS_PER_SENDER
 from service.queries.schemas import QuerySchema
@@ -100,7 +100,7 @@ capped_old = CorpusQuery.capped
 def counts_old(self: CorpusQuery, max_messages: int) -> dict[Any, int]:
     """Before issue 10: distinct senders over the matching rows only, messages and
     conversations through the old cap."""
-    of = self.plan.of
+    of = self.measure.of
     if of == "senders":
         src = self.filtered(self._cols("sender_id"))
         res = self._grouped("count(DISTINCT sender_id)", src)

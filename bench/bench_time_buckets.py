@@ -16,8 +16,8 @@ import statistics
 import time
 from typing import Any
 
+from corpus import duckdb_engine as compute
 from corpus.store import SnapshotStore
-from service.queries import compute
 from service.queries.plan import build_plan
 from service.queries.schemas import QuerySchema
 
@@ -37,8 +37,8 @@ QUERIES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def run(q: compute.CorpusQuery) -> Any:
-    kind = q.plan.kind
+def run(q: compute.DuckDBEngine) -> Any:
+    kind = q.scan.kind  # type: ignore[attr-defined]
     if kind == "count":
         return q.counts(100)
     if kind == "sentiment":
@@ -59,8 +59,8 @@ def main() -> None:
     for name, body in QUERIES:
         plan = build_plan(QuerySchema().load(body), metadata_columns=list(info.metadata_columns))
         unit = plan.groups.column  # type: ignore[union-attr]
-        new_q = compute.CorpusQuery(cur, plan)
-        old_q = compute.CorpusQuery(cur, plan)
+        new_q = compute.DuckDBEngine(cur, plan)
+        old_q = compute.DuckDBEngine(cur, plan)
         old_q.group = CALENDAR[unit]
         old_q._key = lambda raw: raw  # noqa: SLF001 - the calendar keys are the plan's keys
         assert run(new_q) == run(old_q), name

@@ -6,10 +6,11 @@ Called only from inside ``run_charged``'s compute step, i.e. after the cost is r
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from corpus.engine import EmbeddingEngine, Engine
 from mechanisms.estimators import (
     bootstrap_quantile_interval,
     histogram_quantile,
@@ -17,7 +18,6 @@ from mechanisms.estimators import (
     ratio_box,
     variance_box,
 )
-from service.queries.compute import CorpusQuery
 from service.queries.parts import (
     half_width,
     noise_scale,
@@ -29,7 +29,7 @@ from service.queries.plan import AUTO_CAP_BUCKETS, EMBEDDING_KINDS, Plan
 from service.queries.pricing import GROUPS_PER_SENDER, Priced, parts_for
 
 
-def choose_cap(q: CorpusQuery, priced: Priced) -> int:
+def choose_cap(q: Engine, priced: Priced) -> int:
     """Choose the per-sender cap privately from a noisy histogram of sender activity.
 
     Each sender adds 1 to the bucket of its message count (sensitivity 1), noised by
@@ -54,7 +54,7 @@ def choose_cap(q: CorpusQuery, priced: Priced) -> int:
     return best
 
 
-def build_answer(plan: Plan, priced: Priced, q: CorpusQuery) -> dict[str, Any]:
+def build_answer(plan: Plan, priced: Priced, q: Engine) -> dict[str, Any]:
     """Compute the private aggregates of ``plan``, add noise, and shape the answer."""
     level = plan.level
     bias: list[str] = []
@@ -141,7 +141,7 @@ def _pack(keys: list[Any] | None, rows: list[tuple[Any, dict[str, Any]]]) -> dic
 def _dispatch(
     plan: Plan,
     priced: Priced,
-    q: CorpusQuery,
+    q: Engine,
     m: int,
     keys: list[Any] | None,
     selection: dict[Any, float],
@@ -151,10 +151,9 @@ def _dispatch(
     P = priced.parts
     kind = plan.kind
     if kind in EMBEDDING_KINDS:
-        from service.queries.embeddings import EmbeddingQuery, answer
+        from service.queries.embeddings import answer
 
-        assert isinstance(q, EmbeddingQuery)
-        return answer(plan, priced, q, m, level, bias)
+        return answer(plan, priced, cast(EmbeddingEngine, q), m, level, bias)
     if kind == "count":
         if plan.groups is not None and plan.groups.keys is None and plan.of == "senders":
             hw = half_width(P["selection"], level)
@@ -265,7 +264,7 @@ def _dispatch(
 
 
 def _binned(
-    plan: Plan, priced: Priced, q: CorpusQuery, m: int, keys: list[Any] | None, level: float
+    plan: Plan, priced: Priced, q: Engine, m: int, keys: list[Any] | None, level: float
 ) -> dict[str, Any]:
     from service.queries.plan import QUANTILE_BINS
 
@@ -325,7 +324,7 @@ BOOTSTRAP = 200
 
 
 def _top_terms(
-    plan: Plan, priced: Priced, q: CorpusQuery, m: int, level: float, bias: list[str]
+    plan: Plan, priced: Priced, q: Engine, m: int, level: float, bias: list[str]
 ) -> dict[str, Any]:
     counts = q.term_sender_counts(m)
     part = priced.parts["senders"]

@@ -51,14 +51,16 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from corpus.duckdb_embeddings import DuckDBEmbeddingEngine
+from corpus.engine import VECTOR_UNITS, EmbeddingEngine
+from corpus.engine import quantise as quantise  # re-exported: the bounding these kinds rest on
 from mechanisms.estimators import vector_ratio_half_width
 from service.errors import APIError
-from service.queries.compute import CorpusQuery
 from service.queries.parts import Part, half_width, noisy
 from service.queries.plan import EMBEDDING_DIM, EMBEDDING_GRID_BITS, Plan
 from service.queries.pricing import Priced
 
-UNITS_PER_ONE = 2**EMBEDDING_GRID_BITS  # 1/u
+UNITS_PER_ONE = VECTOR_UNITS  # 1/u
 #: ceil(sqrt(d)/u): the L1 bound of one quantised unit vector, in grid units.
 L1_PER_VECTOR = math.isqrt(EMBEDDING_DIM * UNITS_PER_ONE**2 - 1) + 1
 MEAN_COUNT_SHARE = 0.2  # the mean's direction needs the sum far more than the count
@@ -67,7 +69,6 @@ SHARE_MARGIN = 1.0 - 1e-9  # shares sum to a hair under 1, whatever the float ro
 MEAN_TERMS = 10
 TOPIC_TERMS = 8
 MEAN_DECIMALS = 5
-CHUNK_ROWS = 16_384
 #: A centre moves only when its noisy sum's norm exceeds this many times the noise's
 #: expected norm; otherwise it keeps its previous position (post-processing).
 RELIABLE_NORM = 2.0
@@ -98,72 +99,6 @@ def embedding_parts(plan: Plan, max_messages: int) -> list[Part]:
     ]
 
 
-def quantise(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` clipped to the unit ball and truncated to int64 grid units, each row with
-    ``sum(q**2) <= UNITS_PER_ONE**2`` checked exactly in integers."""
-    v = np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    scale = UNITS_PER_ONE / np.maximum(norms, 1.0)
-    q = np.trunc(v * scale).astype(np.int64)
-    limit = UNITS_PER_ONE * UNITS_PER_ONE
-    over = (q * q).sum(axis=1) > limit
-    while over.any():  # float rounding left a norm a hair above 1: shrink toward zero
-        q[over] = np.trunc(q[over] * (1.0 - 2.0**-20)).astype(np.int64)
-        over = (q * q).sum(axis=1) > limit
-    return q
-
-
-class EmbeddingQuery(CorpusQuery):
-    """``CorpusQuery`` over the snapshot's parquet with row numbers, plus the cached vectors."""
-
-    def __init__(
-        self,
-        cursor: duckdb.DuckDBPyConnection,
-        plan: Plan,
-        *,
-        parquet: Path,
-        vectors: np.ndarray,
-        vocabulary: Any,
-    ) -> None:
-        super().__init__(cursor, plan)
-        quoted = str(Path(parquet).resolve()).replace("'", "''")
-        self.source = f"read_parquet('{quoted}', file_row_number=true)"
-        self.vectors = vectors
-        self.vocabulary = vocabulary
-
-    def positions(self, max_messages: int) -> np.ndarray:
-        """Parquet row numbers of the filtered, capped messages (sorted)."""
-        sql, params = self.capped("file_row_number AS _pos", max_messages)
-        res = self.cur.execute(f"SELECT _pos FROM ({sql}) ORDER BY _pos", params).fetchnumpy()
-        return np.asarray(res["_pos"], dtype=np.int64)
-
-    def _quantised(self, positions: np.ndarray):  # type: ignore[no-untyped-def]
-        for i in range(0, len(positions), CHUNK_ROWS):
-            yield quantise(self.vectors[positions[i : i + CHUNK_ROWS]])
-
-    def bounded_sum(self, max_messages: int) -> tuple[int, np.ndarray]:
-        """(count, exact int64 vector sum in grid units) of the capped messages."""
-        pos = self.positions(max_messages)
-        total = np.zeros(EMBEDDING_DIM, dtype=np.int64)
-        for q in self._quantised(pos):
-            total += q.sum(axis=0, dtype=np.int64)
-        return len(pos), total
-
-    def cluster_sums(
-        self, positions: np.ndarray, centres: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per-cluster (counts, int64 vector sums) with each message in its nearest centre."""
-        k = centres.shape[0]
-        counts = np.zeros(k, dtype=np.int64)
-        sums = np.zeros((k, EMBEDDING_DIM), dtype=np.int64)
-        for q in self._quantised(positions):
-            nearest = np.argmax(q.astype(np.float64) @ centres.T, axis=1)
-            counts += np.bincount(nearest, minlength=k)
-            for j in np.unique(nearest):
-                sums[j] += q[nearest == j].sum(axis=0, dtype=np.int64)
-        return counts, sums
-
-
 # -- readiness (before any charge) ----------------------------------------------------------
 @dataclass
 class Prepared:
@@ -174,8 +109,8 @@ class Prepared:
     vectors: np.ndarray
     vocabulary: Any
 
-    def query(self, cursor: duckdb.DuckDBPyConnection, plan: Plan) -> EmbeddingQuery:
-        return EmbeddingQuery(
+    def query(self, cursor: duckdb.DuckDBPyConnection, plan: Plan) -> DuckDBEmbeddingEngine:
+        return DuckDBEmbeddingEngine(
             cursor, plan, parquet=self.parquet, vectors=self.vectors, vocabulary=self.vocabulary
         )
 
@@ -226,7 +161,7 @@ def _terms(vocab: Any, vector: np.ndarray, k: int) -> list[dict[str, Any]]:
 
 
 def answer(
-    plan: Plan, priced: Priced, q: EmbeddingQuery, m: int, level: float, bias: list[str]
+    plan: Plan, priced: Priced, q: EmbeddingEngine, m: int, level: float, bias: list[str]
 ) -> dict[str, Any]:
     bias.append(
         "Each message's embedding is clipped to unit norm and truncated to multiples of "
@@ -234,12 +169,13 @@ def answer(
         "list (the MiniLM tokenizer's whole words), never from the corpus."
     )
     if plan.kind == "mean_embedding":
-        return _mean(priced, q, m, level, bias)
+        return _mean(plan, priced, q, m, level, bias)
     return _topics(plan, priced, q, m, level, bias)
 
 
 def _mean(
-    priced: Priced, q: EmbeddingQuery, m: int, level: float, bias: list[str]
+    plan: Plan,
+    priced: Priced, q: EmbeddingEngine, m: int, level: float, bias: list[str]
 ) -> dict[str, Any]:
     n, total = q.bounded_sum(m)
     pc, ps = priced.parts["count"], priced.parts["sum"]
@@ -270,7 +206,7 @@ def _mean(
             "norm_debiased": norm_debiased,
             "coordinate_half_width": coord_hw,
             "nearest_terms": _terms(q.vocabulary, s, MEAN_TERMS),
-            "model_id": q.plan.model_id,
+            "model_id": plan.model_id,
         }
     }
 
@@ -296,7 +232,7 @@ def initial_centres(vocab: Any, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _topics(
-    plan: Plan, priced: Priced, q: EmbeddingQuery, m: int, level: float, bias: list[str]
+    plan: Plan, priced: Priced, q: EmbeddingEngine, m: int, level: float, bias: list[str]
 ) -> dict[str, Any]:
     k, iterations = plan.clusters, plan.iterations
     # public randomness for public starting points (not noise: no CSPRNG needed)
@@ -337,6 +273,6 @@ def _topics(
             "clusters": k,
             "iterations": iterations,
             "topics": topics,
-            "model_id": q.plan.model_id,
+            "model_id": plan.model_id,
         }
     }

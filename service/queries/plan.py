@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from corpus.engine import AUTO_CAP_BUCKETS, VECTOR_GRID_BITS, Grid, Groups, Measure
 from service.errors import APIError
 
 #: Public default bounds per feature (an analyst can declare others).
@@ -30,7 +31,6 @@ DEFAULT_TERMS_PER_SENDER = 10
 QUANTILE_BINS = 32  # coarse enough that bins are not swamped by noise
 AUTO_CAP_SHARE = 0.1  # of the query's cost, spent choosing the per-sender cap
 MAX_CAP = 10_000  # the largest per-sender cap, fixed or automatic
-AUTO_CAP_BUCKETS = 15  # per-sender message counts in [2^j, 2^(j+1)), j = 0..14
 #: The caps an automatic choice picks from: powers of two, the last one limited to MAX_CAP.
 AUTO_CAPS = tuple(sorted({min(2**j, MAX_CAP) for j in range(AUTO_CAP_BUCKETS)}))
 GRID_STEPS = 1024  # a real feature's bound range is cut into about this many grid steps
@@ -41,42 +41,12 @@ MIN_GRID_STEP = 2.0**-40
 MAX_GRID_STEP = 2.0**40
 MAX_GRID_UNITS = 2**40
 MAX_TIME_BUCKETS = 1000
-#: VADER's usual thresholds on the compound score.
-POSITIVE_AT = 0.05
-NEGATIVE_AT = -0.05
 #: Aggregate-embedding kinds (service/queries/embeddings.py).
 EMBEDDING_KINDS = ("mean_embedding", "topics")
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 and the versions trained from it
-EMBEDDING_GRID_BITS = 12  # coordinates are summed in integer units of 2**-12
+EMBEDDING_GRID_BITS = VECTOR_GRID_BITS  # coordinates are summed in integer units of 2**-12
 DEFAULT_CLUSTERS = 8
 DEFAULT_ITERATIONS = 5
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Values are clamped to [lower, upper] and rounded to multiples of ``step`` (a power of
-    two); sums are then exact integers in units of ``step``."""
-
-    lower: float
-    upper: float
-    step: float
-
-    @property
-    def lower_q(self) -> int:
-        return round(self.lower / self.step)
-
-    @property
-    def upper_q(self) -> int:
-        return round(self.upper / self.step)
-
-    @property
-    def offset_q(self) -> int:
-        """The integer centre that sums are taken around (halves their sensitivity)."""
-        return (self.lower_q + self.upper_q) // 2
-
-    @property
-    def max_dev_q(self) -> int:
-        return max(abs(self.upper_q - self.offset_q), abs(self.lower_q - self.offset_q))
 
 
 def make_grid(feature: str, lower: float, upper: float, *, where: str = "bounds") -> Grid:
@@ -119,16 +89,6 @@ def _grid_error(where: str, why: str) -> APIError:
 
 
 @dataclass(frozen=True)
-class Groups:
-    """Declared group keys (public), or ``selected`` (keys found by partition selection)."""
-
-    column: str  # "hour_of_day", "weekday", "day", "week", "month" or a metadata column
-    kind: str  # "time" or "metadata"
-    keys: tuple[Any, ...] | None  # None: undeclared metadata values, partition selection
-    range: tuple[datetime, datetime] | None = None
-
-
-@dataclass(frozen=True)
 class Plan:
     kind: str
     of: str
@@ -157,6 +117,18 @@ class Plan:
     clusters: int = DEFAULT_CLUSTERS
     iterations: int = DEFAULT_ITERATIONS
     model_id: str | None = None
+
+    @property
+    def measure(self) -> Measure:
+        """What the scan engine aggregates for this plan."""
+        return Measure(
+            of=self.of,
+            feature=self.feature,
+            grid=self.grid,
+            terms=self.terms,
+            bigrams=self.bigrams,
+            max_terms_per_sender=self.max_terms_per_sender,
+        )
 
     @property
     def uses_cap(self) -> bool:

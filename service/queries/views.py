@@ -15,13 +15,13 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
 
+from corpus.duckdb_engine import DuckDBEngine as CorpusQuery
 from service import ratelimit
 from service.auth import current_principal, require
 from service.body import json_body
 from service.charging import run_charged
 from service.errors import APIError
 from service.queries.answer import build_answer
-from service.queries.compute import CorpusQuery
 from service.queries.embeddings import prepare
 from service.queries.parts import half_width
 from service.queries.plan import EMBEDDING_KINDS, build_plan

@@ -27,10 +27,10 @@ from flask import Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from corpus.duckdb_engine import DuckDBEngine as CorpusQuery
 from mechanisms.ledger import Budget
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
-from service.queries.compute import CorpusQuery
 from service.queries.parts import rescale
 from service.queries.plan import build_plan
 from service.queries.pricing import Priced, parts_for, price

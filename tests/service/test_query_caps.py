@@ -1,4 +1,4 @@
-"""The per-sender cap and the per-sender counts under filters (service/queries/compute.py).
+"""The per-sender cap and the per-sender counts under filters (corpus/duckdb_engine.py).
 
 They must select exactly what the plain definition selects (filter, then the m matching
 messages of smallest random rank per sender), and do the same work whether few or many
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from corpus import SnapshotStore, ingest_file
-from service.queries.compute import CorpusQuery
+from corpus.duckdb_engine import DuckDBEngine as CorpusQuery
 from service.queries.plan import AUTO_CAP_BUCKETS, Plan, build_plan
 from service.queries.schemas import QuerySchema
 from tests.factories import make_messages, write_jsonl

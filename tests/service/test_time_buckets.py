@@ -9,7 +9,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from service.queries.compute import _group_expr, _key_decoder
+from corpus.duckdb_engine import _group_expr, _key_decoder
 
 #: The calendar expressions the integer ones replace (the SQL before issue 11).
 CALENDAR = {

@@ -1,10 +1,11 @@
-"""The corpus store's side of a query: exact bounded aggregates over the live snapshot.
+"""The DuckDB scan engine: exact bounded aggregates over one snapshot, in SQL.
 
-Everything here is private (raw, un-noised) and never leaves the process except through
-``release.py``, which adds noise. Per-sender bounding happens here, in SQL, from public
-rules only: at most ``m`` messages per sender (the ``m`` of smallest random rank, a rank
-drawn once at ingest independently of content), values clamped to declared bounds and put
-on a power-of-two grid so that sums are exact integers, at most ``K`` terms per sender.
+It implements :class:`corpus.engine.Engine` on a cursor of the snapshot store. Everything here
+is private (raw, un-noised) and never leaves the process except through a query kind, which
+adds noise. Per-sender bounding happens here, in SQL, from public rules only: at most ``m``
+messages per sender (the ``m`` of smallest random rank, a rank drawn once at ingest
+independently of content), values clamped to declared bounds and put on a power-of-two grid so
+that sums are exact integers, at most ``K`` terms per sender.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from service.queries.plan import AUTO_CAP_BUCKETS, NEGATIVE_AT, POSITIVE_AT, Plan
+from corpus.engine import AUTO_CAP_BUCKETS, NEGATIVE_AT, POSITIVE_AT, Scan
 
 #: Tokens as in corpus.features.tokenize (letters/digits with inner apostrophes).
 TOKEN_SQL_RE = r"[\p{L}\p{N}]+(?:['\x{2019}][\p{L}\p{N}]+)*"
@@ -48,8 +49,8 @@ _WEEKDAY_OFFSET = (3 - _SHIFT_DAYS) % 7
 _EPOCH = date(1970, 1, 1)
 
 
-def _group_expr(plan: Plan) -> str | None:
-    g = plan.groups
+def _group_expr(scan: Scan) -> str | None:
+    g = scan.groups
     if g is None:
         return None
     if g.kind == "metadata":
@@ -63,32 +64,33 @@ def _group_expr(plan: Plan) -> str | None:
     }[g.column]
 
 
-def _key_decoder(plan: Plan) -> Any:
-    """How a raw group key from SQL becomes the plan's key: a shifted day number (day, week)
+def _key_decoder(scan: Scan) -> Any:
+    """How a raw group key from SQL becomes the scan's key: a shifted day number (day, week)
     becomes its ISO date; every other key is used as it is."""
-    g = plan.groups
+    g = scan.groups
     if g is not None and g.kind == "time" and g.column in ("day", "week"):
         return lambda raw: (_EPOCH + timedelta(days=int(raw) - _SHIFT_DAYS)).isoformat()
     return lambda raw: raw
 
 
-class CorpusQuery:
-    """Builds and runs the bounded SQL for one plan on one DuckDB cursor."""
+class DuckDBEngine:
+    """Builds and runs the bounded SQL for one scan on one DuckDB cursor (an ``Engine``)."""
 
     #: The relation the messages are read from (a subclass may add columns, e.g. the parquet
     #: row number for aggregate-embedding queries).
     source = "messages"
 
-    def __init__(self, cursor: duckdb.DuckDBPyConnection, plan: Plan) -> None:
+    def __init__(self, cursor: duckdb.DuckDBPyConnection, scan: Scan) -> None:
         self.cur = cursor
-        self.plan = plan
+        self.scan = scan
+        self.measure = scan.measure
         self._where, self._params = self._filters()
-        self.group = _group_expr(plan)
-        self._key = _key_decoder(plan)
+        self.group = _group_expr(scan)
+        self._key = _key_decoder(scan)
 
     # -- building blocks -------------------------------------------------------------
     def _filters(self) -> tuple[list[str], list[Any]]:
-        p = self.plan
+        p = self.scan
         where: list[str] = []
         params: list[Any] = []
         if p.time_range:
@@ -158,9 +160,9 @@ class CorpusQuery:
         value can land one step outside them, whatever the rounding. The first clamp keeps the
         BIGINT conversion in range (``make_grid`` limits the bounds to 2**40 steps).
         """
-        grid = self.plan.grid
-        assert grid is not None and self.plan.feature is not None
-        col = _quote(self.plan.feature)
+        grid = self.measure.grid
+        assert grid is not None and self.measure.feature is not None
+        col = _quote(self.measure.feature)
         rounded = (
             f"CAST(round(least(greatest({col}, {grid.lower!r}), {grid.upper!r}) "
             f"/ {grid.step!r}) AS BIGINT)"
@@ -184,7 +186,7 @@ class CorpusQuery:
     # -- aggregates (private) --------------------------------------------------------
     def counts(self, max_messages: int) -> dict[Any, int]:
         """Messages, distinct senders or distinct conversations, per group."""
-        of = self.plan.of
+        of = self.measure.of
         if of == "senders":
             # One row per sender (and group) over every message, marked if any message matches.
             match, params = self._match()
@@ -219,8 +221,8 @@ class CorpusQuery:
         """(count, centred grid sum, centred grid sum of squares, grid sum) per group.
 
         Exact integers in grid units; "centred" is around the grid's integer offset."""
-        assert self.plan.grid is not None
-        off = self.plan.grid.offset_q
+        assert self.measure.grid is not None
+        off = self.measure.grid.offset_q
         src = self.capped(self._cols(f"{self._value_q()} AS v"), max_messages)
         res = self._grouped(
             f"count(*), sum(v)::HUGEINT, sum(v * v)::HUGEINT, sum(v + {off})::HUGEINT", src
@@ -229,8 +231,8 @@ class CorpusQuery:
 
     def bin_counts(self, edges: tuple[float, ...], max_messages: int) -> dict[Any, list[int]]:
         """Counts per bin; values outside the edges are clamped into the first or last bin."""
-        assert self.plan.feature is not None
-        col = _quote(self.plan.feature)
+        assert self.measure.feature is not None
+        col = _quote(self.measure.feature)
         nbins = len(edges) - 1
         cases = " ".join(f"WHEN {col} < {e!r} THEN {i}" for i, e in enumerate(edges[1:-1]))
         expr = f"CASE {cases} ELSE {nbins - 1} END" if cases else "0"
@@ -279,7 +281,7 @@ class CorpusQuery:
     def term_sender_counts(self, max_messages: int) -> dict[str, int]:
         """Distinct senders per term among capped messages, each sender limited to its
         ``max_terms_per_sender`` most used terms."""
-        p = self.plan
+        p = self.measure
         regex = TOKEN_SQL_RE.replace("'", "''")  # a SQL string literal
         sql, params = self.capped(
             f"sender_id, regexp_extract_all(lower(text), '{regex}') AS toks", max_messages
