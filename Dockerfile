@@ -14,6 +14,7 @@ COPY mechanisms ./mechanisms
 COPY models ./models
 COPY corpus ./corpus
 COPY util ./util
+COPY jobs ./jobs
 # service/openapi.yaml is a link to ../openapi.yaml in the repository; make it a file here.
 # Note: torch==2.13.0 from the default index on x86_64 Linux is the CUDA build (several GB);
 # for a CPU-only image, pre-install torch 2.13.0 from a CPU wheel index before this step.

@@ -38,8 +38,8 @@ test-slow: install-test
 	bash scripts/test.sh -m slow
 
 lint: install-test
-	$(BIN)/ruff check service mechanisms models corpus util tests bench
-	$(BIN)/mypy service mechanisms models corpus util
+	$(BIN)/ruff check service mechanisms models corpus util jobs tests bench
+	$(BIN)/mypy service mechanisms models corpus util jobs
 
 bench: install-test
 	@echo "see BENCHMARKS.md for each benchmark's command"

@@ -1,7 +1,7 @@
 """Leases on running jobs: how a worker on any host tells a job whose worker died from a job
 that is still running.
 
-A job is ``running`` from the moment a worker takes it (``models.jobs.mark_running``) until
+A job is ``running`` from the moment a worker takes it (``jobs.states.mark_running``) until
 that worker marks it finished. A worker killed in between (SIGKILL, out of memory, a lost
 host) never does: the job would stay ``running`` for ever and its input texts on disk. With
 the default SQLite queue there is one consumer per data directory, so a worker that starts
@@ -13,7 +13,7 @@ So a running job holds a lease: one row (job id, holder, expiry in epoch seconds
 the same transaction that marks the job running, renewed every ``lease_s / 4`` seconds by a
 :class:`Heartbeat` thread of the process that runs the job, and deleted when the job has
 ended. A job whose lease has expired (its holder missed four renewals in a row) is orphaned,
-and ``models.job_recovery`` fails it. The heartbeat is a thread rather than the job's own
+and ``jobs.recovery`` fails it. The heartbeat is a thread rather than the job's own
 progress calls, so that one long step (a training step, loading a model) keeps the lease.
 A process that is alive but frozen (SIGSTOP, a stalled host) for longer than ``lease_s``
 loses it: its job is failed, and what the process does when it resumes (a late success, a
@@ -32,34 +32,11 @@ import time
 import uuid
 from types import TracebackType
 
-from sqlalchemy import (
-    Column,
-    ColumnElement,
-    Connection,
-    Engine,
-    Float,
-    MetaData,
-    String,
-    Table,
-    delete,
-    exists,
-    insert,
-    update,
-)
+from sqlalchemy import ColumnElement, Connection, Engine, delete, exists, insert, update
+
+from jobs.table import job_leases
 
 log = logging.getLogger("privtext.jobs")
-
-#: The metadata of the job tables (``models.jobs`` adds the jobs table to it): one
-#: ``create_all`` makes both.
-metadata = MetaData()
-
-job_leases = Table(
-    "job_leases",
-    metadata,
-    Column("job_id", String(40), primary_key=True),
-    Column("holder", String(200), nullable=False),  # host:pid:token of the process running it
-    Column("expires_at", Float, nullable=False),  # epoch seconds
-)
 
 #: How long a lease lasts without renewal unless configured (``PRIVTEXT_JOB_LEASE_S``).
 DEFAULT_LEASE_S = 60.0

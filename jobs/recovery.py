@@ -6,7 +6,7 @@ queue will not run the task again (huey's retries are off; the task left the que
 worker took it), so the job must be ended here:
 
 * :func:`fail_orphaned` fails every running or cancelling job whose lease
-  (``models.job_leases``) has expired: its holder stopped renewing it. ``every_running=True``
+  (``jobs.leases``) has expired: its holder stopped renewing it. ``every_running=True``
   fails every such job whatever its lease: what a worker does when it starts on the default
   SQLite queue, which has one consumer per data directory, so nothing else can be running
   them. A lease renewed between the look and the write keeps its job (the UPDATE checks it).
@@ -30,19 +30,18 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import delete, select, update
 
-from models.job_leases import job_leases, live
-from models.jobs import FINAL, INPUT_FILE, JobContext, jobs, now
+from jobs.context import INPUT_FILE, JobContext
+from jobs.leases import live
+from jobs.table import ACTIVE, FINAL, aware, job_leases, jobs, now
 
 log = logging.getLogger("privtext.jobs")
 
 #: What a job whose worker died reports (fixed: nothing about the data).
 INTERRUPTED = "the worker stopped while the job ran"
-
-ACTIVE = ("running", "cancelling")
 
 
 @dataclass(frozen=True)
@@ -85,10 +84,9 @@ def _orphaned(
 ) -> bool:
     if expires_at is not None:
         return expires_at < t
+    started_at = aware(started_at)
     if started_at is None:
         return True
-    if started_at.tzinfo is None:  # SQLite keeps no zone; every time stored here is UTC
-        started_at = started_at.replace(tzinfo=UTC)
     return started_at.timestamp() < t - lease_s
 
 

@@ -1,17 +1,18 @@
-"""Charging a training run to the ledger, against the corpus-wide cap.
+"""Charging a training run to the ledger: the one path, from its price to its settlement.
 
 A trained model is a release about every sender in the corpus, and it is no analyst's: it is
 charged to the corpus-wide cap alone (``Ledger.reserve_corpus``), recorded under the
-administrator who asked for it. The order is the ledger's usual one:
+administrator who asked for it. :class:`TrainingCharge` is the only code that charges a
+training, in the ledger's usual order; the HTTP route does the first half, the job body
+(``models.job_bodies``) the second:
 
-    event = plan_training(config)          # public inputs only: nothing is read
-    reservation = charge_training(ledger, event, principal_id=admin)   # refuse here
-    run = TrainingRun()
-    try:  version = train(config, ..., event=event, run=run)
-    except BaseException as exc: settle_training(ledger, reservation, run, exc); raise
-    settle_training(ledger, reservation, run, None)                    # commit
+    charge = TrainingCharge.price(ledger, config, principal_id=admin)  # public inputs only
+    charge.reserve()                      # refused here (BudgetExhaustedError): nothing read
+    ... the job is recorded (with the reservation and the event) and queued; in the worker:
+    charge = TrainingCharge.of_job(ledger, job)
+    version = charge.train(config, data_dir=..., ...)           # settles however it ends
 
-:func:`settle_training` is the one place that decides how a training ends on the ledger:
+:meth:`TrainingCharge.settle` is the one place that decides how a training ends on the ledger:
 
 * it returned (a version was published): the reservation is committed;
 * it raised before its first read of the corpus (``run.corpus_read is False``: config,
@@ -26,55 +27,31 @@ administrator who asked for it. The order is the ledger's usual one:
   so a refunded failure would be a free answer; the full charge is also the conservative
   one, since a failure reveals something the steps' noise does not cover.
 
-:func:`run_charged_training` does all of it for a training run inline.
+A job cancelled before it ran, or one that could not be recorded or queued, is given back
+with :meth:`TrainingCharge.refund` (nothing was trained or read).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from corpus.store import SnapshotNotFound, SnapshotStore
+import models.training as training
+from jobs.table import Job
 from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
-from mechanisms.ledger import Ledger, Reservation
-from models.training import TrainingCancelled, TrainingRun
+from mechanisms.ledger import CORPUS, Ledger, Reservation
+from models.training import TrainingCancelled, TrainingConfig, TrainingRun
 
-__all__ = [
-    "Settlement",
-    "charge_training",
-    "commit_training",
-    "refund_training",
-    "run_charged_training",
-    "settle_training",
-]
+__all__ = ["Settlement", "TrainingCharge", "UnchargedTrainingError"]
+
+log = logging.getLogger("privtext.jobs")
 
 
-def charge_training(
-    ledger: Ledger, event: PrivacyEvent, *, principal_id: str, require_cap: bool = True
-) -> Reservation:
-    """Reserve ``event`` against the corpus-wide cap.
-
-    Raises BudgetExhaustedError when the cap cannot afford it, or (``require_cap``, the
-    default) when no cap is set: training without a cap would be an unbounded release.
-    """
-    if require_cap and ledger.corpus_cap() is None:
-        raise BudgetExhaustedError(
-            "no corpus-wide cap is set: training is refused", remaining_epsilon=0.0
-        )
-    return ledger.reserve_corpus(principal_id, event)
-
-
-def commit_training(ledger: Ledger, reservation: Reservation) -> None:
-    """The reservation becomes a committed release."""
-    ledger.commit(reservation.id)
-
-
-def refund_training(ledger: Ledger, reservation: Reservation) -> None:
-    """Give the reservation back: only for a training that never read the corpus."""
-    ledger.refund(reservation.id)
+class UnchargedTrainingError(RuntimeError):
+    """A training job without a ledger or a reservation: it is never run uncharged."""
 
 
 @dataclass(frozen=True)
@@ -96,88 +73,126 @@ class Settlement:
         }
 
 
-def settle_training(
-    ledger: Ledger,
-    reservation: Reservation,
-    run: TrainingRun,
-    error: BaseException | None,
-) -> Settlement:
-    """Commit or refund a training's reservation by the rules in the module docstring.
+@dataclass
+class TrainingCharge:
+    """One training's charge: ``event`` (its price), then its ``reservation``, then its
+    ``settlement``. ``run`` is what the training reported (nothing read until
+    :meth:`train` calls it)."""
 
-    ``error`` is what ``train`` raised (None: it returned). Ledger errors propagate; the
-    reservation then stays reserved, which the cap counts as spent.
-    """
-    full = reservation.event
-    planned_steps = int(full.steps or 1)
-    if error is not None and run.corpus_read is False:
-        refund_training(ledger, reservation)
-        return Settlement("refunded", reservation.id, full, 0)
-    if isinstance(error, TrainingCancelled) and run.corpus_read is True:
-        steps = max(1, run.steps_started)
-        if steps < planned_steps:
-            partial = _charge_steps(ledger, reservation, steps)
+    ledger: Ledger
+    principal_id: str
+    event: PrivacyEvent
+    reservation: Reservation | None = None
+    settlement: Settlement | None = None
+    run: TrainingRun = field(default_factory=lambda: TrainingRun(corpus_read=False))
+
+    @classmethod
+    def price(cls, ledger: Ledger, config: TrainingConfig, *, principal_id: str) -> TrainingCharge:
+        """The charge of training ``config`` (``models.training.plan_training``: from public
+        inputs only), not reserved yet. Raises InvalidParameterError for a config that has no
+        valid plan."""
+        return cls(ledger, principal_id, training.plan_training(config))
+
+    @classmethod
+    def of_job(cls, ledger: Ledger | None, job: Job) -> TrainingCharge:
+        """The charge a training job was recorded with (reserved when it was queued). Raises
+        UnchargedTrainingError when there is no ledger or the job has no reservation."""
+        if ledger is None or job.reservation_id is None:
+            raise UnchargedTrainingError(f"training job {job.id} has no reservation")
+        event = PrivacyEvent.from_dict(job.params["event"])
+        reservation = Reservation(
+            job.reservation_id, job.created_by, event, job.created_at, scope=CORPUS
+        )
+        return cls(ledger, job.created_by, event, reservation)
+
+    @property
+    def reserved(self) -> Reservation:
+        assert self.reservation is not None, "the training's charge is not reserved"
+        return self.reservation
+
+    def reserve(self, *, require_cap: bool = True) -> TrainingCharge:
+        """Reserve the event against the corpus-wide cap; returns the charge.
+
+        Raises BudgetExhaustedError when the cap cannot afford it, or (``require_cap``, the
+        default) when no cap is set: training without a cap would be an unbounded release.
+        """
+        if require_cap and self.ledger.corpus_cap() is None:
+            raise BudgetExhaustedError(
+                "no corpus-wide cap is set: training is refused", remaining_epsilon=0.0
+            )
+        self.reservation = self.ledger.reserve_corpus(self.principal_id, self.event)
+        return self
+
+    def refund(self) -> Settlement:
+        """Give the reservation back: only for a training that never ran."""
+        self.ledger.refund(self.reserved.id)
+        self.settlement = Settlement("refunded", self.reserved.id, self.event, 0)
+        return self.settlement
+
+    def train(
+        self,
+        config: TrainingConfig | Mapping[str, Any],
+        *,
+        train: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Train ``config`` (or its dict, as a job stores it) with this charge's event and
+        settle (:meth:`settle`) however it ends; returns what ``train`` returned (the
+        :class:`~models.registry.ModelVersion`) or re-raises what it raised.
+
+        ``train`` defaults to ``models.training.train`` and gets ``kwargs``, the event and
+        :attr:`run`; it refuses if the plan no longer matches the event. A config that does
+        not load is refunded (nothing was read); a ``train`` that does not fill in the run is
+        taken to have read the corpus. A ledger error while settling a failure is logged and
+        leaves the reservation reserved, which the cap counts as spent (never refunded by
+        accident); the failure itself is re-raised.
+        """
+        try:
+            if not isinstance(config, TrainingConfig):
+                config = TrainingConfig.from_dict(dict(config))
+            train_fn = train if train is not None else training.train
+            self.run.corpus_read = None  # train() says when it reads; one that does not is charged
+            version = train_fn(config, event=self.event, run=self.run, **kwargs)
+        except BaseException as exc:
+            try:
+                self.settle(exc)
+            except Exception:
+                log.exception("could not settle the training's reservation")
+            raise
+        self.settle(None)
+        return version
+
+    def settle(self, error: BaseException | None) -> Settlement:
+        """Commit or refund the reservation by :attr:`run` and the rules in the module
+        docstring. ``error`` is what ``train`` raised (None: it returned). Ledger errors
+        propagate; the reservation then stays reserved, which the cap counts as spent."""
+        run, full = self.run, self.event
+        planned_steps = int(full.steps or 1)
+        if error is not None and run.corpus_read is False:
+            return self.refund()
+        if isinstance(error, TrainingCancelled) and run.corpus_read is True:
+            steps = max(1, run.steps_started)
+            partial = self._charge_steps(steps) if steps < planned_steps else None
             if partial is not None:
                 return partial
-    commit_training(ledger, reservation)
-    return Settlement("committed", reservation.id, full, planned_steps)
+        self.ledger.commit(self.reserved.id)
+        self.settlement = Settlement("committed", self.reserved.id, full, planned_steps)
+        return self.settlement
 
-
-def _charge_steps(ledger: Ledger, reservation: Reservation, steps: int) -> Settlement | None:
-    """Replace the reservation by one for its first ``steps`` steps: reserve and commit the
-    smaller event, then refund the full one (never less on the ledger than the work done).
-    None, with nothing changed, when the cap cannot hold both at once."""
-    full = reservation.event
-    assert full.noise_multiplier is not None and full.sampling_rate is not None
-    event = PrivacyEvent.subsampled_gaussian(
-        noise_multiplier=full.noise_multiplier, sampling_rate=full.sampling_rate, steps=steps
-    )
-    try:
-        smaller = ledger.reserve_corpus(reservation.principal_id, event)
-    except BudgetExhaustedError:
-        return None
-    ledger.commit(smaller.id)
-    ledger.refund(reservation.id)
-    return Settlement("committed", smaller.id, event, steps)
-
-
-def run_charged_training(
-    ledger: Ledger,
-    config: Any,
-    *,
-    principal_id: str,
-    data_dir: str | os.PathLike[str],
-    snapshot_id: str | None = None,
-    progress: Callable[[float], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    activate: bool = True,
-    require_cap: bool = True,
-) -> Any:
-    """Plan, charge, train, publish, settle (:func:`settle_training`). Returns the
-    :class:`~models.registry.ModelVersion`. Raises BudgetExhaustedError before any text is
-    read when the cap cannot afford the training; re-raises what training raised, once the
-    reservation is settled."""
-    from models.training import plan_training, train
-
-    store = SnapshotStore(data_dir)
-    info = store.get(snapshot_id) if snapshot_id else store.live()
-    if info is None:
-        raise SnapshotNotFound("no live snapshot")
-    event = plan_training(config)
-    reservation = charge_training(ledger, event, principal_id=principal_id, require_cap=require_cap)
-    run = TrainingRun()
-    try:
-        version = train(
-            config,
-            data_dir=data_dir,
-            snapshot_id=info.id,
-            progress=progress,
-            should_stop=should_stop,
-            event=event,
-            activate=activate,
-            run=run,
+    def _charge_steps(self, steps: int) -> Settlement | None:
+        """Replace the reservation by one for its first ``steps`` steps: reserve and commit
+        the smaller event, then refund the full one (never less on the ledger than the work
+        done). None, with nothing changed, when the cap cannot hold both at once."""
+        full = self.event
+        assert full.noise_multiplier is not None and full.sampling_rate is not None
+        event = PrivacyEvent.subsampled_gaussian(
+            noise_multiplier=full.noise_multiplier, sampling_rate=full.sampling_rate, steps=steps
         )
-    except BaseException as exc:
-        settle_training(ledger, reservation, run, exc)
-        raise
-    settle_training(ledger, reservation, run, None)
-    return version
+        try:
+            smaller = self.ledger.reserve_corpus(self.principal_id, event)
+        except BudgetExhaustedError:
+            return None
+        self.ledger.commit(smaller.id)
+        self.ledger.refund(self.reserved.id)
+        self.settlement = Settlement("committed", smaller.id, event, steps)
+        return self.settlement

@@ -2,11 +2,11 @@
 
 Started by ``make run`` beside gunicorn (same settings, same data directory), or on any host
 that should run jobs when the queue is Redis. Beside the consumer it keeps the jobs honest
-(``models.job_recovery``), on both queues:
+(``jobs.recovery``), on both queues:
 
 * at start, jobs cut short by a worker that died are failed and their files deleted. With
   the default SQLite queue there is one consumer per data directory, so every job found
-  running was its predecessor's; with Redis, only jobs whose lease (``models.job_leases``)
+  running was its predecessor's; with Redis, only jobs whose lease (``jobs.leases``)
   has expired: the others belong to live workers on other hosts;
 * then every ``job_lease_s / 2`` seconds, jobs whose lease expired are failed the same way,
   and leftover input files of ended jobs deleted;
@@ -73,8 +73,8 @@ class Periodic:
 @pass_ctx
 def worker(ctx: Context, workers: int) -> None:
     """Run queued jobs (huey consumer) until interrupted."""
-    from models.job_recovery import recover
-    from models.jobs import create_tables
+    from jobs.recovery import recover
+    from jobs.table import create_tables
     from service import observability
     from service.jobs import job_context, make_queue
     from service.ledger.retention import prune_refused

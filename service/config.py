@@ -36,7 +36,7 @@ class Settings:
     min_free_disk_mb: int = 64
     # huey queue: empty means SQLite in the data directory; a redis:// URL to scale out.
     queue_url: str = ""
-    # A running job's lease (models/job_leases.py): renewed every job_lease_s / 4 seconds by
+    # A running job's lease (jobs/leases.py): renewed every job_lease_s / 4 seconds by
     # the process running it; a job whose lease expired is failed by any `privtext worker`
     # (which looks every job_lease_s / 2 seconds), on the SQLite and the Redis queue alike.
     job_lease_s: int = 60

@@ -23,7 +23,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
-from models import jobs as jobstore
+from jobs import states as jobstore
+from models import job_bodies as bodies
 from models.encoder import get_encoder
 from service import ratelimit
 from service.auth import current_principal, require
@@ -94,16 +95,16 @@ def create_embedding_job() -> tuple[Response, int]:
     _charge_rate(len(texts))
     principal = current_principal()
     ctx = get_context()
-    jobstore.sweep_expired(ctx)
+    bodies.sweep_expired(ctx)
     job = jobstore.create_job(
         ctx.engine, kind="embedding", created_by=principal.id, params={"count": len(texts)}
     )
     try:
-        jobstore.write_embedding_input(ctx, job.id, texts)
-        get_queue().enqueue_embedding(job.id)
+        bodies.write_embedding_input(ctx, job.id, texts)
+        get_queue().enqueue("embedding", job.id)
     except Exception as exc:
         current_app.logger.exception("could not queue embedding job %s", job.id)
-        (ctx.job_dir(job.id) / jobstore.INPUT_FILE).unlink(missing_ok=True)
+        ctx.delete_input(job.id)
         try:
             jobstore.mark_failed(ctx.engine, job.id, jobstore.failure_message(exc))
         except jobstore.JobStateError:
@@ -133,13 +134,13 @@ def get_embedding_result(job_id: str) -> Any:
         )
     job = visible_job(job_id, kind="embedding")
     ctx = get_context()
-    jobstore.sweep_expired(ctx)
+    bodies.sweep_expired(ctx)
     job = jobstore.get_job(ctx.engine, job.id) or job
     if job.status != "succeeded":
         raise APIError(
             409, "job_not_finished", f"The job is {job.status}; its result is not available."
         )
-    path = jobstore.result_path(ctx, job)
+    path = bodies.result_path(ctx, job)
     if path is None:
         raise APIError(410, "result_expired", "The job's result has expired and was deleted.")
     if fmt == "npy":

@@ -1,11 +1,11 @@
 """Jobs and models over HTTP: training jobs (admin), job status, model versions.
 
-* ``POST /v1/admin/training-jobs``: validate -> plan (the privacy event, from public inputs
-  only: the sampling rate is expected_senders_per_batch / the declared ``population_size``;
-  the corpus is not read, not even counted) -> reserve it against the corpus-wide cap
-  (``models.charge``; 409 ``budget_exhausted`` when the cap cannot afford it or none is set)
-  -> record the job -> queue it. The worker settles the reservation
-  (``models.charge.settle_training``): committed once the model is published, refunded only
+* ``POST /v1/admin/training-jobs``: validate -> price (``models.charge.TrainingCharge``:
+  the privacy event, from public inputs only: the sampling rate is
+  expected_senders_per_batch / the declared ``population_size``; the corpus is not read, not
+  even counted) -> reserve it against the corpus-wide cap (409 ``budget_exhausted`` when the
+  cap cannot afford it or none is set) -> record the job -> queue it. The worker settles the
+  same charge (``models.job_bodies``): committed once the model is published, refunded only
   when training stopped before its first read of the corpus, otherwise charged (in full for a
   failure, for the steps begun for a cancel).
 * ``GET /v1/jobs`` and ``GET /v1/jobs/<id>``: an admin sees every job, anyone else only their
@@ -28,7 +28,10 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
-from models import jobs as jobstore
+from jobs import queue as jobqueue
+from jobs import states as jobstore
+from jobs.table import KINDS, Job, create_tables
+from models import job_bodies as bodies
 from service import ratelimit
 from service.auth import current_principal, require
 from service.body import json_body, reject_unknown_args
@@ -43,7 +46,7 @@ _training_schema = TrainingJobRequest()
 @bp.record_once
 def _setup(state: BlueprintSetupState) -> None:
     engine = state.app.extensions["privtext"].engine
-    jobstore.create_tables(engine)
+    create_tables(engine)
     ratelimit.create_tables(engine)
 
 
@@ -72,12 +75,12 @@ def encoder_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def job_context(settings: Settings, engine: Any) -> jobstore.JobContext:
+def job_context(settings: Settings, engine: Any) -> bodies.ModelJobContext:
     """The context jobs run in, in a web worker (inline queue) or in ``privtext worker``."""
     from service.ledger.sql import SqlLedger
 
     data_dir = Path(settings.data_dir)
-    return jobstore.JobContext(
+    return bodies.ModelJobContext(
         engine=engine,
         data_dir=data_dir,
         ledger=SqlLedger(engine),
@@ -88,19 +91,20 @@ def job_context(settings: Settings, engine: Any) -> jobstore.JobContext:
     )
 
 
-def make_queue(settings: Settings, engine: Any) -> jobstore.Queue:
-    huey = jobstore.make_huey(settings.queue_url, settings.data_dir)
-    ctx: dict[str, jobstore.JobContext] = {}
+def make_queue(settings: Settings, engine: Any) -> jobqueue.Queue:
+    """The queue of ``settings.queue_url`` with the model jobs' bodies registered on it."""
+    huey = jobqueue.make_huey(settings.queue_url, settings.data_dir)
+    ctx: dict[str, bodies.ModelJobContext] = {}
 
-    def context() -> jobstore.JobContext:
+    def context() -> bodies.ModelJobContext:
         if "ctx" not in ctx:
             ctx["ctx"] = job_context(settings, engine)
         return ctx["ctx"]
 
-    return jobstore.make_queue(huey, context)
+    return jobqueue.make_queue(huey, context, bodies.BODIES)
 
 
-def get_queue(app: Flask | None = None) -> jobstore.Queue:
+def get_queue(app: Flask | None = None) -> jobqueue.Queue:
     svc = (app or current_app).extensions["privtext"]
     queue = svc.extra.get("queue")
     if queue is None:
@@ -108,7 +112,7 @@ def get_queue(app: Flask | None = None) -> jobstore.Queue:
     return queue  # type: ignore[no-any-return]
 
 
-def get_context() -> jobstore.JobContext:
+def get_context() -> bodies.ModelJobContext:
     svc = current_app.extensions["privtext"]
     ctx = svc.extra.get("job_context")
     if ctx is None:
@@ -123,7 +127,7 @@ def _iso(ts: Any) -> str | None:
     return ts.isoformat() if ts is not None else None
 
 
-def job_view(job: jobstore.Job) -> dict[str, Any]:
+def job_view(job: Job) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": job.id,
         "kind": job.kind,
@@ -146,7 +150,7 @@ def job_view(job: jobstore.Job) -> dict[str, Any]:
     return view
 
 
-def visible_job(job_id: str, kind: str | None = None) -> jobstore.Job:
+def visible_job(job_id: str, kind: str | None = None) -> Job:
     """The job, when the caller may see it (admin: any; others: their own); else 404."""
     principal = current_principal()
     job = jobstore.get_job(current_app.extensions["privtext"].engine, job_id)
@@ -166,14 +170,15 @@ def visible_job(job_id: str, kind: str | None = None) -> jobstore.Job:
 @require("admin")
 def create_training_job() -> tuple[Response, int]:
     from corpus.store import SnapshotNotFound
-    from models.charge import charge_training, refund_training
-    from models.training import TrainingConfig, plan_training, planned_delta
+    from models.charge import TrainingCharge
+    from models.training import TrainingConfig, planned_delta
     from service.charging import get_ledger
 
     principal = current_principal()
     req = _training_schema.load(json_body())
     config = TrainingConfig.from_dict(TrainingJobRequest.config_of(req))  # 422 if invalid
-    event = plan_training(config)  # public inputs only: 422 before anything is read or charged
+    # priced from public inputs only: 422 before anything is read or charged
+    charge = TrainingCharge.price(get_ledger(), config, principal_id=principal.id)
     svc = current_app.extensions["privtext"]
     try:
         info = svc.corpus.get(req["snapshot_id"]) if req["snapshot_id"] else svc.corpus.live()
@@ -182,43 +187,29 @@ def create_training_job() -> tuple[Response, int]:
     if info is None:
         status = 404 if req["snapshot_id"] else 503
         raise APIError(status, "no_snapshot", "No such corpus snapshot.")
-    ledger = get_ledger()
-    reservation = charge_training(ledger, event, principal_id=principal.id)  # 409 if refused
-    params = {
-        "config": config.to_dict(),
-        "snapshot_id": info.id,
-        "event": event.to_dict(),
-        "activate": req["activate"],
-    }
+    charge.reserve()  # 409 if refused
+    # refunded by create_training_job when the job cannot be recorded
+    job = bodies.create_training_job(
+        svc.engine, charge, config, snapshot_id=info.id, activate=req["activate"]
+    )
     try:
-        job = jobstore.create_job(
-            svc.engine,
-            kind="training",
-            created_by=principal.id,
-            params=params,
-            reservation_id=reservation.id,
-        )
-    except BaseException:
-        refund_training(ledger, reservation)
-        raise
-    try:
-        get_queue().enqueue_training(job.id)
+        get_queue().enqueue("training", job.id)
     except Exception as exc:
         current_app.logger.exception("could not queue training job %s", job.id)
         # Refunded only when the job is still queued (claimed here atomically): a worker that
-        # has already taken it settles the reservation itself.
+        # has already taken it settles the charge itself.
         if jobstore.fail_if_queued(svc.engine, job.id, jobstore.failure_message(exc)):
-            refund_training(ledger, reservation)
+            charge.refund()
         raise APIError(503, "queue_unavailable", "The job queue is unavailable.") from exc
     job = jobstore.get_job(svc.engine, job.id) or job
     body = {
         **job_view(job),
         "cost": {
-            "event": event.to_dict(),
+            "event": charge.event.to_dict(),
             "target_epsilon": config.target_epsilon,
             "delta": planned_delta(config),
             "charged_to": "corpus-wide cap",
-            "reservation_id": reservation.id,
+            "reservation_id": charge.reserved.id,
         },
     }
     return jsonify(body), 201
@@ -233,12 +224,12 @@ def list_jobs() -> Response:
     principal = current_principal()
     reject_unknown_args("kind")
     kind = request.args.get("kind")
-    if kind is not None and kind not in jobstore.KINDS:
+    if kind is not None and kind not in KINDS:
         raise APIError(
             422,
             "validation_error",
             "The request is not valid.",
-            {"kind": [f"must be one of {list(jobstore.KINDS)}"]},
+            {"kind": [f"must be one of {list(KINDS)}"]},
         )
     found = jobstore.list_jobs(
         current_app.extensions["privtext"].engine,
@@ -261,7 +252,7 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
     reject_unknown_args()
     job = visible_job(job_id)
     try:
-        job = jobstore.cancel_job(get_context(), job.id)
+        job = bodies.cancel_job(get_context(), job.id)
     except jobstore.JobStateError:
         job = jobstore.get_job(current_app.extensions["privtext"].engine, job.id) or job
         raise APIError(

@@ -1,13 +1,19 @@
-"""Fixtures for the language-model tests: a tiny ingested corpus and a config that trains in
-seconds on a CPU."""
+"""Fixtures for the language-model tests: a config that trains in seconds on a CPU (on the
+tiny corpus of ``tests/conftest.py``'s ``ingested``) and the model jobs' context."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
+from jobs.table import create_tables
+from mechanisms.ledger_memory import InMemoryLedger
+from models.job_bodies import ModelJobContext
+from models.registry import base_model_path
 from models.training import TrainingConfig
+from service.db import make_engine
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -26,4 +32,22 @@ def tiny_config() -> TrainingConfig:
         max_seq_len=16,
         trainable_layers=1,
         seed=3,
+    )
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> ModelJobContext:
+    """The model jobs' context: a state database with the job tables, a data directory (the
+    ``data_dir`` fixture's, when a test also asks for ``ingested``), an in-memory ledger, the
+    public base model for embeddings on the CPU, results kept 60 s, leases of 10 s."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    create_tables(engine)
+    return ModelJobContext(
+        engine=engine,
+        data_dir=tmp_path / "data",
+        lease_s=10.0,
+        ledger=InMemoryLedger(),
+        model_source=lambda: ("base", base_model_path()),
+        encoder_options={"device": "cpu"},
+        result_ttl_s=60,
     )

@@ -1,7 +1,9 @@
-"""Charging training to the corpus-wide cap: ``Ledger.reserve_corpus`` on every backend,
-refusal before any text is read, and how a training's reservation is settled: refunded only
-when the corpus was never read, charged in full for any failure after the read, charged for
-the steps begun when cancelled."""
+"""Charging training to the corpus-wide cap (``models.charge.TrainingCharge``, the one path
+the HTTP route and the job body share): ``Ledger.reserve_corpus`` on every backend, the price
+from public inputs and the refusal before any text is read, and how a training's reservation
+is settled: refunded only when the corpus was never read, charged in full for any failure
+after the read, charged for the steps begun when cancelled. The failures and the cancel run
+through the real job body (``models.job_bodies.run_training_job``) and the real trainer."""
 
 from __future__ import annotations
 
@@ -10,19 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from jobs import states as S
+from jobs.table import Job
 from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Budget, Ledger, UnknownReservationError
 from mechanisms.ledger_memory import InMemoryLedger
-from models.charge import (
-    charge_training,
-    commit_training,
-    refund_training,
-    run_charged_training,
-    settle_training,
-)
+from models import job_bodies as B
+from models.charge import TrainingCharge
+from models.job_bodies import ModelJobContext
 from models.registry import BASE_ID, ModelRegistry
-from models.training import TrainingCancelled, TrainingConfig, TrainingRun
+from models.training import TrainingCancelled, TrainingConfig, TrainingRun, plan_training
 
 EVENT = PrivacyEvent.subsampled_gaussian(noise_multiplier=1.0, sampling_rate=0.01, steps=100)
 
@@ -31,16 +31,15 @@ def test_reserve_corpus_charges_the_cap_only(any_ledger: Ledger, make_analyst) -
     admin = make_analyst(any_ledger, "admin")
     any_ledger.set_corpus_cap(Budget(10.0, 1e-5))
     before = any_ledger.corpus_remaining().spent_epsilon
-    r = charge_training(any_ledger, EVENT, principal_id=admin)
+    charge = TrainingCharge(any_ledger, admin, EVENT).reserve()
     spent = any_ledger.corpus_remaining().spent_epsilon
     assert spent > before and spent == pytest.approx(EVENT_RDP_EPS(), rel=1e-6)
     assert any_ledger.get_budget(admin) is None  # no analyst budget was needed or touched
-    refund_training(any_ledger, r)
+    charge.refund()
     assert any_ledger.corpus_remaining().spent_epsilon == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(UnknownReservationError):
-        refund_training(any_ledger, r)
-    r2 = charge_training(any_ledger, EVENT, principal_id=admin)
-    commit_training(any_ledger, r2)
+        charge.refund()
+    TrainingCharge(any_ledger, admin, EVENT).reserve().settle(None)  # returned: committed
     assert any_ledger.corpus_remaining().spent_epsilon == pytest.approx(spent, rel=1e-9)
     assert [e.status for e in any_ledger.history(admin)] == ["committed", "refunded"]
 
@@ -70,10 +69,10 @@ def test_refunding_an_event_with_infinite_orders_never_lowers_what_stays(
 
     admin = make_analyst(any_ledger, "admin")
     any_ledger.set_corpus_cap(Budget(50.0, 1e-5))
-    commit_training(any_ledger, charge_training(any_ledger, SMALL, principal_id=admin))
+    TrainingCharge(any_ledger, admin, SMALL).reserve().settle(None)
     alone = any_ledger.corpus_remaining().spent_epsilon
     assert alone == pytest.approx(Spend.of(SMALL).epsilon(1e-5), rel=1e-9) and alone > 1
-    refund_training(any_ledger, charge_training(any_ledger, LARGE, principal_id=admin))
+    TrainingCharge(any_ledger, admin, LARGE).reserve().refund()
     after = any_ledger.corpus_remaining().spent_epsilon
     assert after >= alone - 1e-9  # conservative where the orders are unknown, never lower
     assert after <= Spend.of(SMALL).epsilon(1e-5) * 1.5  # and the finite orders were refunded
@@ -92,10 +91,10 @@ def test_spend_subtraction_keeps_infinite_orders() -> None:
 def test_refused_when_the_cap_cannot_afford_it(any_ledger: Ledger, make_analyst) -> None:  # type: ignore[no-untyped-def]
     admin = make_analyst(any_ledger, "admin")
     with pytest.raises(BudgetExhaustedError, match="no corpus-wide cap"):
-        charge_training(any_ledger, EVENT, principal_id=admin)
+        TrainingCharge(any_ledger, admin, EVENT).reserve()
     any_ledger.set_corpus_cap(Budget(0.1, 1e-5))
     with pytest.raises(BudgetExhaustedError, match="cap is exhausted"):
-        charge_training(any_ledger, EVENT, principal_id=admin)
+        TrainingCharge(any_ledger, admin, EVENT).reserve()
     assert any_ledger.history(admin) == []
     assert any_ledger.corpus_remaining().spent_epsilon == 0.0
 
@@ -106,7 +105,7 @@ def test_analyst_refunds_still_work_beside_corpus_reservations(
     a = make_analyst(any_ledger)
     any_ledger.set_budget(a, Budget(1.0, 1e-6))
     any_ledger.set_corpus_cap(Budget(100.0, 1e-5))
-    charge_training(any_ledger, EVENT, principal_id=a)
+    TrainingCharge(any_ledger, a, EVENT).reserve()
     r = any_ledger.reserve(a, PrivacyEvent.laplace(0.5))
     any_ledger.refund(r.id)
     assert any_ledger.remaining(a, tight=False).spent_epsilon == pytest.approx(0.0, abs=1e-12)
@@ -118,19 +117,34 @@ def test_training_refused_before_any_text_is_read(
     tiny_config: TrainingConfig,
     monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
+    """The route's half of the path: priced from the config alone, refused by the cap, with
+    nothing read, reserved or trained."""
+
     def no_reading(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("the corpus text was read")
 
     monkeypatch.setattr("models.data.load_sender_examples", no_reading)
+    monkeypatch.setattr("corpus.store.SnapshotStore.cursor", no_reading)
     ledger = InMemoryLedger()
     ledger.set_corpus_cap(Budget(1.0, 1e-3))  # a training at epsilon 8 does not fit
+    charge = TrainingCharge.price(ledger, tiny_config, principal_id="ad_1")
+    assert charge.event == plan_training(tiny_config) and charge.reservation is None
     with pytest.raises(BudgetExhaustedError):
-        run_charged_training(ledger, tiny_config, principal_id="ad_1", data_dir=data_dir)
+        charge.reserve()
+    assert charge.reservation is None and ledger.history("ad_1") == []
     assert [v.id for v in ModelRegistry(data_dir).list()] == [BASE_ID]
 
 
 def _spent(ledger: Ledger) -> float:
     return ledger.corpus_remaining().spent_epsilon
+
+
+def _queued_training(ctx: ModelJobContext, config: TrainingConfig) -> Job:
+    """A training job as the route queues it: priced, reserved against a cap of 50, recorded
+    (the live snapshot, the model activated once published)."""
+    ctx.ledger.set_corpus_cap(Budget(50.0, 1e-3))
+    charge = TrainingCharge.price(ctx.ledger, config, principal_id="ad_1").reserve()
+    return B.create_training_job(ctx.engine, charge, config, snapshot_id=None, activate=True)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +158,7 @@ def _spent(ledger: Ledger) -> float:
     ids=lambda e: type(e).__name__,
 )
 def test_a_training_that_fails_in_a_step_after_reading_is_charged(
-    data_dir: Path,
+    ctx: ModelJobContext,
     ingested,
     tiny_config: TrainingConfig,
     monkeypatch: pytest.MonkeyPatch,
@@ -162,20 +176,24 @@ def test_a_training_that_fails_in_a_step_after_reading_is_charged(
         real_step(self, batch)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Trainer, "dp_step", second_step_fails)
-    ledger = InMemoryLedger()
-    ledger.set_corpus_cap(Budget(50.0, 1e-3))
+    job = _queued_training(ctx, tiny_config)
     with pytest.raises(type(error)):
-        run_charged_training(ledger, tiny_config, principal_id="ad_1", data_dir=data_dir)
+        B.run_training_job(job.id, ctx)
+    ledger = ctx.ledger
     assert [e.status for e in ledger.history("ad_1")] == ["committed"]  # not refunded
     (entry,) = ledger.history("ad_1")
     assert entry.event.steps == tiny_config.steps  # in full, though one step ran
     assert _spent(ledger) > 0 and ledger.corpus_remaining().reserved == 0
-    assert ModelRegistry(data_dir).active().id == BASE_ID  # nothing published
-    assert [v.id for v in ModelRegistry(data_dir).list()] == [BASE_ID]
+    failed = S.get_job(ctx.engine, job.id)
+    assert failed is not None and (failed.status, failed.error) == ("failed", B.FAILED_AFTER_READ)
+    assert failed.result == {"charge": {"status": "committed", "reservation_id": entry.id,
+                                        "event": entry.event.to_dict(), "steps": 2}}
+    assert ModelRegistry(ctx.data_dir).active().id == BASE_ID  # nothing published
+    assert [v.id for v in ModelRegistry(ctx.data_dir).list()] == [BASE_ID]
 
 
 def test_a_training_that_fails_before_reading_is_refunded(
-    data_dir: Path,
+    ctx: ModelJobContext,
     ingested,
     tiny_config: TrainingConfig,
     monkeypatch: pytest.MonkeyPatch,
@@ -193,36 +211,38 @@ def test_a_training_that_fails_before_reading_is_refunded(
 
     monkeypatch.setattr("models.trainer.load_base", no_base)
     monkeypatch.setattr("models.data.load_sender_examples", reader)
-    ledger = InMemoryLedger()
-    ledger.set_corpus_cap(Budget(50.0, 1e-3))
+    job = _queued_training(ctx, tiny_config)
     with pytest.raises(OSError):
-        run_charged_training(ledger, tiny_config, principal_id="ad_1", data_dir=data_dir)
+        B.run_training_job(job.id, ctx)
     assert read == []
-    assert [e.status for e in ledger.history("ad_1")] == ["refunded"]
-    assert _spent(ledger) == 0.0
-    assert ModelRegistry(data_dir).active().id == BASE_ID
+    assert [e.status for e in ctx.ledger.history("ad_1")] == ["refunded"]
+    assert _spent(ctx.ledger) == 0.0
+    failed = S.get_job(ctx.engine, job.id)
+    assert failed is not None and failed.status == "failed" and "OSError" in (failed.error or "")
+    assert ModelRegistry(ctx.data_dir).active().id == BASE_ID
 
 
 def test_a_cancelled_training_is_charged_for_the_steps_begun(
-    data_dir: Path,
+    ctx: ModelJobContext,
     ingested,
-    tiny_config: TrainingConfig,  # type: ignore[no-untyped-def]
+    tiny_config: TrainingConfig,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     from mechanisms.ledger import Spend
 
-    ledger = InMemoryLedger()
-    ledger.set_corpus_cap(Budget(50.0, 1e-3))
+    job = _queued_training(ctx, tiny_config)
     done: list[float] = []
-    with pytest.raises(TrainingCancelled):
-        run_charged_training(
-            ledger,
-            tiny_config,
-            principal_id="ad_1",
-            data_dir=data_dir,
-            progress=done.append,
-            should_stop=lambda: bool(done),  # asked to stop once the first step finished
-        )
+    real_progress = S.set_progress
+
+    def progress(engine: object, job_id: str, fraction: float) -> None:
+        real_progress(engine, job_id, fraction)  # type: ignore[arg-type]
+        done.append(fraction)
+        B.cancel_job(ctx, job_id)  # asked to stop once the first step finished
+
+    monkeypatch.setattr(S, "set_progress", progress)
+    B.run_training_job(job.id, ctx)  # a cancel raises nothing to the queue
     assert done == [0.5]
+    ledger = ctx.ledger
     committed = [e for e in ledger.history("ad_1") if e.status == "committed"]
     assert sorted(e.status for e in ledger.history("ad_1")) == ["committed", "refunded"]
     (entry,) = committed
@@ -234,7 +254,10 @@ def test_a_cancelled_training_is_charged_for_the_steps_begun(
     )
     assert _spent(ledger) == pytest.approx(Spend.of(entry.event).epsilon(1e-3), rel=1e-9)
     assert ledger.corpus_remaining().reserved == 0
-    assert ModelRegistry(data_dir).active().id == BASE_ID
+    cancelled = S.get_job(ctx.engine, job.id)
+    assert cancelled is not None and cancelled.status == "cancelled"
+    assert cancelled.reservation_id == entry.id  # the job points at the charge that stays
+    assert ModelRegistry(ctx.data_dir).active().id == BASE_ID
 
 
 PLANNED = PrivacyEvent.subsampled_gaussian(noise_multiplier=1.0, sampling_rate=0.1, steps=10)
@@ -254,15 +277,17 @@ PLANNED = PrivacyEvent.subsampled_gaussian(noise_multiplier=1.0, sampling_rate=0
         (TrainingRun(corpus_read=None), RuntimeError(), "committed", 10),
     ],
 )
-def test_settle_training(
+def test_settle(
     run: TrainingRun, error: BaseException | None, status: str, steps: int
 ) -> None:
     from mechanisms.ledger import Spend
 
     ledger = InMemoryLedger()
     ledger.set_corpus_cap(Budget(50.0, 1e-5))
-    reservation = charge_training(ledger, PLANNED, principal_id="ad_1")
-    settled = settle_training(ledger, reservation, run, error)
+    charge = TrainingCharge(ledger, "ad_1", PLANNED, run=run).reserve()
+    reservation = charge.reserved
+    settled = charge.settle(error)
+    assert charge.settlement == settled
     assert (settled.status, settled.steps) == (status, steps)
     assert ledger.corpus_remaining().reserved == 0
     if status == "refunded":
@@ -283,9 +308,10 @@ def test_a_cancel_is_charged_in_full_when_the_cap_cannot_hold_both_for_a_moment(
     ledger = InMemoryLedger()
     full = Spend.of(PLANNED).epsilon(1e-5)
     ledger.set_corpus_cap(Budget(full * 1.01, 1e-5))
-    reservation = charge_training(ledger, PLANNED, principal_id="ad_1")
     run = TrainingRun(corpus_read=True, steps_started=3)
-    settled = settle_training(ledger, reservation, run, TrainingCancelled())
+    charge = TrainingCharge(ledger, "ad_1", PLANNED, run=run).reserve()
+    reservation = charge.reserved
+    settled = charge.settle(TrainingCancelled())
     assert (settled.status, settled.steps, settled.reservation_id) == (
         "committed",
         10,

@@ -21,8 +21,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from jobs import states as jobstore
 from mechanisms.ledger import Budget
-from models import jobs as jobstore
 from service.app import create_app
 from service.auth import create_principal, issue_key
 from service.body import MAX_JSON_DEPTH, QUERY_ARGS

@@ -18,8 +18,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from models import jobs as J
-from models.job_recovery import INTERRUPTED
+from jobs import states as J
+from jobs.context import INPUT_FILE
+from jobs.recovery import INTERRUPTED
+from jobs.table import Job
+from models.job_bodies import write_embedding_input
 from service.config import Settings
 from service.db import init_db, make_engine
 from service.jobs import job_context, make_queue
@@ -99,12 +102,12 @@ def setup(data_dir: Path, queue_url: str, tmp_path: Path) -> Iterator[tuple[Engi
         engine.dispose()
 
 
-def _enqueue(engine: Engine, data_dir: Path, queue_url: str, texts: list[str]) -> J.Job:
+def _enqueue(engine: Engine, data_dir: Path, queue_url: str, texts: list[str]) -> Job:
     settings = Settings.load({"data_dir": str(data_dir), "queue_url": queue_url})
     ctx = job_context(settings, engine)
     job = J.create_job(engine, kind="embedding", created_by="ap_x", params={"count": len(texts)})
-    J.write_embedding_input(ctx, job.id, texts)
-    make_queue(settings, engine).enqueue_embedding(job.id)
+    write_embedding_input(ctx, job.id, texts)
+    make_queue(settings, engine).enqueue("embedding", job.id)
     return job
 
 
@@ -117,7 +120,7 @@ def _wait(what: str, until: Callable[[], bool], workers: Workers, timeout: float
     pytest.fail(f"timed out waiting until {what}\n{workers.output()}")
 
 
-def _job(engine: Engine, job_id: str) -> J.Job:
+def _job(engine: Engine, job_id: str) -> Job:
     job = J.get_job(engine, job_id)
     assert job is not None
     return job
@@ -128,7 +131,7 @@ def test_a_worker_killed_mid_job_leaves_a_failed_job_and_no_texts(
 ) -> None:
     engine, workers = setup
     job = _enqueue(engine, data_dir, queue_url, TEXTS)
-    texts = data_dir / "jobs" / job.id / J.INPUT_FILE
+    texts = data_dir / "jobs" / job.id / INPUT_FILE
     first = workers.start()
     _wait("the job is part done", lambda: _job(engine, job.id).progress > 0, workers)
     assert _job(engine, job.id).status == "running" and texts.exists()
@@ -158,4 +161,4 @@ def test_a_worker_killed_mid_job_leaves_a_failed_job_and_no_texts(
     # The surviving worker goes on running jobs.
     after = _enqueue(engine, data_dir, queue_url, ["one more", "and another"])
     _wait("the next job succeeds", lambda: _job(engine, after.id).status == "succeeded", workers)
-    assert not (data_dir / "jobs" / after.id / J.INPUT_FILE).exists()
+    assert not (data_dir / "jobs" / after.id / INPUT_FILE).exists()

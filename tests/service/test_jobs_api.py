@@ -98,6 +98,18 @@ def test_training_is_refused_when_the_cap_cannot_afford_it(
     assert client.get("/v1/jobs", headers=admin).json["jobs"] == []
 
 
+def test_training_on_a_missing_snapshot_is_refused_before_any_charge(
+    client: FlaskClient, admin: dict[str, str], ledger: SqlLedger
+) -> None:
+    ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
+    r = client.post("/v1/admin/training-jobs", json={**TINY, "snapshot_id": "snap-missing"},
+                    headers=admin)
+    assert r.status_code == 404 and r.json["code"] == "no_snapshot"
+    assert ledger.corpus_remaining().spent_epsilon == 0.0
+    assert ledger.corpus_remaining().reserved == 0
+    assert client.get("/v1/jobs", headers=admin).json["jobs"] == []
+
+
 def test_training_job_is_charged_and_succeeds(
     client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -125,7 +137,7 @@ def test_training_job_is_charged_and_succeeds(
 def test_a_training_that_fails_after_reading_is_reported_and_charged(
     client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from models.jobs import FAILED_AFTER_READ
+    from models.job_bodies import FAILED_AFTER_READ
 
     _fake_train(monkeypatch, fail=True)
     ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
@@ -163,14 +175,14 @@ def test_starting_a_training_reads_nothing_and_returns_only_declared_figures(
     1,000, the corpus holds 20): no response carries a figure computed from the corpus, and
     starting the job does not touch the corpus at all."""
     from corpus.store import SnapshotStore
-    from models import jobs as J
+    from jobs.queue import Queue
     from models.training import default_delta
 
     def no_reading(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the corpus was read to start a training")
 
     monkeypatch.setattr(SnapshotStore, "cursor", no_reading)
-    monkeypatch.setattr(J.Queue, "enqueue_training", lambda self, job_id: None)  # stays queued
+    monkeypatch.setattr(Queue, "enqueue", lambda self, kind, job_id: None)  # stays queued
     ledger.set_corpus_cap(Budget(epsilon=50.0, delta=1e-3))
     r = client.post("/v1/admin/training-jobs", json={**TINY, "population_size": 1000},
                     headers=admin)
@@ -279,7 +291,9 @@ def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_p
     import time
     from dataclasses import replace
 
-    from models import jobs as J
+    from jobs import states as J
+    from jobs.table import FINAL
+    from models.job_bodies import write_embedding_input
     from service.jobs import job_context, make_queue
 
     settings = jobs_app.extensions["privtext"].settings
@@ -287,8 +301,8 @@ def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_p
     engine = jobs_app.extensions["privtext"].engine
     ctx = job_context(sqlite_settings, engine)
     job = J.create_job(engine, kind="embedding", created_by="ap_x", params={"count": 1})
-    J.write_embedding_input(ctx, job.id, ["from another process"])
-    make_queue(sqlite_settings, engine).enqueue_embedding(job.id)
+    write_embedding_input(ctx, job.id, ["from another process"])
+    make_queue(sqlite_settings, engine).enqueue("embedding", job.id)
     audit_ids = {
         status: _audit_row(engine, status, days_old=31) for status in ("refused", "released")
     }
@@ -303,7 +317,7 @@ def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_p
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             done = J.get_job(engine, job.id)
-            if done is not None and done.status in J.FINAL:
+            if done is not None and done.status in FINAL:
                 break
             time.sleep(0.5)
         output = (tmp_path / "worker.log").read_text()
@@ -380,11 +394,12 @@ def test_cancel_a_queued_training_job_refunds_it(
     ledger: SqlLedger,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from models import jobs as J
+    from jobs.queue import Queue
+    from models.job_bodies import run_training_job
     from service.jobs import job_context
 
     calls = _fake_train(monkeypatch)
-    monkeypatch.setattr(J.Queue, "enqueue_training", lambda self, job_id: None)  # stays queued
+    monkeypatch.setattr(Queue, "enqueue", lambda self, kind, job_id: None)  # stays queued
     ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-3))
     job = client.post("/v1/admin/training-jobs", json=TINY, headers=admin).json
     assert job["status"] == "queued" and ledger.corpus_remaining().spent_epsilon > 0
@@ -397,7 +412,7 @@ def test_cancel_a_queued_training_job_refunds_it(
     # The worker picks the task up later: it finds the job cancelled and does nothing.
     engine = jobs_app.extensions["privtext"].engine
     ctx = job_context(jobs_app.extensions["privtext"].settings, engine)
-    J.run_training_job(job["id"], ctx)
+    run_training_job(job["id"], ctx)
     assert calls == []
     assert client.get(f"/v1/jobs/{job['id']}", headers=admin).json == r.json
     assert _entry_status(ledger, job["created_by"], rid) == "refunded"
@@ -500,7 +515,7 @@ def test_cancel_of_a_finished_job_is_409_and_changes_nothing(
 
 
 def test_who_may_cancel(jobs_app: Flask, client: FlaskClient, admin: dict[str, str]) -> None:
-    from models import jobs as J
+    from jobs import states as J
 
     engine = jobs_app.extensions["privtext"].engine
     alice, alice_h = _principal(jobs_app, "analyst")
@@ -524,7 +539,7 @@ def test_cancel_a_running_embedding_job_leaves_no_result(
     import numpy as np
 
     import models.encoder
-    from models import jobs as J
+    from models.job_bodies import RESULT_FILE
 
     _, app_h = _principal(jobs_app, "app")
     answers: list[int] = []
@@ -544,6 +559,6 @@ def test_cancel_a_running_embedding_job_leaves_no_result(
     assert answers == [202] and r.json["status"] == "cancelled" and "result_url" not in r.json
     data_dir = Path(jobs_app.extensions["privtext"].settings.data_dir)
     job_dir = data_dir / "jobs" / r.json["id"]
-    assert not (job_dir / J.RESULT_FILE).exists() and list(job_dir.iterdir()) == []
+    assert not (job_dir / RESULT_FILE).exists() and list(job_dir.iterdir()) == []
     result = client.get(f"/v1/embedding-jobs/{r.json['id']}/result", headers=app_h)
     assert result.status_code == 409
