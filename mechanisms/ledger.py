@@ -43,10 +43,10 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from mechanisms.budget import (
     MAX_DELTA,
@@ -63,6 +63,8 @@ from mechanisms.budget import (
 )
 from mechanisms.errors import InvalidParameterError
 from mechanisms.events import PrivacyEvent
+from mechanisms.ledger_repair import recompute
+from mechanisms.ledger_store import ANALYST, CORPUS, LedgerEntry, LedgerStore, LedgerTxn
 from mechanisms.spend import EPSILON_TOLERANCE, Spend
 
 __all__ = [
@@ -89,8 +91,6 @@ __all__ = [
 log = logging.getLogger("privtext.ledger")
 
 STATUSES = ("reserved", "committed", "refunded")
-#: The scope of an entry: charged to the analyst's budget and the cap, or to the cap alone.
-ANALYST, CORPUS = "analyst", "corpus"
 SCOPES = (ANALYST, CORPUS)
 
 
@@ -124,79 +124,6 @@ class Reservation:
     #: analyst's reservation, saves reading the budget again to report it.
     remaining: Remaining | None = field(default=None, compare=False, repr=False)
     scope: str = ANALYST
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    id: str
-    principal_id: str
-    event: PrivacyEvent
-    status: str  # "reserved" | "committed" | "refunded"
-    created_at: datetime
-    settled_at: datetime | None = None
-    scope: str = ANALYST
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "principal_id": self.principal_id,
-            "event": self.event.to_dict(),
-            "status": self.status,
-            "created_at": self.created_at.isoformat(),
-            "settled_at": self.settled_at.isoformat() if self.settled_at else None,
-        }
-
-
-class LedgerTxn(Protocol):
-    """One transaction of a store. In a write transaction, reading a budget or the cap locks
-    its row until the transaction ends (SQLite holds the database write lock throughout)."""
-
-    def budget(self, principal_id: str) -> tuple[Budget | None, Spend]:
-        """The principal's budget (None: none set) and running spend."""
-
-    def put_spend(self, principal_id: str, spend: Spend) -> None:
-        """Store the principal's running spend (the budget row exists)."""
-
-    def put_budget(self, principal_id: str, budget: Budget) -> None:
-        """Set the principal's budget, creating the row (spend empty) when there is none."""
-
-    def cap(self) -> tuple[Budget | None, Spend]:
-        """The corpus-wide cap (None: none set) and the corpus's running spend."""
-
-    def put_cap_spend(self, spend: Spend) -> None: ...
-
-    def put_cap(self, budget: Budget | None) -> None: ...
-
-    def add_entry(self, entry: LedgerEntry) -> None: ...
-
-    def entry(self, reservation_id: str) -> LedgerEntry | None: ...
-
-    def settle_entry(self, reservation_id: str, status: str, at: datetime) -> bool:
-        """Move a ``reserved`` entry to ``status``; False when it is not reserved (or absent)."""
-
-    def budget_rows(self) -> list[tuple[str, Budget | None, Spend]]:
-        """Every principal's (id, budget, spend), ordered by id (locked in a write)."""
-
-    def live_entries(self, principal_id: str | None = None) -> list[LedgerEntry]:
-        """Reserved and committed entries (of one principal, or all), oldest first."""
-
-    def counts(self, principal_id: str) -> dict[str, int]:
-        """How many of the principal's entries are in each status."""
-
-    def history(self, principal_id: str, limit: int, offset: int) -> list[LedgerEntry]:
-        """The principal's entries, newest first."""
-
-
-class LedgerStore(Protocol):
-    """Where the ledger's rows live. It opens transactions; the :class:`Ledger` decides."""
-
-    def write(self, *, durable: bool = True) -> AbstractContextManager[LedgerTxn]:
-        """A write transaction, committed on a clean exit, rolled back on an exception.
-        ``durable=False``: the commit need not wait for the disk (a lost commit must leave
-        nothing under-charged)."""
-
-    def read(self) -> AbstractContextManager[LedgerTxn]:
-        """A read-only transaction (one consistent view; locks nothing)."""
 
 
 Gate = Callable[[LedgerTxn], object | None]
@@ -412,46 +339,9 @@ class Ledger:
             txn.put_cap(budget)
 
     def recompute_spends(self, *, apply: bool = False) -> list[dict[str, Any]]:
-        """Recompute every stored spend from the live (reserved or committed) entries.
-
-        The stored spends are running sums, updated on every reserve and refund; this sums
-        the entries again, for an operator to check them, or to repair them (``apply``) after
-        a bug (a refund of an event with infinite RDP orders once zeroed those orders). An
-        analyst's spend is the sum of their analyst-scope entries; the cap's is the sum of
-        all. Runs under the write locks, budgets before the cap, like every other
-        transaction. Returns, per budget row and for the cap, the epsilon stored and
-        recomputed (at the budget's delta, or REPORT_DELTA without one).
-        """
-        with self.store.write() as txn:
-            rows: list[tuple[str | None, Budget | None, Spend]] = list(txn.budget_rows())
-            cap, stored_corpus = txn.cap()
-            priced: dict[PrivacyEvent, Spend] = {}
-            own: dict[str, Spend] = {}
-            corpus = Spend()
-            for e in txn.live_entries():
-                spend = priced.get(e.event) or priced.setdefault(e.event, Spend.of(e.event))
-                corpus = corpus + spend
-                if e.scope == ANALYST:
-                    own[e.principal_id] = own.get(e.principal_id, Spend()) + spend
-            report = []
-            for principal_id, budget, stored in [*rows, (None, cap, stored_corpus)]:
-                fresh = corpus if principal_id is None else own.get(principal_id, Spend())
-                delta = budget.delta if budget else REPORT_DELTA
-                report.append(
-                    {
-                        "scope": CORPUS if principal_id is None else ANALYST,
-                        "principal_id": principal_id,
-                        "delta": delta,
-                        "stored_epsilon": stored.epsilon(delta),
-                        "recomputed_epsilon": fresh.epsilon(delta),
-                        "entries": fresh.count,
-                    }
-                )
-                if apply and principal_id is None:
-                    txn.put_cap_spend(fresh)
-                elif apply and principal_id is not None:
-                    txn.put_spend(principal_id, fresh)
-        return report
+        """Recompute every stored spend from the live entries, and repair them with
+        ``apply`` (``privtext ledger recompute``; see :func:`mechanisms.ledger_repair`)."""
+        return recompute(self.store, apply=apply)
 
 
 class Charge:

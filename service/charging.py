@@ -163,37 +163,59 @@ def run_charged(
     pid = principal if isinstance(principal, str) else principal.id
     ledger = ledger or get_ledger()  # type: ignore[assignment]
     assert isinstance(ledger, SqlLedger)
-    engine = current_app.extensions["privtext"].engine
     normalised = audit.normalise_query(query)
     q = _Query(pid, snapshot_id, normalised, audit.query_hash(normalised))
-    common = {"snapshot_id": snapshot_id, "query_hash": q.qhash}
+    path = _Path(ledger, current_app.extensions["privtext"].engine, q, rate, dry_run)
+    if dry_run:
+        return path.quote(event, predicted)
+    reserved = _reserve(ledger, path.engine, q, event, rate)
+    if not isinstance(reserved, Reservation):
+        return path.replay(reserved)
+    return path.spend(reserved, event, compute)
 
-    def replay(stored: dict[str, Any]) -> dict[str, Any]:
-        if not dry_run:
-            with writes.write(engine, durable=False) as conn:
-                if rate is not None:
-                    rate.take(conn)
-                q.record(conn, "replay", released=stored)
-        budget = ledger.remaining(pid, tight=False).to_dict()
+
+@dataclass(frozen=True)
+class _Path:
+    """One request on the charged path: its ledger, state store, query and rate count."""
+
+    ledger: SqlLedger
+    engine: Any
+    q: _Query
+    rate: Counter | None
+    dry_run: bool
+
+    @property
+    def common(self) -> dict[str, Any]:
+        return {"snapshot_id": self.q.snapshot_id, "query_hash": self.q.qhash}
+
+    def replay(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """The stored answer, at no cost (audited and rate-counted unless a dry run)."""
+        if not self.dry_run:
+            with writes.write(self.engine, durable=False) as conn:
+                if self.rate is not None:
+                    self.rate.take(conn)
+                self.q.record(conn, "replay", released=stored)
+        budget = self.ledger.remaining(self.q.principal_id, tight=False).to_dict()
         return {
             **stored,
-            **common,
+            **self.common,
             "replay": True,
-            "dry_run": dry_run,
+            "dry_run": self.dry_run,
             "cost": ZERO_COST,
             "budget": budget,
         }
 
-    if dry_run:
-        if rate is not None:
-            rate.hit(engine)
-        stored = audit.find_replay(engine, **q.key)
+    def quote(self, event: PrivacyEvent, predicted: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The price and the predicted interval (or the stored answer): nothing charged."""
+        if self.rate is not None:
+            self.rate.hit(self.engine)
+        stored = audit.find_replay(self.engine, **self.q.key)
         if stored is not None:
-            return replay(stored)
-        quote = ledger.quote(pid, event)
+            return self.replay(stored)
+        quote = self.ledger.quote(self.q.principal_id, event)
         delta = quote.remaining.delta
         return {
-            **common,
+            **self.common,
             "replay": False,
             "dry_run": True,
             "cost": {**_cost(event, delta), "marginal_epsilon": quote.marginal_epsilon},
@@ -202,59 +224,57 @@ def run_charged(
             "budget": quote.remaining.to_dict(),
         }
 
-    reserved = _reserve(ledger, engine, q, event, rate)
-    if not isinstance(reserved, Reservation):
-        return replay(reserved)
+    def spend(
+        self,
+        reserved: Reservation,
+        event: PrivacyEvent,
+        compute: Callable[[], Mapping[str, Any]],
+    ) -> dict[str, Any]:
+        """Compute and answer. From here on the private data is (or may be) read: whatever
+        happens, the reservation is charged (PRIVACY.md, "The ledger"; ``Ledger.charging``):
+        a refunded or data-shaped failure would answer a question about the data for free."""
+        q, remaining = self.q, reserved.remaining
+        assert remaining is not None
+        cost = _cost(event, remaining.delta)
+        released: dict[str, Any] | None = None
 
-    # From here on the private data is (or may be) read: whatever happens, the reservation
-    # is charged (PRIVACY.md, "The ledger"; ``Ledger.charging``): a refunded or data-shaped
-    # failure would answer a question about the data for free.
-    remaining = reserved.remaining
-    assert remaining is not None
-    cost = _cost(event, remaining.delta)
-    released: dict[str, Any] | None = None
+        def records(txn: Any, outcome: str) -> None:
+            """The audit row and the claim's release, in the commit's transaction."""
+            kept = released if outcome == "released" else None
+            q.record(txn.conn, outcome, cost=cost, released=kept, reservation_id=reserved.id)
+            audit.unclaim(txn.conn, **q.key)
 
-    def records(txn: Any, outcome: str) -> None:
-        """The audit row and the claim's release, in the commit's transaction."""
-        q.record(
-            txn.conn,
-            outcome,
-            cost=cost,
-            released=released if outcome == "released" else None,
-            reservation_id=reserved.id,
-        )
-        audit.unclaim(txn.conn, **q.key)
+        def unsettled() -> None:  # a stale claim is taken over after CLAIM_STALE_S anyway
+            audit.unclaim(self.engine, **q.key)
 
-    def unsettled() -> None:  # a stale claim is taken over after CLAIM_STALE_S anyway
-        audit.unclaim(engine, **q.key)
-
-    try:
-        with ledger.charging(reserved, also=records, durable=False, unsettled=unsettled) as charge:
-            released = dict(compute())
-            answer = {
-                **released,
-                **common,
-                "replay": False,
-                "dry_run": False,
-                "cost": cost,
-                "budget": _budget_figures(remaining),
-                # the audit row of this answer carries it as its reservation_id
-                "audit_id": reserved.id,
-            }
-            json.dumps(released, sort_keys=True)  # as the audit row will: fails here, not later
-            # The commit, the audit row and the claim's release: one more transaction, after
-            # the answer has been sent when serving HTTP (``defer``); the reservation is
-            # durable already, and one that is never marked committed stays charged.
-            settle = charge.defer()
-    except Exception:
-        log.error(
-            "query failed after the corpus was read; its reservation is committed",
-            exc_info=True,
-            extra={"reservation_id": reserved.id},
-        )
-        raise query_failed() from None
-    defer(settle)
-    return answer
+        try:
+            with self.ledger.charging(
+                reserved, also=records, durable=False, unsettled=unsettled
+            ) as charge:
+                released = dict(compute())
+                json.dumps(released, sort_keys=True)  # as the audit row will: fails here
+                # The commit, the audit row and the claim's release: one more transaction,
+                # after the answer has been sent when serving HTTP (``defer``); the
+                # reservation is durable already, and one never marked committed stays charged.
+                settle = charge.defer()
+        except Exception:
+            log.error(
+                "query failed after the corpus was read; its reservation is committed",
+                exc_info=True,
+                extra={"reservation_id": reserved.id},
+            )
+            raise query_failed() from None
+        defer(settle)
+        return {
+            **released,
+            **self.common,
+            "replay": False,
+            "dry_run": False,
+            "cost": cost,
+            "budget": _budget_figures(remaining),
+            # the audit row of this answer carries it as its reservation_id
+            "audit_id": reserved.id,
+        }
 
 
 def _reserve(
