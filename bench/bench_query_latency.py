@@ -55,7 +55,8 @@ from mechanisms.ledger import Budget
 from service.app import create_app
 from service.charging import get_ledger
 from service.queries.answer import build_answer
-from service.queries.plan import QUANTILE_BINS, build_plan
+from service.queries.kinds.binned import QUANTILE_BINS
+from service.queries.plan import build_plan
 from service.queries.pricing import price
 from service.queries.schemas import QuerySchema
 

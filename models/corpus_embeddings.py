@@ -2,7 +2,7 @@
 
 Embeddings of private text are not protected by any model's DP (embedding inversion recovers
 most of a short input from its vector), so these vectors never leave the service: the only
-reader is the aggregate-embedding queries (``service/queries/embeddings.py``), which release
+reader is the aggregate-embedding queries (``service/queries/kinds/embedding.py``), which release
 DP sums of them through the ledger.
 
 Layout under ``data_dir``::
@@ -28,9 +28,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import duckdb
 import numpy as np
 
 from corpus.store import MESSAGES_FILE, SnapshotStore
+from models.encoder import Encoder
+from models.registry import ModelRegistry
 from util import atomic
 
 __all__ = [
@@ -86,38 +89,12 @@ def messages_path(data_dir: str | os.PathLike[str], snapshot_id: str) -> Path:
 
 def active_model(data_dir: str | os.PathLike[str]) -> HasIdPath:
     """The active model version (``models.registry``), "base" = the public weights."""
-    from models.registry import ModelRegistry
-
     return ModelRegistry(data_dir).active()
 
 
-class _SentenceTransformerEncoder:
-    """Fallback adapter when ``models.encoder`` is absent: L2-normalised float32 rows."""
-
-    def __init__(self, path: Path, device: str | None = None) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-
-        self._model = SentenceTransformer(str(path), device=device or "cpu")
-
-    def encode(self, texts: Sequence[str], batch_size: int = BATCH_SIZE) -> np.ndarray:
-        out = self._model.encode(
-            list(texts),
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(out, dtype=np.float32)
-
-
 def default_encoder(model_version: HasIdPath, device: str | None = None) -> TextEncoder:
-    """``models.encoder.Encoder`` for the version's weights when it exists, else an adapter."""
-    try:
-        from models.encoder import Encoder
-    except ImportError:
-        return _SentenceTransformerEncoder(Path(model_version.path), device)
-    return Encoder(model_version.path, device=device)  # type: ignore[no-any-return]
+    """``models.encoder.Encoder`` for the version's weights."""
+    return Encoder(model_version.path, device=device)
 
 
 def load(data_dir: str | os.PathLike[str], snapshot_id: str, model_id: str) -> np.memmap | None:
@@ -144,8 +121,6 @@ def manifest(data_dir: str | os.PathLike[str], snapshot_id: str, model_id: str) 
 
 
 def _texts(parquet: Path, batch: int) -> tuple[int, Any]:
-    import duckdb
-
     conn = duckdb.connect(":memory:")
     quoted = str(parquet.resolve()).replace("'", "''")
     src = f"read_parquet('{quoted}', file_row_number=true)"

@@ -11,7 +11,7 @@
 4. reserve the cost against the analyst's budget and the corpus-wide cap in one transaction
    (BudgetExhaustedError, with the remaining budget, is raised here: no data touched yet);
 5. compute (private data is read and noise drawn only now). Everything that can fail for a
-   reason known from public inputs was checked before step 4 (``queries/release.price``);
+   reason known from public inputs was checked before step 4 (``queries/pricing.price``);
    if compute fails anyway, the failure could depend on the data, so the reservation is
    committed (charged) and one fixed error (``query_failed``, the same status, body and
    headers whatever failed) is returned;

@@ -24,6 +24,7 @@ from mechanisms.errors import InvalidParameterError
 from mechanisms.gaussian import GaussianMechanism
 from mechanisms.laplace import LaplaceMechanism
 from service.errors import APIError
+from service.queries.groups import GROUPS_PER_SENDER, with_selection
 from service.queries.parts import (
     MAX_NOISE_UNITS,
     Mechanism,
@@ -71,63 +72,12 @@ def _from_accuracy(
 
 
 def parts_for(plan: Plan, max_messages: int) -> list[Part]:
-    """The noisy releases a plan needs, with their sensitivities for a cap of ``max_messages``.
-
-    A group-by over undeclared keys first selects keys (distinct senders per key, each
-    sender in at most ``GROUPS_PER_SENDER`` keys) with ``SELECTION_SHARE`` of the cost.
-    """
+    """The noisy releases a plan needs, with their sensitivities for a cap of ``max_messages``:
+    its kind's parts and, over undeclared group keys, the key selection's (``groups``)."""
+    parts = plan.spec.parts(plan, max_messages)
     if plan.groups is not None and plan.groups.keys is None:
-        if plan.kind == "count" and plan.of == "senders":
-            # The selection's noisy distinct-sender counts are the answer itself.
-            return [Part("selection", float(GROUPS_PER_SENDER), 1.0)]
-        parts = _value_parts(plan, max_messages)
-        for p in parts:
-            p.share *= 1.0 - SELECTION_SHARE
-        parts.insert(0, Part("selection", float(GROUPS_PER_SENDER), SELECTION_SHARE))
-        return parts
-    return _value_parts(plan, max_messages)
-
-
-def _value_parts(plan: Plan, max_messages: int) -> list[Part]:
-    """The value releases of a plan.
-
-    L1 and L2 sensitivities coincide for every part below except a sender count per group
-    and term counts, where one sender touches several cells (their L2 is the square root).
-    """
-    m = max_messages
-    gauss = plan.mechanism == "gaussian"
-    grid = plan.grid
-    n_groups = len(plan.groups.keys) if plan.groups and plan.groups.keys else 1
-    if plan.kind == "count":
-        if plan.of == "senders":
-            sens = math.sqrt(n_groups) if gauss else float(n_groups)
-            return [Part("count", sens, 1.0)]
-        return [Part("count", float(m), 1.0)]
-    if plan.kind == "top_terms":
-        k = plan.max_terms_per_sender
-        return [Part("senders", math.sqrt(k) if gauss else float(k), 1.0)]
-    if plan.kind in ("histogram", "quantiles"):
-        return [Part("bins", float(m), 1.0)]
-    if plan.kind in ("mean_embedding", "topics"):
-        from service.queries.embeddings import embedding_parts  # derivations there
-
-        return embedding_parts(plan, m)
-    assert grid is not None
-    dev = float(grid.max_dev_q)
-    if plan.kind == "sum":
-        return [Part("sum", float(m * max(abs(grid.lower_q), abs(grid.upper_q))), 1.0)]
-    if plan.kind == "mean":
-        return [Part("count", float(m), 0.5), Part("sum", m * dev, 0.5)]
-    if plan.kind == "variance":
-        third = 1.0 / 3.0
-        return [
-            Part("count", float(m), third),
-            Part("sum", m * dev, third),
-            Part("sumsq", m * dev * dev, third),
-        ]
-    if plan.kind == "sentiment":
-        return [Part("classes", float(m), 0.5), Part("sum", m * dev, 0.5)]
-    raise InvalidParameterError(f"unknown query kind {plan.kind}")
+        return with_selection(parts, selection_is_answer=plan.spec.selection_is_answer)
+    return parts
 
 
 def price(plan: Plan, *, max_messages: int | None) -> Priced:
@@ -208,9 +158,11 @@ def _price_gaussian(plan: Plan, parts: dict[str, Part], cap_part: Part | None) -
 def _price_accuracy(plan: Plan, parts: dict[str, Part], selection: bool) -> Priced:
     """The cheapest noise that delivers the requested half-width at the requested level.
 
-    Only single-release plans take an accuracy target (count, sum, histogram, top terms, and
-    a count of senders over undeclared groups, whose selection counts are the answer). When
-    keys are discovered, the threshold spends delta: the event charged is (epsilon, delta).
+    Only single-release plans take an accuracy target: kinds that say they take one
+    (``takes_accuracy``), with no key selection besides, unless the selection's counts are the
+    answer (a count of senders over undeclared groups). The half-width is in the kind's
+    ``accuracy_unit``. When keys are discovered, the threshold spends delta: the event charged
+    is (epsilon, delta).
     """
     assert plan.accuracy is not None
     if len(parts) != 1:
@@ -223,7 +175,7 @@ def _price_accuracy(plan: Plan, parts: dict[str, Part], selection: bool) -> Pric
         )
     (part,) = parts.values()
     half_width_, level = plan.accuracy
-    unit = plan.grid.step if plan.kind == "sum" and plan.grid else 1.0
+    unit = plan.spec.accuracy_unit
     target = half_width_ / unit
     if not MIN_HALF_WIDTH_UNITS <= target <= MAX_NOISE_UNITS:
         raise APIError(
@@ -342,22 +294,12 @@ def _all(parts: dict[str, Part], cap_part: Part | None) -> list[Part]:
 
 
 def _threshold(plan: Plan, parts: dict[str, Part]) -> float:
-    if plan.kind == "top_terms":
-        max_keys = plan.max_terms_per_sender
-        eps = parts["senders"].mechanism.epsilon
-    else:
-        max_keys = GROUPS_PER_SENDER
-        eps = parts["selection"].mechanism.epsilon
+    """The partition-selection threshold of keys found in the data: the kind's own (top terms)
+    or the group selection's, at the Laplace part that counts the keys' senders."""
+    name, max_keys = plan.spec.discovers_keys or ("selection", GROUPS_PER_SENDER)
+    eps = parts[name].mechanism.epsilon
     # partition_threshold assumes LaplaceMechanism(sensitivity=max_keys, epsilon=eps); ours
     # reports its epsilon rounded up, so a hair less epsilon (more noise) keeps the threshold
     # on the safe side of our mechanism's actual scale.
     eps_safe = float(eps) * (1.0 - 1e-9)
     return float(partition_threshold(epsilon=eps_safe, delta=plan.delta, max_keys=max_keys))
-
-
-#: For group-by over undeclared keys: each sender counts toward at most this many keys when
-#: keys are selected, and this share of the cost pays for the selection.
-GROUPS_PER_SENDER = 4
-SELECTION_SHARE = 0.5
-
-

@@ -22,7 +22,7 @@ from service.body import json_body
 from service.charging import run_charged
 from service.errors import APIError
 from service.queries.answer import build_answer
-from service.queries.embeddings import prepare
+from service.queries.kinds.embedding import prepare
 from service.queries.parts import half_width
 from service.queries.plan import EMBEDDING_KINDS, build_plan
 from service.queries.pricing import price

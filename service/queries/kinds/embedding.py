@@ -1,12 +1,14 @@
-"""Aggregate-embedding queries: a DP mean embedding and DP k-means topic centres.
+"""Aggregate-embedding kinds: ``mean_embedding`` (a DP mean embedding) and ``topics`` (DP
+k-means topic centres).
 
 Per-message embeddings (``models/corpus_embeddings.py``) are an internal feature: they are read
 here, after the query is charged, and only noisy sums of them leave (through ``run_charged``).
 
 Contribution bounding (the privacy unit is the sender; neighbours differ in all messages of one
-sender). The selection of messages is exactly that of the other kinds (``CorpusQuery``: the
+sender). The selection of messages is exactly that of the other kinds (the scan engine's: the
 filters, then at most ``m`` messages per sender by random rank), read with the parquet row
-number so that it indexes the cached vectors. Each selected message's vector ``x`` is
+number so that it indexes the cached vectors (``corpus.engine.EmbeddingEngine``). Each
+selected message's vector ``x`` is (``corpus.engine.quantise``)
 
 1. clipped to the unit ball (``x / max(1, ||x||_2)``; non-finite coordinates become 0), then
 2. put on the grid of ``u = 2**-12`` by truncation toward zero, as integers ``q = trunc(x/u)``;
@@ -46,23 +48,30 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import duckdb
 import numpy as np
+from marshmallow import validate
 
 from corpus.duckdb_embeddings import DuckDBEmbeddingEngine
-from corpus.engine import VECTOR_UNITS, EmbeddingEngine
+from corpus.engine import VECTOR_GRID_BITS, VECTOR_UNITS, EmbeddingEngine, Scan
 from corpus.engine import quantise as quantise  # re-exported: the bounding these kinds rest on
 from mechanisms.estimators import vector_ratio_half_width
+from models import corpus_embeddings
+from models.vocabulary import load_vocabulary
 from service.errors import APIError
-from service.queries.parts import Part, half_width, noisy
-from service.queries.plan import EMBEDDING_DIM, EMBEDDING_GRID_BITS, Plan
-from service.queries.pricing import Priced
+from service.queries.kinds.base import KindField, PlanFacts, QueryKind, Release, record_defaults
+from service.queries.parts import Part, noisy
+from service.schema_fields import StrictInteger
 
+EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 and the versions trained from it
+EMBEDDING_GRID_BITS = VECTOR_GRID_BITS  # coordinates are summed in integer units of 2**-12
 UNITS_PER_ONE = VECTOR_UNITS  # 1/u
 #: ceil(sqrt(d)/u): the L1 bound of one quantised unit vector, in grid units.
 L1_PER_VECTOR = math.isqrt(EMBEDDING_DIM * UNITS_PER_ONE**2 - 1) + 1
+DEFAULT_CLUSTERS = 8
+DEFAULT_ITERATIONS = 5
 MEAN_COUNT_SHARE = 0.2  # the mean's direction needs the sum far more than the count
 TOPIC_COUNT_SHARE = 0.1
 SHARE_MARGIN = 1.0 - 1e-9  # shares sum to a hair under 1, whatever the float rounding
@@ -73,6 +82,11 @@ MEAN_DECIMALS = 5
 #: expected norm; otherwise it keeps its previous position (post-processing).
 RELIABLE_NORM = 2.0
 INIT_SAMPLE = 4096
+CLIPPING_NOTE = (
+    "Each message's embedding is clipped to unit norm and truncated to multiples of "
+    f"2**-{EMBEDDING_GRID_BITS} per coordinate; nearest terms come from a fixed public word "
+    "list (the MiniLM tokenizer's whole words), never from the corpus."
+)
 
 
 def vector_sensitivity(mechanism: str, max_messages: int) -> float:
@@ -83,20 +97,64 @@ def vector_sensitivity(mechanism: str, max_messages: int) -> float:
     return float(max_messages * L1_PER_VECTOR)
 
 
-def embedding_parts(plan: Plan, max_messages: int) -> list[Part]:
-    """The noisy releases of an aggregate-embedding plan and their shares of its cost."""
-    m = max_messages
-    vec = vector_sensitivity(plan.mechanism, m)
-    if plan.kind == "mean_embedding":
+class _EmbeddingKind(QueryKind):
+    takes_group_by = False
+    group_by_checked_after = "iterations"
+    reads_embeddings = True
+
+
+@dataclass(frozen=True)
+class MeanEmbedding(_EmbeddingKind):
+    name = "mean_embedding"
+
+    def parts(self, plan: PlanFacts, cap: int) -> list[Part]:
+        vec = vector_sensitivity(plan.mechanism, cap)
         return [
-            Part("count", float(m), MEAN_COUNT_SHARE * SHARE_MARGIN),
+            Part("count", float(cap), MEAN_COUNT_SHARE * SHARE_MARGIN),
             Part("sum", vec, (1.0 - MEAN_COUNT_SHARE) * SHARE_MARGIN),
         ]
-    per_iteration = (1.0 - TOPIC_COUNT_SHARE) / plan.iterations * SHARE_MARGIN
-    return [
-        Part("counts", float(m), TOPIC_COUNT_SHARE * SHARE_MARGIN),
-        *(Part(f"sums_{t}", vec, per_iteration) for t in range(1, plan.iterations + 1)),
-    ]
+
+    def release(self, r: Release) -> dict[str, Any]:
+        r.bias.append(CLIPPING_NOTE)
+        return _mean(r, cast(EmbeddingEngine, r.engine))
+
+
+@dataclass(frozen=True)
+class Topics(_EmbeddingKind):
+    name = "topics"
+    request_fields = {
+        "clusters": KindField(
+            StrictInteger(validate=validate.Range(min=2, max=20)), "clusters goes with topics"
+        ),
+        "iterations": KindField(
+            StrictInteger(validate=validate.Range(min=1, max=20)), "iterations goes with topics"
+        ),
+    }
+
+    clusters: int = DEFAULT_CLUSTERS
+    iterations: int = DEFAULT_ITERATIONS
+
+    @classmethod
+    def from_request(cls, req: dict[str, Any]) -> Topics:
+        return cls(
+            clusters=req.get("clusters", DEFAULT_CLUSTERS),
+            iterations=req.get("iterations", DEFAULT_ITERATIONS),
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {**record_defaults(), "clusters": self.clusters, "iterations": self.iterations}
+
+    def parts(self, plan: PlanFacts, cap: int) -> list[Part]:
+        vec = vector_sensitivity(plan.mechanism, cap)
+        per_iteration = (1.0 - TOPIC_COUNT_SHARE) / self.iterations * SHARE_MARGIN
+        return [
+            Part("counts", float(cap), TOPIC_COUNT_SHARE * SHARE_MARGIN),
+            *(Part(f"sums_{t}", vec, per_iteration) for t in range(1, self.iterations + 1)),
+        ]
+
+    def release(self, r: Release) -> dict[str, Any]:
+        r.bias.append(CLIPPING_NOTE)
+        return _topics(self, r, cast(EmbeddingEngine, r.engine))
 
 
 # -- readiness (before any charge) ----------------------------------------------------------
@@ -109,7 +167,7 @@ class Prepared:
     vectors: np.ndarray
     vocabulary: Any
 
-    def query(self, cursor: duckdb.DuckDBPyConnection, plan: Plan) -> DuckDBEmbeddingEngine:
+    def query(self, cursor: duckdb.DuckDBPyConnection, plan: Scan) -> DuckDBEmbeddingEngine:
         return DuckDBEmbeddingEngine(
             cursor, plan, parquet=self.parquet, vectors=self.vectors, vocabulary=self.vocabulary
         )
@@ -123,9 +181,6 @@ def prepare(
     Raises APIError 409 ``embeddings_not_ready`` when either is missing: decided from the
     presence of operator-built files only, before anything is charged or read.
     """
-    from models import corpus_embeddings
-    from models.vocabulary import load_vocabulary
-
     model = corpus_embeddings.active_model(data_dir)
     vectors = corpus_embeddings.load(data_dir, snapshot.id, model.id)
     vocab = (cache or {}).get(model.id) or load_vocabulary(data_dir, model.id)
@@ -151,6 +206,19 @@ def prepare(
 
 
 # -- answers (inside run_charged's compute step) --------------------------------------------
+class _Priced(Protocol):
+    parts: dict[str, Part]
+
+
+def answer(
+    plan: Any, priced: _Priced, q: EmbeddingEngine, m: int, level: float, bias: list[str]
+) -> dict[str, Any]:
+    """The answer of an embedding ``plan`` priced as ``priced``, read from ``q`` at cap ``m``
+    (its kind's ``release``, for callers without a ``Release``)."""
+    r = Release(plan, priced.parts, q, m, None, {}, None, bias, level)
+    return plan.spec.release(r)  # type: ignore[no-any-return]
+
+
 def release_vector(part: Part, sums_q: np.ndarray) -> np.ndarray:
     """Noisy integer vector sum(s), same shape, as float64 grid units."""
     return noisy(part, sums_q).reshape(np.shape(sums_q))
@@ -160,29 +228,13 @@ def _terms(vocab: Any, vector: np.ndarray, k: int) -> list[dict[str, Any]]:
     return [{"term": w, "cosine": round(c, 4)} for w, c in vocab.nearest(vector, k)]
 
 
-def answer(
-    plan: Plan, priced: Priced, q: EmbeddingEngine, m: int, level: float, bias: list[str]
-) -> dict[str, Any]:
-    bias.append(
-        "Each message's embedding is clipped to unit norm and truncated to multiples of "
-        f"2**-{EMBEDDING_GRID_BITS} per coordinate; nearest terms come from a fixed public word "
-        "list (the MiniLM tokenizer's whole words), never from the corpus."
-    )
-    if plan.kind == "mean_embedding":
-        return _mean(plan, priced, q, m, level, bias)
-    return _topics(plan, priced, q, m, level, bias)
-
-
-def _mean(
-    plan: Plan,
-    priced: Priced, q: EmbeddingEngine, m: int, level: float, bias: list[str]
-) -> dict[str, Any]:
-    n, total = q.bounded_sum(m)
-    pc, ps = priced.parts["count"], priced.parts["sum"]
-    c = float(noisy(pc, [n])[0])
+def _mean(r: Release, q: EmbeddingEngine) -> dict[str, Any]:
+    n, total = q.bounded_sum(r.cap)
+    ps = r.parts["sum"]
+    c = float(r.noisy("count", [n])[0])
     s = release_vector(ps, total) / UNITS_PER_ONE  # noisy sum, real units
-    hc = half_width(pc, level)
-    hs = half_width(ps, level) / UNITS_PER_ONE
+    hc = r.half_width("count")
+    hs = r.half_width("sum") / UNITS_PER_ONE
     mean = s / c if c >= 1 else None
     coord_hw = None
     norm = norm_debiased = None
@@ -191,7 +243,7 @@ def _mean(
         norm = float(np.linalg.norm(mean))
         noise_var = EMBEDDING_DIM * float(ps.mechanism.variance) / UNITS_PER_ONE**2 / c**2
         norm_debiased = math.sqrt(max(0.0, norm * norm - noise_var))
-    bias.append(
+    r.bias.append(
         "The mean is a noisy vector sum over a noisy count. Noise inflates its norm "
         "(norm_debiased subtracts the noise's expected squared norm); coordinate intervals are "
         "a conservative box over the sum and count, per coordinate, not simultaneous "
@@ -206,7 +258,7 @@ def _mean(
             "norm_debiased": norm_debiased,
             "coordinate_half_width": coord_hw,
             "nearest_terms": _terms(q.vocabulary, s, MEAN_TERMS),
-            "model_id": plan.model_id,
+            "model_id": r.plan.model_id,
         }
     }
 
@@ -231,16 +283,14 @@ def initial_centres(vocab: Any, k: int, rng: np.random.Generator) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)  # type: ignore[no-any-return]
 
 
-def _topics(
-    plan: Plan, priced: Priced, q: EmbeddingEngine, m: int, level: float, bias: list[str]
-) -> dict[str, Any]:
-    k, iterations = plan.clusters, plan.iterations
+def _topics(kind: Topics, r: Release, q: EmbeddingEngine) -> dict[str, Any]:
+    k, iterations = kind.clusters, kind.iterations
     # public randomness for public starting points (not noise: no CSPRNG needed)
     centres = initial_centres(q.vocabulary, k, np.random.default_rng())
-    pos = q.positions(m)
+    pos = q.positions(r.cap)
     kept = np.zeros(k, dtype=np.int64)
     for t in range(1, iterations + 1):
-        part = priced.parts[f"sums_{t}"]
+        part = r.parts[f"sums_{t}"]
         _, sums = q.cluster_sums(pos, centres)
         released = release_vector(part, sums)
         noise_norm = math.sqrt(EMBEDDING_DIM * float(part.mechanism.variance))
@@ -249,9 +299,8 @@ def _topics(
         centres[move] = released[move] / norms[move, None]
         kept += ~move
     counts, _ = q.cluster_sums(pos, centres)
-    pc = priced.parts["counts"]
-    noisy_counts = noisy(pc, counts)
-    hc = half_width(pc, level)
+    noisy_counts = r.noisy("counts", counts)
+    hc = r.half_width("counts")
     topics: list[dict[str, Any]] = [
         {
             "count": {"value": float(v), "interval": [float(v) - hc, float(v) + hc]},
@@ -261,7 +310,7 @@ def _topics(
         for j, v in enumerate(noisy_counts)
     ]
     topics.sort(key=lambda t: -t["count"]["value"])
-    bias.append(
+    r.bias.append(
         "Noise and clamping make small clusters unreliable: a cluster's centre moves only when "
         f"its noisy sum stands {RELIABLE_NORM:g} times above the noise's expected norm "
         "(updates_within_noise counts the iterations where it did not), so a small cluster "
@@ -273,6 +322,6 @@ def _topics(
             "clusters": k,
             "iterations": iterations,
             "topics": topics,
-            "model_id": plan.model_id,
+            "model_id": r.plan.model_id,
         }
     }
