@@ -125,7 +125,7 @@ def bounded_raw(cq: CorpusQuery, plan: Any) -> Any:
         edges = np.linspace(g.lower, g.upper, QUANTILE_BINS + 1)
         return cq.bin_counts(tuple(edges.tolist()), m)
     if plan.kind == "histogram":
-        return cq.bin_counts(plan.bins, m)
+        return cq.bin_counts(plan.spec.bins, m)
     if plan.kind == "sentiment":
         return cq.sentiment(m)
     return cq.term_sender_counts(m)

@@ -42,7 +42,10 @@ _CHECKED_FIRST = (
     "of",
 )
 KIND_FIELDS = kind_fields()
-CHECK_ORDER = (*_CHECKED_FIRST, *(n for n in KIND_FIELDS if n not in _CHECKED_FIRST))
+CHECK_ORDER = (
+    *(n for n in _CHECKED_FIRST if n in KIND_FIELDS),
+    *(n for n in KIND_FIELDS if n not in _CHECKED_FIRST),
+)
 MAX_CAP = 10_000
 
 
