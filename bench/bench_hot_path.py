@@ -28,7 +28,8 @@ Four parts, each printing its figures next to their baseline from the same run a
 2. ``reserve``: ``SqlLedger.reserve`` (the replay-free admission: both budget checks and the
    reservation, one write transaction) on stores whose analyst has 0, 10,000 and 100,000
    ledger entries (and as many audit rows), interleaved; and the same with the query path's
-   gate (replay lookup in the audit log and the claim, as ``run_charged`` passes it), next to
+   gate (the rate-limit count, the replay lookup in the audit log and the claim, as
+   ``run_charged`` passes it), next to
    its floor on the same store: one durable write transaction of one row. Median ms, SQLite
    and PostgreSQL. Goal: flat and under 1 ms.
 3. ``qps``: charged count queries per second at 8 and 32 concurrent clients on 2 and 4
@@ -543,6 +544,7 @@ def part_reserve(ctx: Ctx, backends: list[str], reps: int, sizes: list[int]) -> 
     from service.ledger import audit
     from service.ledger.sql import SqlLedger
     from service.ledger.tables import ledger_entries
+    from service.ratelimit import queries_counter
 
     print(f"\n## 2. Reserve with both budget checks, by history length ({time.strftime('%H:%M:%S')}"
           f", load {load()})")  # fmt: skip
@@ -565,6 +567,8 @@ def part_reserve(ctx: Ctx, backends: list[str], reps: int, sizes: list[int]) -> 
                   f"{time.perf_counter() - t:.1f} s", flush=True)  # fmt: skip
             stores.append((h, pid, engine, SqlLedger(engine)))
         event = PrivacyEvent.laplace(1.0)
+        rate = queries_counter("bench", 10**9)
+        assert rate is not None
         floor: dict[int, list[float]] = {h: [] for h in sizes}
         plain: dict[int, list[float]] = {h: [] for h in sizes}
         gated: dict[int, list[float]] = {h: [] for h in sizes}
@@ -587,11 +591,13 @@ def part_reserve(ctx: Ctx, backends: list[str], reps: int, sizes: list[int]) -> 
                     "qhash": hashlib.sha256(f"q{next(_k)}".encode()).hexdigest(),
                 }
 
-                def gate(conn: Any, key: dict[str, str] = key) -> object | None:
-                    if audit.find_replay(conn, **key) is not None:
-                        return "replay"
+                def gate(txn: Any, key: dict[str, str] = key, rate: Any = rate) -> object | None:
+                    conn = txn.conn  # as run_charged: the rate count, the claim, the lookup
+                    rate.take(conn)
                     if not audit.try_claim(conn, **key, stale_after_s=CLAIM_STALE_S):
                         return "busy"
+                    if audit.find_replay(conn, **key) is not None:
+                        return "replay"
                     return None
 
                 t = time.perf_counter()
@@ -606,7 +612,7 @@ def part_reserve(ctx: Ctx, backends: list[str], reps: int, sizes: list[int]) -> 
         p = [med_ms(plain[h]) for h in sizes]
         g = [med_ms(gated[h]) for h in sizes]
         for label, xs in (("floor: one-row durable write", f), ("reserve", p),
-                          ("reserve + replay gate", g)):  # fmt: skip
+                          ("reserve + rate count, claim, replay gate", g)):  # fmt: skip
             rows.append((backend, label, *(f"{x:.2f}" for x in xs), f"{xs[-1] / xs[0]:.2f}",
                          f"{xs[-1] / f[-1]:.2f}",
                          "yes" if max(xs) < RESERVE_GOAL_MS else "no"))  # fmt: skip
