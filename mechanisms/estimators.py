@@ -36,11 +36,14 @@ def ratio_box(
     num: float, h_num: float, den: float, h_den: float, lower: float, upper: float
 ) -> list[float]:
     """The range of ``num / den`` over the box ``[num +/- h_num] x [den +/- h_den]``, clipped to
-    ``[lower, upper]``; the whole ``[lower, upper]`` when the box reaches a denominator <= 0."""
+    ``[lower, upper]``; the whole ``[lower, upper]`` when the box reaches a denominator <= 0.
+    Each end is clipped into ``[lower, upper]``, so that a box wholly outside it (noise beyond
+    its half-width) gives the nearest bound as a point, never an interval whose low end is
+    above its high end."""
     if den - h_den <= 0:
         return [lower, upper]
     corners = [(num + a * h_num) / (den + b * h_den) for a in (-1, 1) for b in (-1, 1)]
-    return [max(lower, min(corners)), min(upper, max(corners))]
+    return [min(upper, max(lower, min(corners))), max(lower, min(upper, max(corners)))]
 
 
 def variance_box(

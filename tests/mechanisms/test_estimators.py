@@ -124,3 +124,13 @@ def test_bootstrap_quantile_interval() -> None:
     assert bootstrap_quantile_interval(
         np.tile(released, (10, 1)), edges, 0.5, 0.9, widen=5.0, lower=0, upper=4
     ) == [0, 4]
+
+
+def test_a_ratio_box_outside_the_bounds_is_never_inverted() -> None:
+    """Noise beyond its half-width can put the whole box above (or below) the bounds: the
+    interval is then the nearest bound, as a point, not [lower-clipped min, upper] with
+    low > high."""
+    assert ratio_box(500.0, 10.0, 2.0, 0.5, 0.0, 100.0) == [100.0, 100.0]
+    assert ratio_box(-500.0, 10.0, 2.0, 0.5, 0.0, 100.0) == [0.0, 0.0]
+    lo, hi = ratio_box(50.0, 10.0, 1.0, 0.5, 0.0, 100.0)  # straddles the upper bound
+    assert lo <= hi and hi == 100.0
