@@ -15,7 +15,6 @@ from mechanisms.ledger import Budget
 from service.auth import create_principal, issue_key, require, revoke_key
 from service.body import json_body
 from service.charging import get_ledger
-from service.db import api_keys, principals
 from service.errors import APIError
 from service.ledger import audit
 from service.ledger.tables import budgets
@@ -26,6 +25,7 @@ from service.schemas_admin import (
     BudgetSchema,
     PageSchema,
 )
+from service.tables import api_keys, principals
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 from flask import current_app, g, request
 from sqlalchemy import Engine, insert, select, update
 
-from service.db import api_keys, principals
 from service.errors import APIError
+from service.tables import api_keys, principals
 
 #: admin: manages analysts, budgets, jobs; analyst: asks private queries; app: an internal
 #: application that embeds its own texts (no corpus access, no budget); metrics: a monitoring

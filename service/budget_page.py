@@ -38,9 +38,9 @@ from service.auth import authenticate, public, require
 from service.body import json_body
 from service.budget_chart import Chart, build_chart, cumulative_spend, fmt_epsilon
 from service.charging import get_ledger
-from service.db import principals
 from service.errors import APIError
 from service.schemas_admin import PageSchema
+from service.tables import principals
 
 bp = Blueprint("budget_page", __name__, url_prefix="/v1/admin")
 

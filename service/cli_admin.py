@@ -15,10 +15,10 @@ from sqlalchemy import select, update
 from mechanisms.errors import InvalidParameterError
 from mechanisms.ledger import Budget
 from service.cli import Context, pass_ctx
-from service.db import principals
 from service.json_out import finite
 from service.ledger import audit
 from service.ledger.sql import SqlLedger
+from service.tables import principals
 
 
 def _budget(epsilon: float, delta: float) -> Budget:

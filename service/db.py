@@ -1,8 +1,8 @@
 """The state store: one SQLAlchemy engine per process over SQLite (WAL) or PostgreSQL.
 
-Tables of the foundation live here (principals, API keys, the readiness heartbeat); the ledger
-and audit log add theirs to the same ``metadata`` so that ``create_all`` makes every table in
-one place.
+The tables are defined elsewhere, on one ``metadata`` (``service/tables.py``, which imports
+nothing of the service; the ledger's, the audit log's and the rate limiter's add themselves to
+it); this module makes the engine and, in ``init_db``, every table in one place.
 
 Two promises hold on both backends (PRIVACY.md, "The ledger"):
 
@@ -25,55 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Engine,
-    ForeignKey,
-    MetaData,
-    String,
-    Table,
-    create_engine,
-    event,
-    text,
-)
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
+# The ledger's and audit log's tables and the rate limiter's add themselves to ``metadata``.
+import service.ledger.tables
+import service.ratelimit  # noqa: F401
+from jobs import table as job_tables  # the job tables have their own MetaData
 from service.config import Settings
-
-metadata = MetaData()
-
-principals = Table(
-    "principals",
-    metadata,
-    Column("id", String(64), primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("role", String(16), nullable=False),  # "admin" | "analyst"
-    Column("disabled", Boolean, nullable=False, default=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-)
-
-api_keys = Table(
-    "api_keys",
-    metadata,
-    Column("id", String(32), primary_key=True),  # public key id, part of the token
-    Column("principal_id", String(64), ForeignKey("principals.id"), nullable=False, index=True),
-    Column("salt", String(64), nullable=False),
-    Column("secret_hash", String(128), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("revoked_at", DateTime(timezone=True), nullable=True),
-)
-
-#: One row that ``/readyz`` rewrites to prove the store accepts a durable write.
-heartbeat = Table(
-    "heartbeat",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("at", DateTime(timezone=True), nullable=False),
-)
+from service.tables import heartbeat, metadata
 
 #: Defaults of ``Settings.db_connect_timeout_s`` and ``Settings.db_statement_timeout_ms``.
 CONNECT_TIMEOUT_S = 5
@@ -235,11 +197,6 @@ def init_db(engine: Engine) -> None:
     statements would collide, so creation runs in one transaction that holds the write lock
     (SQLite ``BEGIN IMMEDIATE``) or an advisory lock (PostgreSQL).
     """
-    import service.ledger.tables  # noqa: F401 - adds the ledger and audit tables
-    import service.page_sessions  # noqa: F401 - adds the budget page's sessions
-    import service.ratelimit  # noqa: F401 - adds the rate-limit windows
-    from jobs import table as job_tables  # the job tables have their own MetaData
-
     with engine.connect().execution_options(immediate=True) as conn, conn.begin():
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})

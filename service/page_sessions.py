@@ -15,38 +15,16 @@ import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    ForeignKey,
-    Index,
-    String,
-    Table,
-    delete,
-    insert,
-    select,
-)
+from sqlalchemy import Engine, delete, insert, select
 
 from service.auth import Principal
-from service.db import api_keys, metadata, principals
+from service.tables import api_keys, page_sessions, principals
 
 __all__ = ["SESSION_TTL", "open_session", "session_principal", "close_session", "page_sessions"]
 
 #: How long a signed-in budget page stays signed in (no sliding renewal).
 SESSION_TTL = timedelta(minutes=30)
 _MAX_TOKEN = 128  # a token is 43 characters; longer cookie values are not looked up
-
-page_sessions = Table(
-    "page_sessions",
-    metadata,
-    Column("token_hash", String(64), primary_key=True),  # sha256 hex of the token
-    Column("principal_id", String(64), ForeignKey("principals.id"), nullable=False),
-    Column("key_id", String(32), ForeignKey("api_keys.id"), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    Index("ix_page_sessions_expires", "expires_at"),
-)
 
 
 def _hash(token: str) -> str:

@@ -44,9 +44,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from service.db import metadata
 from service.errors import APIError
 from service.ledger import writes
+from service.tables import metadata
 
 rate_windows = Table(
     "rate_windows",

@@ -1,4 +1,4 @@
-"""Tables of the ledger and the audit log, added to ``service.db.metadata``.
+"""Tables of the ledger and the audit log, added to ``service.tables.metadata``.
 
 ``budgets`` holds one row per analyst (the budget and the running spend), ``corpus_cap`` one
 row (id 1) for the corpus-wide cap and spend, ``ledger_entries`` one row per reservation,
@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from service.db import metadata
+from service.tables import metadata
 
 budgets = Table(
     "budgets",

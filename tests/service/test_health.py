@@ -30,7 +30,7 @@ def test_readyz_writes_to_the_state_store(app, client) -> None:  # type: ignore[
     """Readiness commits a write (the heartbeat row), not only a SELECT."""
     from sqlalchemy import select
 
-    from service.db import heartbeat
+    from service.tables import heartbeat
 
     assert client.get("/readyz").status_code == 200
     with app.extensions["privtext"].engine.connect() as conn:
