@@ -2,22 +2,22 @@
 
 Every route requires an admin key (``@require("admin")``); an analyst key gets 403 on all of
 them. Analysts are principals with role ``analyst``; an unknown id (or an admin's id) is 404.
+Analysts, keys, budgets and the cap go through ``service/accounts.py``, as the ``privtext``
+command's do; this module only reads requests and writes responses.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine
 
 from mechanisms.ledger import Budget
-from service.auth import create_principal, issue_key, require, revoke_key
+from service.accounts import Accounts, Analyst, UnknownAnalyst, UnknownKey
+from service.auth import require
 from service.body import json_body
 from service.charging import get_ledger
 from service.errors import APIError
 from service.ledger import audit
-from service.ledger.tables import budgets
 from service.schemas_admin import (
     AnalystCreateSchema,
     AuditQuerySchema,
@@ -25,7 +25,6 @@ from service.schemas_admin import (
     BudgetSchema,
     PageSchema,
 )
-from service.tables import api_keys, principals
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -34,44 +33,19 @@ def _engine() -> Engine:
     return current_app.extensions["privtext"].engine  # type: ignore[no-any-return]
 
 
-def _analyst_row(analyst_id: str) -> Any:
-    with _engine().connect() as conn:
-        row = conn.execute(
-            select(principals, budgets.c.epsilon, budgets.c.delta)
-            .outerjoin(budgets, budgets.c.principal_id == principals.c.id)
-            .where(principals.c.id == analyst_id, principals.c.role == "analyst")
-        ).first()
-    if row is None:
-        raise APIError(404, "not_found", "No analyst with this id.")
-    return row
+def _accounts() -> Accounts:
+    return Accounts(_engine(), get_ledger())
 
 
-def _view(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "name": row.name,
-        "role": row.role,
-        "disabled": bool(row.disabled),
-        "created_at": row.created_at.isoformat(),
-        "budget": None if row.epsilon is None else {"epsilon": row.epsilon, "delta": row.delta},
-    }
+def _analyst(analyst_id: str) -> Analyst:
+    try:
+        return _accounts().analyst(analyst_id)
+    except UnknownAnalyst:
+        raise APIError(404, "not_found", "No analyst with this id.") from None
 
 
-def _keys(analyst_id: str) -> list[dict[str, Any]]:
-    with _engine().connect() as conn:
-        rows = conn.execute(
-            select(api_keys.c.id, api_keys.c.created_at, api_keys.c.revoked_at)
-            .where(api_keys.c.principal_id == analyst_id)
-            .order_by(api_keys.c.created_at)
-        ).all()
-    return [
-        {
-            "key_id": r.id,
-            "created_at": r.created_at.isoformat(),
-            "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
-        }
-        for r in rows
-    ]
+def _unknown_key() -> APIError:
+    return APIError(404, "not_found", "No active key with this id for this analyst.")
 
 
 # -- analysts ---------------------------------------------------------------------------
@@ -81,88 +55,73 @@ def _keys(analyst_id: str) -> list[dict[str, Any]]:
 @require("admin")
 def create_analyst() -> tuple[Response, int]:
     data = AnalystCreateSchema().load(json_body())
-    pid = create_principal(_engine(), name=data["name"], role="analyst")
-    if data["budget"] is not None:
-        get_ledger().set_budget(pid, Budget(**data["budget"]))
-    return jsonify(_view(_analyst_row(pid))), 201
+    budget = None if data["budget"] is None else Budget(**data["budget"])
+    return jsonify(_accounts().create_analyst(data["name"], budget).to_dict()), 201
 
 
 @bp.get("/analysts")
 @require("admin")
 def list_analysts() -> Response:
     page = PageSchema().load(request.args.to_dict())
-    with _engine().connect() as conn:
-        rows = conn.execute(
-            select(principals, budgets.c.epsilon, budgets.c.delta)
-            .outerjoin(budgets, budgets.c.principal_id == principals.c.id)
-            .where(principals.c.role == "analyst")
-            .order_by(principals.c.created_at, principals.c.id)
-            .limit(page["limit"])
-            .offset(page["offset"])
-        ).all()
-    return jsonify({"analysts": [_view(r) for r in rows], **page})
+    analysts = _accounts().analysts(limit=page["limit"], offset=page["offset"])
+    return jsonify({"analysts": [a.to_dict() for a in analysts], **page})
 
 
 @bp.get("/analysts/<analyst_id>")
 @require("admin")
 def get_analyst(analyst_id: str) -> Response:
-    view = _view(_analyst_row(analyst_id))
-    view["keys"] = _keys(analyst_id)
-    view["remaining"] = get_ledger().remaining(analyst_id, tight=False).to_dict()
+    analyst = _analyst(analyst_id)
+    accounts = _accounts()
+    view = analyst.to_dict()
+    view["keys"] = [
+        {
+            "key_id": k.id,
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+        }
+        for k in accounts.keys(analyst)
+    ]
+    view["remaining"] = accounts.remaining(analyst, tight=False).to_dict()
     return jsonify(view)
 
 
 @bp.post("/analysts/<analyst_id>/disable")
 @require("admin")
 def disable_analyst(analyst_id: str) -> Response:
-    _analyst_row(analyst_id)
-    with _engine().begin() as conn:
-        conn.execute(update(principals).where(principals.c.id == analyst_id).values(disabled=True))
-    return jsonify(_view(_analyst_row(analyst_id)))
+    return jsonify(_accounts().disable(_analyst(analyst_id)).to_dict())
 
 
 # -- keys -------------------------------------------------------------------------------
 
 
-def _active_key(analyst_id: str, key_id: str) -> None:
-    with _engine().connect() as conn:
-        row = conn.execute(
-            select(api_keys.c.id).where(
-                api_keys.c.id == key_id,
-                api_keys.c.principal_id == analyst_id,
-                api_keys.c.revoked_at.is_(None),
-            )
-        ).first()
-    if row is None:
-        raise APIError(404, "not_found", "No active key with this id for this analyst.")
-
-
 @bp.post("/analysts/<analyst_id>/keys")
 @require("admin")
 def issue_analyst_key(analyst_id: str) -> tuple[Response, int]:
-    _analyst_row(analyst_id)
-    token = issue_key(_engine(), analyst_id)
-    return jsonify({"key_id": token.split("_", 2)[1], "token": token}), 201
+    issued = _accounts().issue_key(_analyst(analyst_id))
+    return jsonify({"key_id": issued.key_id, "token": issued.token}), 201
 
 
 @bp.post("/analysts/<analyst_id>/keys/<key_id>/rotate")
 @require("admin")
 def rotate_analyst_key(analyst_id: str, key_id: str) -> tuple[Response, int]:
-    _analyst_row(analyst_id)
-    _active_key(analyst_id, key_id)
-    token = issue_key(_engine(), analyst_id)
-    revoke_key(_engine(), key_id)
+    analyst = _analyst(analyst_id)
+    try:
+        issued = _accounts().rotate_key(analyst, key_id)
+    except UnknownKey:
+        raise _unknown_key() from None
     return jsonify(
-        {"key_id": token.split("_", 2)[1], "token": token, "revoked_key_id": key_id}
+        {"key_id": issued.key_id, "token": issued.token, "revoked_key_id": issued.revoked_key_id}
     ), 201
 
 
 @bp.delete("/analysts/<analyst_id>/keys/<key_id>")
 @require("admin")
 def revoke_analyst_key(analyst_id: str, key_id: str) -> tuple[str, int]:
-    _analyst_row(analyst_id)
-    _active_key(analyst_id, key_id)
-    revoke_key(_engine(), key_id)
+    analyst = _analyst(analyst_id)
+    try:
+        _accounts().revoke_key(analyst, key_id)
+    except UnknownKey:
+        raise _unknown_key() from None
     return "", 204
 
 
@@ -172,49 +131,47 @@ def revoke_analyst_key(analyst_id: str, key_id: str) -> tuple[str, int]:
 @bp.put("/analysts/<analyst_id>/budget")
 @require("admin")
 def set_budget(analyst_id: str) -> Response:
-    _analyst_row(analyst_id)
+    analyst = _analyst(analyst_id)
     data = BudgetSchema().load(json_body())
-    ledger = get_ledger()
-    ledger.set_budget(analyst_id, Budget(**data))
-    return jsonify(ledger.remaining(analyst_id, tight=False).to_dict())
+    accounts = _accounts()
+    accounts.set_budget(analyst, Budget(**data))
+    return jsonify(accounts.remaining(analyst, tight=False).to_dict())
 
 
 @bp.post("/analysts/<analyst_id>/budget/raise")
 @require("admin")
 def raise_budget(analyst_id: str) -> Response:
-    _analyst_row(analyst_id)
+    analyst = _analyst(analyst_id)
     data = BudgetRaiseSchema().load(json_body())
-    ledger = get_ledger()
-    ledger.raise_budget(analyst_id, epsilon=data["epsilon"], delta=data["delta"])
-    return jsonify(ledger.remaining(analyst_id, tight=False).to_dict())
+    accounts = _accounts()
+    accounts.raise_budget(analyst, epsilon=data["epsilon"], delta=data["delta"])
+    return jsonify(accounts.remaining(analyst, tight=False).to_dict())
 
 
 @bp.get("/corpus-cap")
 @require("admin")
 def get_cap() -> Response:
-    return jsonify(get_ledger().corpus_remaining(tight=False).to_dict())
+    return jsonify(_accounts().cap().to_dict())
 
 
 @bp.put("/corpus-cap")
 @require("admin")
 def set_cap() -> Response:
     data = BudgetSchema().load(json_body())
-    ledger = get_ledger()
-    ledger.set_corpus_cap(Budget(**data))
-    return jsonify(ledger.corpus_remaining(tight=False).to_dict())
+    return jsonify(_accounts().set_cap(Budget(**data)).to_dict())
 
 
 @bp.get("/analysts/<analyst_id>/ledger")
 @require("admin")
 def analyst_ledger(analyst_id: str) -> Response:
-    _analyst_row(analyst_id)
+    analyst = _analyst(analyst_id)
     page = PageSchema().load(request.args.to_dict())
-    ledger = get_ledger()
-    entries = ledger.history(analyst_id, limit=page["limit"], offset=page["offset"])
+    accounts = _accounts()
+    entries = accounts.history(analyst, limit=page["limit"], offset=page["offset"])
     return jsonify(
         {
             "analyst_id": analyst_id,
-            "remaining": ledger.remaining(analyst_id, tight=True).to_dict(),
+            "remaining": accounts.remaining(analyst, tight=True).to_dict(),
             "entries": [e.to_dict() for e in entries],
             **page,
         }

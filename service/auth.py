@@ -151,6 +151,87 @@ def has_admin(engine: Engine) -> bool:
     return row is not None
 
 
+@dataclass(frozen=True)
+class PrincipalRecord:
+    """A principal as stored (``created_at`` as the store returns it: naive UTC on SQLite)."""
+
+    id: str
+    name: str
+    role: str
+    disabled: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """One API key of a principal, without its secret (only its salted hash is stored)."""
+
+    id: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _record(row: Any) -> PrincipalRecord:
+    return PrincipalRecord(row.id, row.name, row.role, bool(row.disabled), row.created_at)
+
+
+def get_principal(engine: Engine, principal_id: str, *, role: str) -> PrincipalRecord | None:
+    """The principal ``principal_id`` if it has ``role``, else None."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(principals).where(principals.c.id == principal_id, principals.c.role == role)
+        ).first()
+    return None if row is None else _record(row)
+
+
+def list_principals(
+    engine: Engine, *, role: str, limit: int | None = None, offset: int = 0
+) -> list[PrincipalRecord]:
+    """The principals of ``role``, oldest first (ties by id); ``limit`` None: all of them."""
+    query = (
+        select(principals)
+        .where(principals.c.role == role)
+        .order_by(principals.c.created_at, principals.c.id)
+    )
+    if limit is not None:
+        query = query.limit(limit).offset(offset)
+    with engine.connect() as conn:
+        return [_record(row) for row in conn.execute(query)]
+
+
+def disable_principal(engine: Engine, principal_id: str) -> None:
+    """Disable ``principal_id``: every key of it stops authenticating (a cached lookup lives
+    on for at most ``key_cache_seconds``)."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(principals).where(principals.c.id == principal_id).values(disabled=True)
+        )
+
+
+def principal_keys(engine: Engine, principal_id: str) -> list[KeyRecord]:
+    """Every key ``principal_id`` was issued, revoked ones included, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(api_keys.c.id, api_keys.c.created_at, api_keys.c.revoked_at)
+            .where(api_keys.c.principal_id == principal_id)
+            .order_by(api_keys.c.created_at)
+        ).all()
+    return [KeyRecord(r.id, r.created_at, r.revoked_at) for r in rows]
+
+
+def has_active_key(engine: Engine, principal_id: str, key_id: str) -> bool:
+    """Whether ``key_id`` is a key of ``principal_id`` that is not revoked."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(api_keys.c.id).where(
+                api_keys.c.id == key_id,
+                api_keys.c.principal_id == principal_id,
+                api_keys.c.revoked_at.is_(None),
+            )
+        ).first()
+    return row is not None
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -29,18 +29,18 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
 from marshmallow import Schema, fields, validate
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from werkzeug.wrappers import Response as BaseResponse
 
 from mechanisms.ledger import Ledger, LedgerEntry, Remaining
 from service import page_sessions
+from service.accounts import Accounts, Analyst
 from service.auth import authenticate, public, require
 from service.body import json_body
 from service.budget_chart import Chart, build_chart, cumulative_spend, fmt_epsilon
 from service.charging import get_ledger
 from service.errors import APIError
 from service.schemas_admin import PageSchema
-from service.tables import principals
 
 bp = Blueprint("budget_page", __name__, url_prefix="/v1/admin")
 
@@ -139,18 +139,9 @@ def _same_origin() -> bool:
     return origin is None or origin == request.host_url.rstrip("/")
 
 
-def _analysts(limit: int, offset: int) -> list[Any]:
+def _analysts(ledger: Ledger, limit: int, offset: int) -> list[Analyst]:
     # The same selection and order as GET /v1/admin/analysts.
-    with _engine().connect() as conn:
-        return list(
-            conn.execute(
-                select(principals.c.id, principals.c.name, principals.c.disabled)
-                .where(principals.c.role == "analyst")
-                .order_by(principals.c.created_at, principals.c.id)
-                .limit(limit)
-                .offset(offset)
-            ).all()
-        )
+    return Accounts(_engine(), ledger).analysts(limit=limit, offset=offset)
 
 
 def _history(ledger: Ledger, principal_id: str) -> list[LedgerEntry]:
@@ -162,14 +153,14 @@ def _history(ledger: Ledger, principal_id: str) -> list[LedgerEntry]:
             return entries
 
 
-def _analyst_view(ledger: Ledger, row: Any, now: datetime) -> AnalystView:
-    remaining = ledger.remaining(row.id, tight=True)
+def _analyst_view(ledger: Ledger, analyst: Analyst, now: datetime) -> AnalystView:
+    remaining = ledger.remaining(analyst.id, tight=True)
     budget = remaining.budget
-    entries = _history(ledger, row.id)
+    entries = _history(ledger, analyst.id)
     delta = budget.delta if budget is not None else NO_BUDGET_DELTA
     series = cumulative_spend(entries, delta)
     chart = build_chart(series, budget_epsilon=budget.epsilon if budget else None, end=now)
-    return AnalystView(row.id, row.name, bool(row.disabled), remaining, chart, len(entries))
+    return AnalystView(analyst.id, analyst.name, analyst.disabled, remaining, chart, len(entries))
 
 
 @bp.get("/budget-page")
@@ -181,7 +172,9 @@ def budget_page() -> Response:
     ledger = get_ledger()
     now = datetime.now(UTC)
     cap = ledger.corpus_remaining(tight=False)
-    analysts = [_analyst_view(ledger, r, now) for r in _analysts(page["limit"], page["offset"])]
+    analysts = [
+        _analyst_view(ledger, a, now) for a in _analysts(ledger, page["limit"], page["offset"])
+    ]
     html = render_template(
         "budget_page.html",
         cap=cap,

@@ -12,25 +12,38 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from sqlalchemy import Engine
 
+from service.accounts import Accounts
 from service.config import Settings
 from service.db import engine_for, init_db
 from service.hardening import private_dir, restrict_umask
+from service.ledger.sql import SqlLedger
 
 
 class Context:
+    """What every command reads: the settings, and the state store opened on first use."""
+
     def __init__(self, data_dir: str | None) -> None:
         overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
         self.settings = Settings.load(overrides)
-        self._engine = None
+        self._engine: Engine | None = None
+        self._accounts: Accounts | None = None
 
     @property
-    def engine(self):  # type: ignore[no-untyped-def]
+    def engine(self) -> Engine:
         if self._engine is None:
             private_dir(self.settings.data_dir)
             self._engine = engine_for(self.settings)
             init_db(self._engine)
         return self._engine
+
+    @property
+    def accounts(self) -> Accounts:
+        """Analysts, keys, budgets and the cap (``service/accounts.py``, as the admin API)."""
+        if self._accounts is None:
+            self._accounts = Accounts(self.engine, SqlLedger(self.engine))
+        return self._accounts
 
 
 pass_ctx: Callable[..., Any] = click.make_pass_decorator(Context)
@@ -122,22 +135,18 @@ def keys() -> None:
 @pass_ctx
 def keys_create(ctx: Context, role: str, name: str | None, principal_id: str | None) -> None:
     """Create a principal (or use --principal) and print its new key once."""
-    from service.auth import create_principal, issue_key
-
     if principal_id is None:
-        principal_id = create_principal(ctx.engine, name=name or role, role=role)
-    token = issue_key(ctx.engine, principal_id)
+        principal_id = ctx.accounts.create_principal(name=name or role, role=role)
+    issued = ctx.accounts.issue_principal_key(principal_id)
     click.echo(f"principal: {principal_id}", err=True)
-    click.echo(token)
+    click.echo(issued.token)
 
 
 @keys.command("revoke")
 @click.argument("key_id")
 @pass_ctx
 def keys_revoke(ctx: Context, key_id: str) -> None:
-    from service.auth import revoke_key
-
-    if not revoke_key(ctx.engine, key_id):
+    if not ctx.accounts.revoke_any_key(key_id):
         raise click.ClickException(f"no active key {key_id}")
     click.echo(f"revoked {key_id}")
 
@@ -146,28 +155,24 @@ def keys_revoke(ctx: Context, key_id: str) -> None:
 @pass_ctx
 def ensure_admin(ctx: Context) -> None:
     """Make sure an admin key exists: take PRIVTEXT_ADMIN_KEY, or mint one and print it once."""
-    from service.auth import create_principal, has_admin, issue_key
-
+    accounts = ctx.accounts
     given = os.environ.get("PRIVTEXT_ADMIN_KEY")
-    if has_admin(ctx.engine):
-        if given:
-            from service.auth import authenticate
-
-            if authenticate(ctx.engine, given) is None:
-                click.echo("warning: PRIVTEXT_ADMIN_KEY is not a valid key here", err=True)
+    if accounts.has_admin():
+        if given and not accounts.key_is_valid(given):
+            click.echo("warning: PRIVTEXT_ADMIN_KEY is not a valid key here", err=True)
         click.echo("an admin key already exists")
         return
-    pid = create_principal(ctx.engine, name="admin", role="admin")
+    pid = accounts.create_principal(name="admin", role="admin")
     if given:
         try:
-            issue_key(ctx.engine, pid, token=given)
+            accounts.issue_principal_key(pid, token=given)
         except ValueError as exc:
             raise click.ClickException(
                 "PRIVTEXT_ADMIN_KEY must look like ptk_<hex id>_<secret>"
             ) from exc
         click.echo("admin key taken from PRIVTEXT_ADMIN_KEY")
         return
-    token = issue_key(ctx.engine, pid)
+    token = accounts.issue_principal_key(pid).token
     key_file = os.path.join(ctx.settings.data_dir, "admin-key.txt")
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

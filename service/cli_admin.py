@@ -10,15 +10,14 @@ from datetime import datetime
 from typing import IO
 
 import click
-from sqlalchemy import select, update
 
 from mechanisms.errors import InvalidParameterError
 from mechanisms.ledger import Budget
+from service.accounts import Accounts, Analyst, UnknownAnalyst
 from service.cli import Context, pass_ctx
 from service.json_out import finite
 from service.ledger import audit
 from service.ledger.sql import SqlLedger
-from service.tables import principals
 
 
 def _budget(epsilon: float, delta: float) -> Budget:
@@ -28,15 +27,11 @@ def _budget(epsilon: float, delta: float) -> Budget:
         raise click.BadParameter(str(exc)) from exc
 
 
-def _analyst(ctx: Context, analyst_id: str) -> None:
-    with ctx.engine.connect() as conn:
-        row = conn.execute(
-            select(principals.c.id).where(
-                principals.c.id == analyst_id, principals.c.role == "analyst"
-            )
-        ).first()
-    if row is None:
-        raise click.ClickException(f"no analyst {analyst_id}")
+def _analyst(accounts: Accounts, analyst_id: str) -> Analyst:
+    try:
+        return accounts.analyst(analyst_id)
+    except UnknownAnalyst as exc:
+        raise click.ClickException(f"no analyst {analyst_id}") from exc
 
 
 @click.group()
@@ -56,35 +51,26 @@ def analysts_create(
     ctx: Context, name: str, epsilon: float | None, delta: float | None, key: bool
 ) -> None:
     """Create analyst NAME; prints its id (stderr) and its key once (stdout)."""
-    from service.auth import create_principal, issue_key
-
     if (epsilon is None) != (delta is None):
         raise click.BadParameter("give --epsilon and --delta together (or neither)")
     budget = _budget(epsilon, delta) if epsilon is not None and delta is not None else None
-    pid = create_principal(ctx.engine, name=name, role="analyst")
-    if budget is not None:
-        SqlLedger(ctx.engine).set_budget(pid, budget)
-    click.echo(f"analyst: {pid}", err=True)
+    accounts = ctx.accounts
+    analyst = accounts.create_analyst(name, budget)
+    click.echo(f"analyst: {analyst.id}", err=True)
     if key:
-        click.echo(issue_key(ctx.engine, pid))
+        click.echo(accounts.issue_key(analyst).token)
 
 
 @analysts.command("list")
 @pass_ctx
 def analysts_list(ctx: Context) -> None:
     """One line per analyst: id, name, state, budget and admission-bound epsilon spent."""
-    ledger = SqlLedger(ctx.engine)
-    with ctx.engine.connect() as conn:
-        rows = conn.execute(
-            select(principals)
-            .where(principals.c.role == "analyst")
-            .order_by(principals.c.created_at, principals.c.id)
-        ).all()
-    for r in rows:
-        rem = ledger.remaining(r.id, tight=False)
+    accounts = ctx.accounts
+    for a in accounts.analysts():
+        rem = accounts.remaining(a, tight=False)
         budget = f"eps={rem.budget.epsilon:g} delta={rem.budget.delta:g}" if rem.budget else "none"
-        state = "disabled" if r.disabled else "active"
-        click.echo(f"{r.id}  {r.name}  {state}  budget {budget}  spent {rem.spent_epsilon:.6g}")
+        state = "disabled" if a.disabled else "active"
+        click.echo(f"{a.id}  {a.name}  {state}  budget {budget}  spent {rem.spent_epsilon:.6g}")
 
 
 @analysts.command("disable")
@@ -92,9 +78,8 @@ def analysts_list(ctx: Context) -> None:
 @pass_ctx
 def analysts_disable(ctx: Context, analyst_id: str) -> None:
     """Disable ANALYST_ID: every key of it stops working."""
-    _analyst(ctx, analyst_id)
-    with ctx.engine.begin() as conn:
-        conn.execute(update(principals).where(principals.c.id == analyst_id).values(disabled=True))
+    accounts = ctx.accounts
+    accounts.disable(_analyst(accounts, analyst_id))
     click.echo(f"disabled {analyst_id}")
 
 
@@ -109,8 +94,9 @@ def budget_group() -> None:
 @click.option("--delta", type=float, required=True, help="Delta in (0, 1e-3].")
 @pass_ctx
 def budget_set(ctx: Context, analyst_id: str, epsilon: float, delta: float) -> None:
-    _analyst(ctx, analyst_id)
-    b = SqlLedger(ctx.engine).set_budget(analyst_id, _budget(epsilon, delta))
+    accounts = ctx.accounts
+    analyst = _analyst(accounts, analyst_id)
+    b = accounts.set_budget(analyst, _budget(epsilon, delta))
     click.echo(f"{analyst_id}: epsilon={b.epsilon:g} delta={b.delta:g}")
 
 
@@ -120,9 +106,10 @@ def budget_set(ctx: Context, analyst_id: str, epsilon: float, delta: float) -> N
 @click.option("--delta", type=float, default=0.0)
 @pass_ctx
 def budget_raise(ctx: Context, analyst_id: str, epsilon: float, delta: float) -> None:
-    _analyst(ctx, analyst_id)
+    accounts = ctx.accounts
+    analyst = _analyst(accounts, analyst_id)
     try:
-        b = SqlLedger(ctx.engine).raise_budget(analyst_id, epsilon=epsilon, delta=delta)
+        b = accounts.raise_budget(analyst, epsilon=epsilon, delta=delta)
     except InvalidParameterError as exc:
         raise click.BadParameter(str(exc)) from exc
     click.echo(f"{analyst_id}: epsilon={b.epsilon:g} delta={b.delta:g}")
@@ -135,8 +122,8 @@ def budget_show(ctx: Context, analyst_id: str) -> None:
     """The analyst's figures as JSON (admission bound and tight PLD figure)."""
     import json
 
-    _analyst(ctx, analyst_id)
-    rem = SqlLedger(ctx.engine).remaining(analyst_id).to_dict()
+    accounts = ctx.accounts
+    rem = accounts.remaining(_analyst(accounts, analyst_id), tight=True).to_dict()
     click.echo(json.dumps(finite(rem), indent=2, allow_nan=False))
 
 
@@ -150,7 +137,7 @@ def cap() -> None:
 @click.option("--delta", type=float, required=True, help="Delta in (0, 1e-3].")
 @pass_ctx
 def cap_set(ctx: Context, epsilon: float, delta: float) -> None:
-    SqlLedger(ctx.engine).set_corpus_cap(_budget(epsilon, delta))
+    ctx.accounts.set_cap(_budget(epsilon, delta))
     click.echo(f"corpus cap: epsilon={epsilon:g} delta={delta:g}")
 
 
@@ -159,7 +146,7 @@ def cap_set(ctx: Context, epsilon: float, delta: float) -> None:
 def cap_show(ctx: Context) -> None:
     import json
 
-    rem = SqlLedger(ctx.engine).corpus_remaining().to_dict()
+    rem = ctx.accounts.cap().to_dict()
     click.echo(json.dumps(finite(rem), indent=2, allow_nan=False))
 
 
