@@ -8,14 +8,12 @@ command's do; this module only reads requests and writes responses.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import Engine
+from flask import Blueprint, Response, jsonify, request
 
 from mechanisms.ledger import Budget
 from service.accounts import Accounts, Analyst, UnknownAnalyst, UnknownKey
 from service.auth import require
 from service.body import json_body
-from service.charging import get_ledger
 from service.errors import APIError
 from service.ledger import audit
 from service.schemas_admin import (
@@ -25,16 +23,13 @@ from service.schemas_admin import (
     BudgetSchema,
     PageSchema,
 )
+from service.services import services
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
 
-def _engine() -> Engine:
-    return current_app.extensions["privtext"].engine  # type: ignore[no-any-return]
-
-
 def _accounts() -> Accounts:
-    return Accounts(_engine(), get_ledger())
+    return services().accounts
 
 
 def _analyst(analyst_id: str) -> Analyst:
@@ -183,7 +178,7 @@ def analyst_ledger(analyst_id: str) -> Response:
 def audit_export() -> Response:
     args = AuditQuerySchema().load(request.args.to_dict())
     rows = audit.entries(
-        _engine(),
+        services().engine,
         principal_id=args["analyst"],
         since=args["since"],
         until=args["until"],

@@ -1,35 +1,34 @@
 """The application factory: ``create_app(config=None)``.
 
-Per-process resources (the database engine, the corpus store) hang off
-``app.extensions["privtext"]``; there is no module-level app and no process-global state
-that would differ between gunicorn workers.
+Per-process resources (the database engine, the corpus store, the ledger, caches) are one
+typed ``Services`` (``service/services.py``) at ``app.extensions["privtext"]``; there is no
+module-level app and no process-global state that would differ between gunicorn workers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import Engine
 
 from corpus.store import SnapshotStore
 from service import body, errors, hardening, json_out, observability
+from service.accounts import Accounts
+from service.auth import KeyCache
 from service.config import Settings
 from service.db import engine_for, init_db
+from service.ledger.sql import SqlLedger
+from service.services import Services
 
 
-@dataclass
-class Services:
-    settings: Settings
-    engine: Engine
-    corpus: SnapshotStore
-    extra: dict[str, Any] = field(default_factory=dict)
+def create_app(
+    config: Mapping[str, Any] | None = None, *, ledger: SqlLedger | None = None
+) -> Flask:
+    """Build the app: defaults, then ``PRIVTEXT_*`` environment, then ``config``.
 
-
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: defaults, then ``PRIVTEXT_*`` environment, then ``config``."""
+    ``ledger`` replaces the ledger over the app's state store (tests and benchmarks).
+    """
     settings = Settings.load(config)
     hardening.private_dir(settings.data_dir)
 
@@ -42,12 +41,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     engine = engine_for(settings)
     init_db(engine)
-    app.extensions["privtext"] = Services(
-        settings=settings, engine=engine, corpus=SnapshotStore(settings.data_dir)
+    ledger = ledger if ledger is not None else SqlLedger(engine)
+    ttl = settings.key_cache_seconds
+    svc = Services(
+        settings=settings,
+        engine=engine,
+        corpus=SnapshotStore(settings.data_dir),
+        ledger=ledger,
+        accounts=Accounts(engine, ledger),
+        metrics=observability.Metrics(),
+        key_cache=KeyCache(ttl) if ttl > 0 else None,
     )
+    app.extensions["privtext"] = svc
 
     observability.configure_logging(settings.log_level)
-    observability.init_app(app)
+    observability.init_app(app, svc.metrics)
     errors.register_error_handlers(app)
     body.init_app(app)
     hardening.init_app(app)
@@ -79,8 +87,3 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(embeddings.bp)
     return app
 
-
-def services(app: Flask | None = None) -> Services:
-    from flask import current_app
-
-    return (app or current_app).extensions["privtext"]  # type: ignore[no-any-return]

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from flask import current_app, g, request
 from sqlalchemy import Engine, insert, select, update
@@ -290,20 +290,24 @@ class KeyCache:
             self._entries[digest] = (principal, time.monotonic() + self.ttl)
 
 
-def _cached_authenticate(svc: Any, token: str) -> Principal | None:
-    ttl = svc.settings.key_cache_seconds
-    if ttl <= 0:
-        return authenticate(svc.engine, token)
-    cache = svc.extra.get("key_cache")
+class _KeyStore(Protocol):
+    """What authentication needs of the app's services (``service.services.Services``)."""
+
+    engine: Engine
+    key_cache: KeyCache | None
+
+
+def _cached_authenticate(svc: _KeyStore, token: str) -> Principal | None:
+    cache = svc.key_cache
     if cache is None:
-        cache = svc.extra["key_cache"] = KeyCache(ttl)
+        return authenticate(svc.engine, token)
     digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
     principal = cache.get(digest)
     if principal is None:
         principal = authenticate(svc.engine, token)
         if principal is not None:
             cache.put(digest, principal)
-    return principal  # type: ignore[no-any-return]
+    return principal
 
 
 def current_principal() -> Principal:
@@ -319,7 +323,7 @@ def current_principal() -> Principal:
             "A valid API key is required: Authorization: Bearer <key>.",
             headers={"WWW-Authenticate": 'Bearer realm="privtext"'},
         )
-    svc = current_app.extensions["privtext"]
+    svc: _KeyStore = current_app.extensions["privtext"]
     principal = _cached_authenticate(svc, token.strip())
     if principal is None:
         raise APIError(

@@ -27,20 +27,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, g, redirect, render_template, request, url_for
 from marshmallow import Schema, fields, validate
 from sqlalchemy import Engine
 from werkzeug.wrappers import Response as BaseResponse
 
 from mechanisms.ledger import Ledger, LedgerEntry, Remaining
 from service import page_sessions
-from service.accounts import Accounts, Analyst
+from service.accounts import Analyst
 from service.auth import authenticate, public, require
 from service.body import json_body
 from service.budget_chart import Chart, build_chart, cumulative_spend, fmt_epsilon
 from service.charging import get_ledger
 from service.errors import APIError
 from service.schemas_admin import PageSchema
+from service.services import services
 
 bp = Blueprint("budget_page", __name__, url_prefix="/v1/admin")
 
@@ -83,7 +84,7 @@ class AnalystView:
 
 
 def _engine() -> Engine:
-    return current_app.extensions["privtext"].engine  # type: ignore[no-any-return]
+    return services().engine
 
 
 def _wants_html() -> bool:
@@ -139,9 +140,9 @@ def _same_origin() -> bool:
     return origin is None or origin == request.host_url.rstrip("/")
 
 
-def _analysts(ledger: Ledger, limit: int, offset: int) -> list[Analyst]:
+def _analysts(limit: int, offset: int) -> list[Analyst]:
     # The same selection and order as GET /v1/admin/analysts.
-    return Accounts(_engine(), ledger).analysts(limit=limit, offset=offset)
+    return services().accounts.analysts(limit=limit, offset=offset)
 
 
 def _history(ledger: Ledger, principal_id: str) -> list[LedgerEntry]:
@@ -173,7 +174,7 @@ def budget_page() -> Response:
     now = datetime.now(UTC)
     cap = ledger.corpus_remaining(tight=False)
     analysts = [
-        _analyst_view(ledger, a, now) for a in _analysts(ledger, page["limit"], page["offset"])
+        _analyst_view(ledger, a, now) for a in _analysts(page["limit"], page["offset"])
     ]
     html = render_template(
         "budget_page.html",

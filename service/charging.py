@@ -54,9 +54,7 @@ class HasId(Protocol):
 def get_ledger() -> Ledger:
     """This process's ledger over the app's state store (created once per worker)."""
     svc = current_app.extensions["privtext"]
-    ledger = svc.extra.get("ledger")
-    if ledger is None:
-        ledger = svc.extra["ledger"] = SqlLedger(svc.engine)
+    ledger = svc.ledger
     return ledger  # type: ignore[no-any-return]
 
 

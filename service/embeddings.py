@@ -39,6 +39,7 @@ from service.jobs import (
     visible_job,
 )
 from service.schemas_jobs import EmbeddingJobRequest, EmbeddingsRequest
+from service.services import services
 
 bp = Blueprint("embeddings", __name__)
 _sync_schema = EmbeddingsRequest()
@@ -49,7 +50,7 @@ ROLES = ("app", "analyst", "admin")
 
 
 def _limit() -> ratelimit.Limit:
-    s = current_app.extensions["privtext"].settings
+    s = services().settings
     return ratelimit.Limit(
         requests=s.embedding_rate_requests,
         units=s.embedding_rate_texts,
@@ -60,7 +61,7 @@ def _limit() -> ratelimit.Limit:
 def _charge_rate(units: int) -> None:
     principal = current_principal()
     ratelimit.hit(
-        current_app.extensions["privtext"].engine, principal.key_id, BUCKET, _limit(), units=units
+        services().engine, principal.key_id, BUCKET, _limit(), units=units
     )
 
 
@@ -70,7 +71,7 @@ def embed() -> Response:
     req = _sync_schema.load(json_body())
     texts: list[str] = req["texts"]
     _charge_rate(len(texts))
-    settings = current_app.extensions["privtext"].settings
+    settings = services().settings
     model_id, path = active_model(settings.data_dir)
     encoder = get_encoder(model_id, path, **encoder_options(settings))
     vectors = encoder.encode(texts)
@@ -88,7 +89,7 @@ def embed() -> Response:
 @bp.post("/v1/embedding-jobs")
 @require(*ROLES)
 def create_embedding_job() -> tuple[Response, int]:
-    settings = current_app.extensions["privtext"].settings
+    settings = services().settings
     request.max_content_length = settings.embedding_job_max_bytes  # this route only
     req = _job_schema.load(json_body())
     texts: list[str] = req["texts"]

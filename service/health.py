@@ -11,6 +11,7 @@ from corpus.store import SnapshotStore
 from service.auth import public, require
 from service.db import probe_write
 from service.errors import error_response
+from service.services import services
 
 bp = Blueprint("health", __name__)
 
@@ -33,7 +34,7 @@ def readyz() -> Response:
     * ``corpus``: a snapshot is live and its file can be read;
     * ``disk``: the data directory's filesystem is writable and has ``min_free_disk_mb`` left.
     """
-    svc = current_app.extensions["privtext"]
+    svc = services()
     checks = {"state_store": False, "corpus": False, "disk": False}
     try:
         probe_write(svc.engine)
@@ -83,7 +84,7 @@ def metrics() -> Response:
     They describe analysts' traffic (which routes, how often, how fast), so a key is needed:
     a ``metrics`` key for a scraper, or an admin key.
     """
-    return current_app.extensions["privtext_metrics"].render()  # type: ignore[no-any-return]
+    return services().metrics.render()
 
 
 def spec_text() -> str:

@@ -16,7 +16,8 @@
   one is a 409.
 * ``GET /v1/models``, ``POST /v1/admin/models/<id>/activate``: the model registry (admin).
 
-The queue (huey) and the per-process job context hang off ``app.extensions["privtext"].extra``.
+The queue (huey) and the per-process job context are made on first use and kept in the app's
+``Services`` (``queue``, ``job_context``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from service.body import json_body, reject_unknown_args
 from service.config import Settings
 from service.errors import APIError
 from service.schemas_jobs import TrainingJobRequest
+from service.services import services
 
 bp = Blueprint("jobs", __name__)
 _training_schema = TrainingJobRequest()
@@ -45,7 +47,7 @@ _training_schema = TrainingJobRequest()
 
 @bp.record_once
 def _setup(state: BlueprintSetupState) -> None:
-    engine = state.app.extensions["privtext"].engine
+    engine = services(state.app).engine
     create_tables(engine)
     ratelimit.create_tables(engine)
 
@@ -105,19 +107,19 @@ def make_queue(settings: Settings, engine: Any) -> jobqueue.Queue:
 
 
 def get_queue(app: Flask | None = None) -> jobqueue.Queue:
-    svc = (app or current_app).extensions["privtext"]
-    queue = svc.extra.get("queue")
-    if queue is None:
-        queue = svc.extra["queue"] = make_queue(svc.settings, svc.engine)
-    return queue  # type: ignore[no-any-return]
+    """The app's job queue, made on first use."""
+    svc = services(app)
+    if svc.queue is None:
+        svc.queue = make_queue(svc.settings, svc.engine)
+    return svc.queue
 
 
 def get_context() -> bodies.ModelJobContext:
-    svc = current_app.extensions["privtext"]
-    ctx = svc.extra.get("job_context")
-    if ctx is None:
-        ctx = svc.extra["job_context"] = job_context(svc.settings, svc.engine)
-    return ctx  # type: ignore[no-any-return]
+    """The context this web worker's jobs run in (the inline queue), made on first use."""
+    svc = services()
+    if svc.job_context is None:
+        svc.job_context = job_context(svc.settings, svc.engine)
+    return svc.job_context
 
 
 # -- representation ----------------------------------------------------------------------
@@ -153,7 +155,7 @@ def job_view(job: Job) -> dict[str, Any]:
 def visible_job(job_id: str, kind: str | None = None) -> Job:
     """The job, when the caller may see it (admin: any; others: their own); else 404."""
     principal = current_principal()
-    job = jobstore.get_job(current_app.extensions["privtext"].engine, job_id)
+    job = jobstore.get_job(services().engine, job_id)
     if (
         job is None
         or (kind is not None and job.kind != kind)
@@ -179,7 +181,7 @@ def create_training_job() -> tuple[Response, int]:
     config = TrainingConfig.from_dict(TrainingJobRequest.config_of(req))  # 422 if invalid
     # priced from public inputs only: 422 before anything is read or charged
     charge = TrainingCharge.price(get_ledger(), config, principal_id=principal.id)
-    svc = current_app.extensions["privtext"]
+    svc = services()
     try:
         info = svc.corpus.get(req["snapshot_id"]) if req["snapshot_id"] else svc.corpus.live()
     except SnapshotNotFound:
@@ -232,7 +234,7 @@ def list_jobs() -> Response:
             {"kind": [f"must be one of {list(KINDS)}"]},
         )
     found = jobstore.list_jobs(
-        current_app.extensions["privtext"].engine,
+        services().engine,
         kind=kind,
         created_by=None if principal.role == "admin" else principal.id,
     )
@@ -254,7 +256,7 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
     try:
         job = bodies.cancel_job(get_context(), job.id)
     except jobstore.JobStateError:
-        job = jobstore.get_job(current_app.extensions["privtext"].engine, job.id) or job
+        job = jobstore.get_job(services().engine, job.id) or job
         raise APIError(
             409, "job_finished", f"The job is {job.status}; it can no longer be cancelled."
         ) from None
@@ -269,7 +271,7 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
 def list_models() -> Response:
     from models.registry import ModelRegistry
 
-    registry = ModelRegistry(current_app.extensions["privtext"].settings.data_dir)
+    registry = ModelRegistry(services().settings.data_dir)
     active = registry.active()
     return jsonify({"active": active.id, "models": [v.to_dict() for v in registry.list()]})
 
@@ -279,7 +281,7 @@ def list_models() -> Response:
 def activate_model(model_id: str) -> Response:
     from models.registry import ModelNotFound, ModelRegistry
 
-    registry = ModelRegistry(current_app.extensions["privtext"].settings.data_dir)
+    registry = ModelRegistry(services().settings.data_dir)
     try:
         version = registry.activate(model_id)
     except ModelNotFound:

@@ -82,10 +82,9 @@ class Metrics:
         return Response(data, mimetype=CONTENT_TYPE_LATEST)
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, metrics: Metrics) -> None:
+    """Count and time every request in ``metrics`` and write one access-log line for it."""
     access = logging.getLogger("privtext.access")
-    metrics = Metrics()
-    app.extensions["privtext_metrics"] = metrics
 
     @app.before_request
     def _start() -> None:

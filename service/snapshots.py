@@ -6,11 +6,12 @@ columns and per-message features); never a count, a sender or a message.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
 from service.auth import require
 from service.errors import APIError
 from service.queries.schemas import FEATURES as QUERY_FEATURES
+from service.services import services
 
 bp = Blueprint("snapshots", __name__)
 
@@ -20,7 +21,7 @@ FEATURES = list(QUERY_FEATURES)
 @bp.get("/v1/snapshots/live")
 @require("admin", "analyst")
 def live() -> Response:
-    snap = current_app.extensions["privtext"].corpus.live()
+    snap = services().corpus.live()
     if snap is None:
         raise APIError(404, "no_snapshot", "No corpus snapshot has been ingested yet.")
     return jsonify(
