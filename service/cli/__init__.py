@@ -208,16 +208,16 @@ def serve(ctx: Context, bind: str | None, workers: int | None) -> None:
     os.execv(sys.executable, args)
 
 
-# Ledger administration (analysts, budget, cap, audit): service/cli_admin.py.
-from service.cli_admin import COMMANDS as _ADMIN_COMMANDS  # noqa: E402 - needs pass_ctx above
+# Ledger administration (analysts, budget, cap, audit): service/cli/accounts.py.
+from service.cli.accounts import COMMANDS as _ADMIN_COMMANDS  # noqa: E402 - needs pass_ctx above
 
 for _command in _ADMIN_COMMANDS:
     main.add_command(_command)
-from service.cli_models import embed_corpus  # noqa: E402 - needs pass_ctx above
+from service.cli.embeddings import embed_corpus  # noqa: E402 - needs pass_ctx above
 
 main.add_command(embed_corpus)
 
-from service.cli_worker import worker as _worker  # noqa: E402 - needs pass_ctx above
+from service.cli.worker import worker as _worker  # noqa: E402 - needs pass_ctx above
 
 main.add_command(_worker)
 
