@@ -1,7 +1,8 @@
 """``privtext embed-corpus``: build the internal message embeddings and the public vocabulary.
 
-Registered on the ``privtext`` group by ``service.cli``. The vectors are an internal feature
-of the aggregate-embedding queries (``mean_embedding``, ``topics``) and are never served.
+Registered on the ``privtext`` group by ``service/cli/__init__.py``. The vectors are an
+internal feature of the aggregate-embedding queries (``mean_embedding``, ``topics``) and are
+never served.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import time
 
 import click
 
-from service.cli import Context, pass_ctx
+from service.cli.context import Context, pass_ctx
 
 
 @click.command("embed-corpus")
@@ -78,4 +79,4 @@ def embed_corpus(
     )
 
 
-COMMANDS = [embed_corpus]
+COMMANDS: list[click.Command] = [embed_corpus]

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import click
 
-from service.cli import Context, pass_ctx
+from service.cli.context import Context, pass_ctx
 
 log = logging.getLogger("privtext.worker")
 
@@ -114,3 +114,6 @@ def worker(ctx: Context, workers: int) -> None:
         queue.huey.create_consumer(workers=max(1, workers), worker_type="thread").run()
     finally:
         periodic.stop()
+
+
+COMMANDS: list[click.Command] = [worker]
