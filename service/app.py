@@ -13,12 +13,15 @@ from typing import Any
 from flask import Flask
 
 from corpus.store import SnapshotStore
-from service import body, errors, hardening, json_out, observability
+from service import body, embeddings, errors, hardening, jobs, json_out, observability
 from service.accounts import Accounts
+from service.api import admin, budget, budget_page, health, me, snapshots
 from service.auth import KeyCache
+from service.charging import run_deferred
 from service.config import Settings
 from service.db import engine_for, init_db
 from service.ledger.sql import SqlLedger
+from service.queries import views as queries
 from service.services import Services
 
 
@@ -60,30 +63,18 @@ def create_app(
     body.init_app(app)
     hardening.init_app(app)
 
-    from service import health, snapshots, whoami
-
-    app.register_blueprint(health.bp)
-    app.register_blueprint(whoami.bp)
-    app.register_blueprint(snapshots.bp)
-
-    from service import admin, budget
-
-    app.register_blueprint(admin.bp)
-    app.register_blueprint(budget.bp)
-
-    from service.charging import run_deferred
-    from service.queries import views as queries
-
-    app.register_blueprint(queries.bp)
+    for bp in (
+        health.bp,
+        me.bp,
+        snapshots.bp,
+        admin.bp,
+        budget.bp,
+        queries.bp,
+        budget_page.bp,
+        jobs.bp,
+        embeddings.bp,
+    ):
+        app.register_blueprint(bp)
     app.after_request(run_deferred)
-
-    from service import budget_page
-
-    app.register_blueprint(budget_page.bp)
-
-    from service import embeddings, jobs
-
-    app.register_blueprint(jobs.bp)
-    app.register_blueprint(embeddings.bp)
     return app
 
