@@ -15,7 +15,7 @@ from flask import Flask
 from corpus.store import SnapshotStore
 from service import body, embeddings, errors, hardening, jobs, json_out, observability
 from service.accounts import Accounts
-from service.api import admin, budget, budget_page, health, me, snapshots
+from service.api import admin, budget, budget_page, health, me, metrics, snapshots, spec
 from service.auth import KeyCache
 from service.charging import run_deferred
 from service.config import Settings
@@ -65,6 +65,8 @@ def create_app(
 
     for bp in (
         health.bp,
+        metrics.bp,
+        spec.bp,
         me.bp,
         snapshots.bp,
         admin.bp,

@@ -1,14 +1,16 @@
-"""Operations: liveness, readiness, metrics (with a key) and the API contract."""
+"""``GET /healthz`` and ``GET /readyz`` (public, no key): liveness and readiness.
+
+Metrics are ``service/api/metrics.py``, the API contract ``service/api/spec.py``.
+"""
 
 from __future__ import annotations
 
 import os
-from importlib import resources
 
 from flask import Blueprint, Response, current_app, jsonify
 
 from corpus.store import SnapshotStore
-from service.auth import public, require
+from service.auth import public
 from service.db import probe_write
 from service.errors import error_response
 from service.services import services
@@ -74,25 +76,3 @@ def _disk_writable(path: str, min_free_mb: int) -> bool:
     if st.f_flag & os.ST_RDONLY:
         return False
     return st.f_bavail * st.f_frsize >= min_free_mb * 1024 * 1024
-
-
-@bp.get("/metrics")
-@require("admin", "metrics")
-def metrics() -> Response:
-    """Prometheus metrics (request counts and latencies by route; no corpus data).
-
-    They describe analysts' traffic (which routes, how often, how fast), so a key is needed:
-    a ``metrics`` key for a scraper, or an admin key.
-    """
-    return services().metrics.render()
-
-
-def spec_text() -> str:
-    return resources.files("service").joinpath("openapi.yaml").read_text(encoding="utf-8")
-
-
-@bp.get("/openapi.yaml")
-@public
-def openapi() -> Response:
-    """The OpenAPI 3.1 contract of this service."""
-    return Response(spec_text(), mimetype="application/yaml")

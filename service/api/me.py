@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from service.auth import current_principal, require
 
-bp = Blueprint("whoami", __name__)
+bp = Blueprint("me", __name__)
 
 
 @bp.get("/v1/me")
