@@ -13,9 +13,20 @@ from typing import Any
 from flask import Flask
 
 from corpus.store import SnapshotStore
-from service import body, embeddings, errors, hardening, jobs, json_out, observability
+from service import body, errors, hardening, json_out, observability
 from service.accounts import Accounts
-from service.api import admin, budget, budget_page, health, me, metrics, snapshots, spec
+from service.api import (
+    admin,
+    budget,
+    budget_page,
+    embeddings,
+    health,
+    jobs,
+    me,
+    metrics,
+    snapshots,
+    spec,
+)
 from service.auth import KeyCache
 from service.charging import run_deferred
 from service.config import Settings

@@ -27,10 +27,7 @@ from jobs import states as jobstore
 from models import job_bodies as bodies
 from models.encoder import get_encoder
 from service import ratelimit
-from service.auth import current_principal, require
-from service.body import json_body, reject_unknown_args
-from service.errors import APIError
-from service.jobs import (
+from service.api.jobs import (
     active_model,
     encoder_options,
     get_context,
@@ -38,6 +35,9 @@ from service.jobs import (
     job_view,
     visible_job,
 )
+from service.auth import current_principal, require
+from service.body import json_body, reject_unknown_args
+from service.errors import APIError
 from service.schemas_jobs import EmbeddingJobRequest, EmbeddingsRequest
 from service.services import services
 
