@@ -24,6 +24,7 @@ from service.api import (
     jobs,
     me,
     metrics,
+    models,
     snapshots,
     spec,
 )
@@ -85,6 +86,7 @@ def create_app(
         queries.bp,
         budget_page.bp,
         jobs.bp,
+        models.bp,
         embeddings.bp,
     ):
         app.register_blueprint(bp)

@@ -15,7 +15,7 @@ worker builds its own app, and two apps in one process (tests) share nothing.
 * ``key_cache``: successful key lookups, kept ``settings.key_cache_seconds`` (None when 0);
 * ``vocabularies``: public vocabularies of model versions, by model id, loaded on first use;
 * ``queue`` and ``job_context``: the job queue and the context jobs run in, made on first use
-  (``service/jobs.py``), so an app that never queues a job opens no queue.
+  (``service/job_queue.py``), so an app that never queues a job opens no queue.
 """
 
 from __future__ import annotations

@@ -27,17 +27,11 @@ from jobs import states as jobstore
 from models import job_bodies as bodies
 from models.encoder import get_encoder
 from service import ratelimit
-from service.api.jobs import (
-    active_model,
-    encoder_options,
-    get_context,
-    get_queue,
-    job_view,
-    visible_job,
-)
+from service.api.jobs import job_view, visible_job
 from service.auth import current_principal, require
 from service.body import json_body, reject_unknown_args
 from service.errors import APIError
+from service.job_queue import active_model, encoder_options, get_context, get_queue
 from service.schemas_jobs import EmbeddingJobRequest, EmbeddingsRequest
 from service.services import services
 

@@ -1,4 +1,4 @@
-"""Jobs and models over HTTP: training jobs (admin), job status, model versions.
+"""Jobs over HTTP: training jobs (admin), job status and cancellation.
 
 * ``POST /v1/admin/training-jobs``: validate -> price (``models.charge.TrainingCharge``:
   the privacy event, from public inputs only: the sampling rate is
@@ -14,30 +14,30 @@
   a training job's reservation refunded), a running one is asked to stop (202 ``cancelling``;
   the worker stops within seconds, settles the charge and marks it ``cancelled``), a finished
   one is a 409.
-* ``GET /v1/models``, ``POST /v1/admin/models/<id>/activate``: the model registry (admin).
 
-The queue (huey) and the per-process job context are made on first use and kept in the app's
-``Services`` (``queue``, ``job_context``).
+Jobs are queued on the app's job queue (``service/job_queue.py``); the model versions they
+publish are ``service/api/models.py``.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 
-from jobs import queue as jobqueue
+from corpus.store import SnapshotNotFound
 from jobs import states as jobstore
 from jobs.table import KINDS, Job, create_tables
 from models import job_bodies as bodies
+from models.charge import TrainingCharge
+from models.training import TrainingConfig, planned_delta
 from service import ratelimit
 from service.auth import current_principal, require
 from service.body import json_body, reject_unknown_args
-from service.config import Settings
+from service.charging import get_ledger
 from service.errors import APIError
+from service.job_queue import get_context, get_queue
 from service.schemas_jobs import TrainingJobRequest
 from service.services import services
 
@@ -50,76 +50,6 @@ def _setup(state: BlueprintSetupState) -> None:
     engine = services(state.app).engine
     create_tables(engine)
     ratelimit.create_tables(engine)
-
-
-# -- the queue and the job context -------------------------------------------------------
-
-
-def active_model(data_dir: str | Path) -> tuple[str, Path]:
-    """``(id, path)`` of the active model version ("base": the public weights)."""
-    from models.registry import ModelRegistry
-
-    version = ModelRegistry(data_dir).active()
-    return version.id, Path(version.path)
-
-
-def encoder_options(settings: Settings) -> dict[str, Any]:
-    runtime = settings.embedding_runtime or None
-    if runtime is not None and runtime == os.environ.get("PRIVTEXT_EMBEDDING_RUNTIME"):
-        # set for the host: the encoder reads it itself, and runs torch where it cannot apply
-        runtime = None
-    return {
-        "device": settings.embedding_device or None,
-        "precision": settings.embedding_precision,
-        "runtime": runtime,
-        "onnx_cache_dir": settings.embedding_cache_dir
-        or str(Path(settings.data_dir) / "cache" / "onnx"),
-    }
-
-
-def job_context(settings: Settings, engine: Any) -> bodies.ModelJobContext:
-    """The context jobs run in, in a web worker (inline queue) or in ``privtext worker``."""
-    from service.ledger.sql import SqlLedger
-
-    data_dir = Path(settings.data_dir)
-    return bodies.ModelJobContext(
-        engine=engine,
-        data_dir=data_dir,
-        ledger=SqlLedger(engine),
-        model_source=lambda: active_model(data_dir),
-        encoder_options=encoder_options(settings),
-        result_ttl_s=settings.embedding_result_ttl_s,
-        lease_s=float(settings.job_lease_s),
-    )
-
-
-def make_queue(settings: Settings, engine: Any) -> jobqueue.Queue:
-    """The queue of ``settings.queue_url`` with the model jobs' bodies registered on it."""
-    huey = jobqueue.make_huey(settings.queue_url, settings.data_dir)
-    ctx: dict[str, bodies.ModelJobContext] = {}
-
-    def context() -> bodies.ModelJobContext:
-        if "ctx" not in ctx:
-            ctx["ctx"] = job_context(settings, engine)
-        return ctx["ctx"]
-
-    return jobqueue.make_queue(huey, context, bodies.BODIES)
-
-
-def get_queue(app: Flask | None = None) -> jobqueue.Queue:
-    """The app's job queue, made on first use."""
-    svc = services(app)
-    if svc.queue is None:
-        svc.queue = make_queue(svc.settings, svc.engine)
-    return svc.queue
-
-
-def get_context() -> bodies.ModelJobContext:
-    """The context this web worker's jobs run in (the inline queue), made on first use."""
-    svc = services()
-    if svc.job_context is None:
-        svc.job_context = job_context(svc.settings, svc.engine)
-    return svc.job_context
 
 
 # -- representation ----------------------------------------------------------------------
@@ -171,11 +101,6 @@ def visible_job(job_id: str, kind: str | None = None) -> Job:
 @bp.post("/v1/admin/training-jobs")
 @require("admin")
 def create_training_job() -> tuple[Response, int]:
-    from corpus.store import SnapshotNotFound
-    from models.charge import TrainingCharge
-    from models.training import TrainingConfig, planned_delta
-    from service.charging import get_ledger
-
     principal = current_principal()
     req = _training_schema.load(json_body())
     config = TrainingConfig.from_dict(TrainingJobRequest.config_of(req))  # 422 if invalid
@@ -261,29 +186,3 @@ def cancel_job(job_id: str) -> tuple[Response, int]:
             409, "job_finished", f"The job is {job.status}; it can no longer be cancelled."
         ) from None
     return jsonify(job_view(job)), 200 if job.status == "cancelled" else 202
-
-
-# -- models ------------------------------------------------------------------------------
-
-
-@bp.get("/v1/models")
-@require("admin")
-def list_models() -> Response:
-    from models.registry import ModelRegistry
-
-    registry = ModelRegistry(services().settings.data_dir)
-    active = registry.active()
-    return jsonify({"active": active.id, "models": [v.to_dict() for v in registry.list()]})
-
-
-@bp.post("/v1/admin/models/<model_id>/activate")
-@require("admin")
-def activate_model(model_id: str) -> Response:
-    from models.registry import ModelNotFound, ModelRegistry
-
-    registry = ModelRegistry(services().settings.data_dir)
-    try:
-        version = registry.activate(model_id)
-    except ModelNotFound:
-        raise APIError(404, "not_found", "No finished model version with this id.") from None
-    return jsonify({"active": version.id, "model": version.to_dict()})

@@ -76,7 +76,7 @@ def worker(ctx: Context, workers: int) -> None:
     from jobs.recovery import recover
     from jobs.table import create_tables
     from service import observability
-    from service.api.jobs import job_context, make_queue
+    from service.job_queue import job_context, make_queue
     from service.ledger.retention import prune_refused
 
     settings = ctx.settings
