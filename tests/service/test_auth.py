@@ -13,7 +13,7 @@ from service.auth import (
     require,
     revoke_key,
 )
-from service.tables import api_keys, principals
+from service.db import api_keys, principals
 from tests.conftest import bearer
 
 

@@ -25,7 +25,7 @@ from jobs.table import Job
 from models.job_bodies import write_embedding_input
 from service.config import Settings
 from service.db import init_db, make_engine
-from service.job_queue import job_context, make_queue
+from service.jobs import job_context, make_queue
 
 LEASE_S = 2  # the workers renew every 0.5 s and look for expired leases every 1 s
 TEXTS = [f"message number {i} about the weather and the trains" for i in range(512 * 60)]
