@@ -18,6 +18,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import chitchat_dataset
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -198,8 +199,6 @@ def read_demo(limit: int | None = None, *, progress: bool = False) -> Records:
     key, timestamp = its ``timestamp``. Metadata from the conversation: ``prompt`` and the
     ``ratings`` (``rating_witty``, ``rating_upbeat``, ``rating_interesting``), null if absent.
     """
-    import chitchat_dataset
-
     path = Path(chitchat_dataset.__file__).with_name("dataset.json")
     with open(path, encoding="utf-8") as fh:
         data = json.load(fh)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from huey import MemoryHuey, RedisHuey, SqliteHuey
+
 from jobs.context import JobContext
 from jobs.table import KINDS
 
@@ -25,8 +27,6 @@ def make_huey(queue_url: str, data_dir: str | os.PathLike[str]) -> Any:
     """The huey instance for ``queue_url``: "" -> SQLite at ``data_dir/jobs.db``,
     ``redis://...`` -> Redis, ``memory://`` -> in-memory and immediate (tests: tasks run
     inline when enqueued)."""
-    from huey import MemoryHuey, RedisHuey, SqliteHuey
-
     if not queue_url:
         Path(data_dir).mkdir(parents=True, exist_ok=True)
         return SqliteHuey("privtext", filename=str(Path(data_dir) / "jobs.db"))

@@ -8,6 +8,7 @@ overflow 64 bits, and the tests compare the two.
 from __future__ import annotations
 
 from fractions import Fraction
+from math import isqrt
 
 import numpy as np
 
@@ -59,6 +60,4 @@ def discrete_gaussian(sigma2: Fraction, rng: np.random.Generator | None) -> int:
 
 def _isqrt_floor(x: Fraction) -> int:
     """floor(sqrt(x)) for a non-negative rational x."""
-    from math import isqrt
-
     return isqrt(x.numerator // x.denominator)

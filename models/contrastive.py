@@ -49,6 +49,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from models.vocabulary import public_words
+
 __all__ = [
     "mean_pool",
     "sender_contrastive_losses",
@@ -101,8 +103,6 @@ def sender_contrastive_losses(
 def public_negative_texts(n: int, vocab_file: Path | None = None) -> list[str]:
     """``n`` public words (the public vocabulary list of ``vocab_file``, by default the base
     model's, spread evenly over it): never corpus text."""
-    from models.vocabulary import public_words
-
     words = public_words(vocab_file)
     if n <= 0:
         return []

@@ -64,7 +64,7 @@ CPU_BATCH_TOKENS = 1024
 
 
 def default_device() -> str:
-    import torch
+    import torch  # lazy: torch loads with the first model, not when the service starts
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -86,6 +86,47 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _precision(device: Any, precision: str) -> str:
+    """The precision to run on ``device`` (a torch device), "auto" being fp16 on CUDA and fp32
+    elsewhere; ValueError for fp16 on the CPU."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    return precision
+
+
+def _runtime(device: Any, precision: str, runtime: str, *, from_env: bool) -> str:
+    """The runtime that will run: "auto" resolved (ONNX on the CPU in fp32 or int8, else
+    torch), an ONNX setting from the environment that cannot apply replaced by torch (logged);
+    ValueError for a combination asked for explicitly that cannot run."""
+    on_cpu = device.type == "cpu"
+    if from_env and runtime == "onnx" and not (on_cpu and precision in ("fp32", "int8")):
+        # A host-wide setting that cannot apply here (a GPU, bf16): torch, not an error.
+        log.warning("%s=onnx ignored for %s %s: using torch", RUNTIME_ENV, device, precision)
+        runtime = "torch"
+    if runtime == "onnx" and not on_cpu:
+        raise ValueError("the ONNX runtime runs on the CPU only")
+    if runtime == "onnx" and precision not in ("fp32", "int8"):
+        raise ValueError("the ONNX runtime runs fp32 or int8")
+    if precision == "int8" and (runtime == "torch" or not on_cpu):
+        raise ValueError("int8 needs the ONNX runtime on the CPU")
+    if runtime == "auto":
+        runtime = "onnx" if on_cpu and precision in ("fp32", "int8") else "torch"
+    return runtime
+
+
+def _normalizes(path: Path) -> bool:
+    """Whether the sentence-transformers model at ``path`` L2-normalises its output (a
+    ``Normalize`` module, or no module list); ValueError unless it mean-pools."""
+    pooling = _read_json(path / "1_Pooling" / "config.json")
+    if pooling and not pooling.get("pooling_mode_mean_tokens", True):
+        raise ValueError("only mean-pooling sentence-transformers models are supported")
+    modules = _read_json(path / "modules.json")
+    types: set[str] = {m.get("type", "") for m in modules} if isinstance(modules, list) else set()
+    return (not types) or any(t.endswith("Normalize") for t in types)
 
 
 # -- the encoder --------------------------------------------------------------------------
@@ -118,8 +159,8 @@ class Encoder:
         max_batch_tokens: int | None = None,
         onnx_cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        import torch
-        from transformers import AutoConfig, AutoTokenizer
+        import torch  # lazy: torch loads with the first model, not when the service starts
+        from transformers import AutoConfig, AutoTokenizer  # lazy: as torch
 
         self.path = Path(path)
         if not (self.path / "config.json").is_file():
@@ -132,24 +173,8 @@ class Encoder:
             raise ValueError(f"runtime must be one of {RUNTIMES}")
         self.device = torch.device(device or default_device())
         on_cpu = self.device.type == "cpu"
-        if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else "fp32"
-        if precision == "fp16" and on_cpu:
-            raise ValueError("fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-        if from_env and runtime == "onnx" and not (on_cpu and precision in ("fp32", "int8")):
-            # A host-wide setting that cannot apply here (a GPU, bf16): torch, not an error.
-            log.warning(
-                "%s=onnx ignored for %s %s: using torch", RUNTIME_ENV, self.device, precision
-            )
-            runtime = "torch"
-        if runtime == "onnx" and not on_cpu:
-            raise ValueError("the ONNX runtime runs on the CPU only")
-        if runtime == "onnx" and precision not in ("fp32", "int8"):
-            raise ValueError("the ONNX runtime runs fp32 or int8")
-        if precision == "int8" and (runtime == "torch" or not on_cpu):
-            raise ValueError("int8 needs the ONNX runtime on the CPU")
-        if runtime == "auto":
-            runtime = "onnx" if on_cpu and precision in ("fp32", "int8") else "torch"
+        precision = _precision(self.device, precision)
+        runtime = _runtime(self.device, precision, runtime, from_env=from_env)
         self.precision = precision
         self.threads = threads
         if threads is not None and on_cpu:
@@ -161,14 +186,7 @@ class Encoder:
         self.max_batch_tokens = max_batch_tokens
 
         st_config = _read_json(self.path / "sentence_bert_config.json")
-        pooling = _read_json(self.path / "1_Pooling" / "config.json")
-        if pooling and not pooling.get("pooling_mode_mean_tokens", True):
-            raise ValueError("only mean-pooling sentence-transformers models are supported")
-        modules = _read_json(self.path / "modules.json")
-        types: set[str] = (
-            {m.get("type", "") for m in modules} if isinstance(modules, list) else set()
-        )
-        self.normalize = (not types) or any(t.endswith("Normalize") for t in types)
+        self.normalize = _normalizes(self.path)
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         self.max_length = int(st_config.get("max_seq_length") or self.tokenizer.model_max_length)
@@ -178,18 +196,23 @@ class Encoder:
         self._model: Any = None
         self._session: Any = None
         self.runtime = "torch"
-        if runtime == "onnx" and not onnxruntime_available():
-            self._fall_back("onnxruntime is not installed")
-        elif runtime == "onnx":
-            cache = Path(onnx_cache_dir) if onnx_cache_dir else default_onnx_cache_dir()
-            try:
-                file = onnx_model_file(self.path, self.tokenizer, cache, self.precision)
-                self._session = onnx_session(file, threads or available_cores())
-                self.runtime = "onnx"
-            except Exception as exc:  # never fail an embedding request for the runtime's sake
-                self._fall_back(f"ONNX runtime unavailable ({type(exc).__name__}: {exc})")
+        if runtime == "onnx":
+            self._start_onnx(onnx_cache_dir, threads)
         if self.runtime == "torch":
             self._torch_model()
+
+    def _start_onnx(self, cache_dir: str | os.PathLike[str] | None, threads: int | None) -> None:
+        """Run on ONNX Runtime, or fall back to torch (logged) when it is missing or fails."""
+        if not onnxruntime_available():
+            self._fall_back("onnxruntime is not installed")
+            return
+        cache = Path(cache_dir) if cache_dir else default_onnx_cache_dir()
+        try:
+            file = onnx_model_file(self.path, self.tokenizer, cache, self.precision)
+            self._session = onnx_session(file, threads or available_cores())
+            self.runtime = "onnx"
+        except Exception as exc:  # never fail an embedding request for the runtime's sake
+            self._fall_back(f"ONNX runtime unavailable ({type(exc).__name__}: {exc})")
 
     @property
     def model(self) -> Any:
@@ -198,7 +221,7 @@ class Encoder:
 
     def _torch_model(self) -> Any:
         if self._model is None:
-            from transformers import AutoModel
+            from transformers import AutoModel  # lazy: only when torch runs the model
 
             model = AutoModel.from_pretrained(str(self.path), local_files_only=True)
             self._model = model.to(self.device).eval()
@@ -284,7 +307,7 @@ class Encoder:
         return self._forward_torch(input_ids, mask)
 
     def _forward_torch(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        import torch
+        import torch  # lazy: only when torch runs the model
 
         model = self._torch_model()
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)

