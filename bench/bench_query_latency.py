@@ -212,7 +212,7 @@ def main() -> None:
         log.close()
 
 
-def run(args, url, headers, store, snapshot, cur, app, pid) -> None:  # type: ignore[no-untyped-def]
+def run(args, url, headers, store, snapshot, cur, app, pid) -> None:  # type: ignore[no-untyped-def]  # noqa: C901 - a benchmark driver, read top to bottom
     session = requests.Session()
     schema = QuerySchema()
     meta = list(snapshot.metadata_columns)

@@ -99,9 +99,8 @@ def _check_meta_name(name: str, file: str, line: int) -> None:
         raise IngestError(file, line, "metadata column name must match [A-Za-z_][A-Za-z0-9_]*")
 
 
-def add_row(records: Records, row: Mapping[str, Any], file: str, line: int) -> None:
-    """Validate one message and append it to ``records`` (new metadata columns are back-filled
-    with nulls for earlier rows)."""
+def _required(row: Mapping[str, Any], file: str, line: int) -> tuple[str, str, str]:
+    """The row's sender, conversation and text: present, strings, the first two not blank."""
     for col in REQUIRED_COLUMNS:
         if col not in row:
             raise IngestError(file, line, f"missing column {col!r}")
@@ -113,6 +112,13 @@ def add_row(records: Records, row: Mapping[str, Any], file: str, line: int) -> N
         raise IngestError(file, line, "empty sender")
     if not conversation.strip():
         raise IngestError(file, line, "empty conversation")
+    return sender, conversation, text
+
+
+def add_row(records: Records, row: Mapping[str, Any], file: str, line: int) -> None:
+    """Validate one message and append it to ``records`` (new metadata columns are back-filled
+    with nulls for earlier rows)."""
+    sender, conversation, text = _required(row, file, line)
     try:
         ts = parse_timestamp(row["timestamp"])
     except (ValueError, TypeError, OverflowError):
@@ -162,6 +168,21 @@ def read_jsonl(path: Path, records: Records, bar: tqdm) -> None:
             add_row(records, obj, file, lineno)
 
 
+def _checked_header(header: list[str] | None, file: str) -> list[str]:
+    """The CSV header: present, no name twice, the required columns, valid metadata names."""
+    if header is None:
+        raise IngestError(file, 0, "empty file")
+    if len(set(header)) != len(header):
+        raise IngestError(file, 1, "duplicate column name in header")
+    for col in REQUIRED_COLUMNS:
+        if col not in header:
+            raise IngestError(file, 1, f"missing column {col!r}")
+    for name in header:
+        if name not in REQUIRED_COLUMNS:
+            _check_meta_name(name, file, 1)
+    return header
+
+
 def read_csv(path: Path, records: Records, bar: tqdm) -> None:
     """A header line, then one message per record (quoted fields may span lines).
 
@@ -173,17 +194,7 @@ def read_csv(path: Path, records: Records, bar: tqdm) -> None:
         reader = csv.reader(lines, strict=True)
         start = 1
         try:
-            header = next(reader, None)
-            if header is None:
-                raise IngestError(file, 0, "empty file")
-            if len(set(header)) != len(header):
-                raise IngestError(file, 1, "duplicate column name in header")
-            for col in REQUIRED_COLUMNS:
-                if col not in header:
-                    raise IngestError(file, 1, f"missing column {col!r}")
-            for name in header:
-                if name not in REQUIRED_COLUMNS:
-                    _check_meta_name(name, file, 1)
+            header = _checked_header(next(reader, None), file)
             start = reader.line_num + 1
             for fields in reader:
                 if fields:

@@ -20,6 +20,13 @@ from typing import Any
 from .errors import InvalidParameterError, check_delta, check_finite, check_positive
 
 KINDS = ("laplace", "gaussian", "subsampled_gaussian", "approx_dp")
+_FIELDS = ("epsilon", "delta", "noise_multiplier", "sampling_rate", "steps")
+_NEEDED = {
+    "laplace": {"epsilon"},
+    "gaussian": {"noise_multiplier"},
+    "subsampled_gaussian": {"noise_multiplier", "sampling_rate", "steps"},
+    "approx_dp": {"epsilon", "delta"},
+}
 
 
 @dataclass(frozen=True)
@@ -38,19 +45,23 @@ class PrivacyEvent:
     steps: int | None = None
 
     def __post_init__(self) -> None:
+        self._check_fields()
+        self._check_epsilon_delta()
+        self._check_gaussian()
+
+    def _check_fields(self) -> None:
+        """A known kind, with exactly the fields it takes."""
         if self.kind not in KINDS:
             raise InvalidParameterError(f"unknown privacy event kind {self.kind!r}; use {KINDS}")
-        needed = {
-            "laplace": {"epsilon"},
-            "gaussian": {"noise_multiplier"},
-            "subsampled_gaussian": {"noise_multiplier", "sampling_rate", "steps"},
-            "approx_dp": {"epsilon", "delta"},
-        }[self.kind]
-        for name in ("epsilon", "delta", "noise_multiplier", "sampling_rate", "steps"):
+        needed = _NEEDED[self.kind]
+        for name in _FIELDS:
             value = getattr(self, name)
             if (value is None) == (name in needed):
                 state = "needs" if value is None else "does not take"
                 raise InvalidParameterError(f"a {self.kind} event {state} {name}")
+
+    def _check_epsilon_delta(self) -> None:
+        """epsilon > 0; for approx_dp, epsilon >= 0 and delta in (0, 1). Stored normalised."""
         if self.kind == "approx_dp":
             eps = check_finite("epsilon", self.epsilon)
             if eps < 0:
@@ -59,6 +70,9 @@ class PrivacyEvent:
             object.__setattr__(self, "delta", check_delta("delta", self.delta, allow_zero=False))
         elif self.epsilon is not None:
             object.__setattr__(self, "epsilon", check_positive("epsilon", self.epsilon))
+
+    def _check_gaussian(self) -> None:
+        """noise_multiplier > 0, sampling_rate in (0, 1], steps an integer >= 1."""
         if self.noise_multiplier is not None:
             nm = check_positive("noise_multiplier", self.noise_multiplier)
             object.__setattr__(self, "noise_multiplier", nm)

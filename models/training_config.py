@@ -50,6 +50,11 @@ class TrainingCancelled(RuntimeError):
     """``should_stop`` asked the training to stop; nothing was published."""
 
 
+def _check_integer(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 @dataclass
 class TrainingRun:
     """What a training reports to whoever charged it, whether it returns or raises.
@@ -110,6 +115,13 @@ class TrainingConfig:
         check_positive("target_epsilon", self.target_epsilon)
         if self.delta is not None:
             check_delta("delta", self.delta, allow_zero=False)
+        self._check_sizes()
+        self._check_population()
+        self._check_optimiser()
+        self._check_objective()
+        return self
+
+    def _check_sizes(self) -> None:
         for name in (
             "max_messages_per_sender",
             "max_seq_len",
@@ -117,21 +129,22 @@ class TrainingConfig:
             "expected_senders_per_batch",
             "senders_per_chunk",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidParameterError(f"{name} must be an integer >= 1, got {value!r}")
+            _check_integer(name, getattr(self, name), 1)
         if self.max_seq_len < 4:
             raise InvalidParameterError("max_seq_len must be >= 4")
+
+    def _check_population(self) -> None:
         n = self.population_size
         if n is not None:
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise InvalidParameterError(f"population_size must be an integer >= 1, got {n!r}")
+            _check_integer("population_size", n, 1)
             if self.expected_senders_per_batch > n:
                 raise InvalidParameterError(
                     "expected_senders_per_batch must be at most population_size "
                     f"({self.expected_senders_per_batch} > {n}): each sender is sampled with "
                     "probability expected_senders_per_batch / population_size"
                 )
+
+    def _check_optimiser(self) -> None:
         check_positive("max_grad_norm", self.max_grad_norm)
         check_positive("learning_rate", self.learning_rate)
         if not 0 < self.mlm_probability < 1:
@@ -140,14 +153,14 @@ class TrainingConfig:
             raise InvalidParameterError("trainable_layers must be in [0, 6]")
         if self.engine not in ENGINES:
             raise InvalidParameterError(f"engine must be one of {ENGINES}")
+
+    def _check_objective(self) -> None:
         if self.objective not in OBJECTIVES:
             raise InvalidParameterError(
                 f"objective must be one of {OBJECTIVES}, got {self.objective!r}"
             )
         check_positive("temperature", self.temperature)
-        pn = self.public_negatives
-        if isinstance(pn, bool) or not isinstance(pn, int) or pn < 0:
-            raise InvalidParameterError(f"public_negatives must be an integer >= 0, got {pn!r}")
+        _check_integer("public_negatives", self.public_negatives, 0)
         if self.objective == "contrastive":
             if self.trainable_layers < 1:
                 raise InvalidParameterError("the contrastive objective needs trainable_layers >= 1")
@@ -155,7 +168,6 @@ class TrainingConfig:
                 raise InvalidParameterError(
                     "the contrastive objective needs max_messages_per_sender >= 2 (one pair)"
                 )
-        return self
 
     @property
     def sampling_rate(self) -> float:

@@ -102,7 +102,7 @@ _HTTP_CODES = {
 }
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app: Flask) -> None:  # noqa: C901 - one small nested handler per error type
     @app.errorhandler(APIError)
     def _api_error(exc: APIError) -> Response:
         return error_response(exc.status, exc.code, exc.message, exc.errors, exc.headers)
