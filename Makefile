@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export PRIVTEXT_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test test-slow install install-test lint bench clean
+.PHONY: run test test-fast test-mechanisms test-slow install install-test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ install: $(BIN)/python
 
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
+
+# install-test for the inner loop: redone only when pyproject.toml changes.
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
 
 ## Install, ingest the demo corpus if no snapshot is live, ensure an admin key, then start the
 ## job worker (huey consumer) in the background and serve on :8000 in the foreground; the
@@ -32,6 +37,18 @@ run: install
 ## loopback, run the suite.
 test: install-test
 	bash scripts/test.sh
+
+## The inner loop: the suite without the slow, browser (headless Chromium), gunicorn and torch
+## tests (markers in pyproject.toml), stopping at the first failure; no lint. PostgreSQL and
+## Redis tests use PRIVTEXT_TEST_POSTGRES_URL / PRIVTEXT_TEST_REDIS_URL, or start their own.
+test-fast: $(VENV)/.test-installed
+	$(BIN)/python -m pytest -m "not slow and not browser and not gunicorn and not torch" -x -q
+
+## tests/mechanisms alone, in a fresh virtual environment holding only numpy, scipy,
+## dp-accounting, pytest, hypothesis and mpmath (scripts/test-mechanisms.sh): proof that
+## mechanisms/ and its tests need nothing of the service, the models or the corpus.
+test-mechanisms:
+	PYTHON=$(PYTHON) bash scripts/test-mechanisms.sh
 
 ## The slow tests (full demo ingest and the like), kept out of `make test`.
 test-slow: install-test

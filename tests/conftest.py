@@ -1,83 +1,48 @@
-"""Fixtures shared by every test: a data directory with a small ingested corpus, the app,
-its test client and CLI runner, and keys of each role."""
+"""What every test run shares, with nothing but the standard library and pytest: ``tests/
+mechanisms`` runs in a virtual environment without the service's dependencies (``make
+test-mechanisms``). The fixtures of the app, the ledger backends and the loopback servers are
+in ``tests/fixtures/``, registered by the conftest of each package that uses them."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from flask import Flask
-from flask.testing import FlaskClient
 
-from service.app import create_app
+from tests.service_scripts import stop
 
 # One ONNX export of each model for the whole session, whatever data dir a test's app uses
 # (an export takes seconds; tests of the cache itself pass their own directory).
 os.environ.setdefault(
     "PRIVTEXT_EMBEDDING_CACHE_DIR", tempfile.mkdtemp(prefix="privtext-test-onnx-")
 )
-from service.auth import create_principal, issue_key
-from tests.factories import make_messages, write_jsonl
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    return d
+#: The loopback servers' fixtures, and the marker that a test asking for one gets.
+SERVER_FIXTURES = {"postgres_url": "postgres", "pg_database_url": "postgres", "redis_url": "redis"}
 
 
-@pytest.fixture
-def corpus_file(tmp_path: Path) -> Path:
-    return write_jsonl(tmp_path / "corpus.jsonl", make_messages())
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``postgres`` or ``redis`` every test that asks for that server's fixture, so that
+    ``-m "not postgres"`` deselects it (parameters over the backends carry the marker already)."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in SERVER_FIXTURES:
+                item.add_marker(SERVER_FIXTURES[fixture])
 
 
-@pytest.fixture
-def ingested(data_dir: Path, corpus_file: Path):  # type: ignore[no-untyped-def]
-    from corpus.ingest import ingest_file
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the throwaway PostgreSQL cluster and Redis server that test-services.sh started
+    (sourced by ``scripts/test.sh`` before pytest, or run by the ``postgres_url`` and
+    ``redis_url`` fixtures), if any.
 
-    return ingest_file(corpus_file, data_dir, workers=1)
-
-
-@pytest.fixture
-def app(data_dir: Path, ingested) -> Iterator[Flask]:  # type: ignore[no-untyped-def]
-    application = create_app({"data_dir": str(data_dir), "testing": True})
-    yield application
-    application.extensions["privtext"].engine.dispose()
-
-
-@pytest.fixture
-def empty_app(data_dir: Path) -> Iterator[Flask]:
-    """An app with no corpus ingested yet."""
-    application = create_app({"data_dir": str(data_dir), "testing": True})
-    yield application
-    application.extensions["privtext"].engine.dispose()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture
-def admin_token(app: Flask) -> str:
-    engine = app.extensions["privtext"].engine
-    return issue_key(engine, create_principal(engine, name="root", role="admin"))
-
-
-@pytest.fixture
-def analyst_token(app: Flask) -> str:
-    engine = app.extensions["privtext"].engine
-    return issue_key(engine, create_principal(engine, name="ana", role="analyst"))
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-# The ledger's fixtures (backends, a loopback PostgreSQL) and a loopback Redis (the job queue)
-# live in their own modules.
-pytest_plugins = ["tests.service.conftest_ledger", "tests.service.conftest_redis"]
+    Done here rather than in the fixtures so that a run that selects none of their tests still
+    stops what ``scripts/test.sh`` started.
+    """
+    datadir = os.environ.get("PRIVTEXT_TEST_POSTGRES_DATADIR")
+    if datadir:
+        stop("stop", datadir)
+    directory = os.environ.get("PRIVTEXT_TEST_REDIS_DIR")
+    if directory:
+        stop("stop-redis", directory)

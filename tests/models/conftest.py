@@ -1,5 +1,6 @@
 """Fixtures for the language-model tests: a config that trains in seconds on a CPU (on the
-tiny corpus of ``tests/conftest.py``'s ``ingested``) and the model jobs' context."""
+tiny corpus of ``tests/fixtures/app.py``'s ``ingested``) and the model jobs' context; the
+corpus fixtures and the ledger backends come from ``tests/fixtures/``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ from models.job_bodies import ModelJobContext
 from models.registry import base_model_path
 from models.training import TrainingConfig
 from service.db import make_engine
+from tests.fixtures.app import corpus_file, data_dir, ingested  # noqa: F401 - fixtures
+from tests.fixtures.ledger import (  # noqa: F401 - fixtures (any_ledger needs the PostgreSQL ones)
+    any_ledger,
+    make_analyst,
+    pg_database_url,
+    postgres_url,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

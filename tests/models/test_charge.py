@@ -157,6 +157,7 @@ def _queued_training(ctx: ModelJobContext, config: TrainingConfig) -> Job:
     ],
     ids=lambda e: type(e).__name__,
 )
+@pytest.mark.torch
 def test_a_training_that_fails_in_a_step_after_reading_is_charged(
     ctx: ModelJobContext,
     ingested,
@@ -192,6 +193,7 @@ def test_a_training_that_fails_in_a_step_after_reading_is_charged(
     assert [v.id for v in ModelRegistry(ctx.data_dir).list()] == [BASE_ID]
 
 
+@pytest.mark.torch
 def test_a_training_that_fails_before_reading_is_refunded(
     ctx: ModelJobContext,
     ingested,
@@ -222,6 +224,7 @@ def test_a_training_that_fails_before_reading_is_refunded(
     assert ModelRegistry(ctx.data_dir).active().id == BASE_ID
 
 
+@pytest.mark.torch
 def test_a_cancelled_training_is_charged_for_the_steps_begun(
     ctx: ModelJobContext,
     ingested,

@@ -17,6 +17,8 @@ from models.trainer import Trainer
 from models.training import TrainingConfig, train
 from tests.factories import write_jsonl
 
+pytestmark = pytest.mark.torch  # trains and encodes
+
 # three senders; examples are [a1, p1, a2, p2, ...]
 A = [[101, 7592, 2045, 2129, 102], [101, 10733, 2003, 2307, 2005, 2017, 102],
      [101, 2204, 2851, 102], [101, 4067, 102]]  # fmt: skip

@@ -9,6 +9,8 @@ import pytest
 from models.encoder import Encoder, clear_cache, default_device, get_encoder
 from models.registry import base_model_path
 
+pytestmark = pytest.mark.torch  # encodes with torch
+
 TEXTS = [
     "hi",
     "How was your weekend? We went hiking up the hill behind the lake and it rained all day.",

@@ -21,6 +21,8 @@ from models import onnx_runtime as R
 from models.encoder import Encoder
 from models.registry import base_model_path
 
+pytestmark = pytest.mark.torch  # exports with torch, compares against it
+
 TEXTS = [
     "hi",
     "",

@@ -33,6 +33,7 @@ from models.training import TrainingCancelled, TrainingConfig
 EVENT = PrivacyEvent.subsampled_gaussian(noise_multiplier=1.0, sampling_rate=0.1, steps=10)
 
 
+@pytest.mark.torch
 def test_embedding_job_round_trip(ctx: ModelJobContext) -> None:
     texts = ["hello there", "how are you doing today?", ""] * 3
     job = S.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 9})
@@ -70,6 +71,7 @@ def test_a_crashing_embedding_job_is_failed_and_publishes_nothing(ctx: ModelJobC
     assert list(ctx.job_dir(job.id).iterdir()) == []  # no input, no partial result
 
 
+@pytest.mark.torch
 def test_results_expire(ctx: ModelJobContext) -> None:
     job = S.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 1})
     B.write_embedding_input(ctx, job.id, ["one"])
@@ -204,6 +206,7 @@ def test_a_training_job_whose_parameters_cannot_load_is_refunded(ctx: ModelJobCo
     assert _entry_status(ctx.ledger, reservation.id) == "refunded"
 
 
+@pytest.mark.torch
 def test_tasks_run_inline_on_the_memory_queue(ctx: ModelJobContext, tmp_path: Path) -> None:
     queue = make_queue(make_huey("memory://", tmp_path), lambda: ctx, B.BODIES)
     job = S.create_job(ctx.engine, kind="embedding", created_by="ap_1", params={"count": 2})
@@ -220,6 +223,7 @@ def test_tasks_run_inline_on_the_memory_queue(ctx: ModelJobContext, tmp_path: Pa
     assert json.loads(json.dumps(failed.params)) == {"count": 1}
 
 
+@pytest.mark.torch
 def test_a_job_crosses_the_sqlite_queue_by_task_name(ctx: ModelJobContext, tmp_path: Path) -> None:
     """What the web process enqueues, another process's huey (the worker) runs: two queue
     objects on the same SQLite file, the task found by its registered name."""
@@ -335,6 +339,7 @@ class _CancellingEncoder:
         return np.ones((len(texts), self.dim), np.float32)
 
 
+@pytest.mark.torch
 def test_cancel_a_running_embedding_job_leaves_no_result(
     ctx: ModelJobContext, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -371,6 +376,7 @@ def test_cancelling_jobs_are_failed_at_worker_start_and_stay_charged(ctx: ModelJ
     assert _entry_status(ctx.ledger, reservation.id) == "reserved"
 
 
+@pytest.mark.torch
 def test_a_cancel_through_the_job_table_stops_a_real_training_within_its_step(
     ctx: ModelJobContext, ingested: Any, tiny_config: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

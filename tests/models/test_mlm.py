@@ -8,6 +8,8 @@ import torch
 from models.mlm import Packing, encode_packed, load_base
 from models.registry import base_model_path
 
+pytestmark = pytest.mark.torch  # loads the model in torch
+
 TEXTS = ["hello there", "how are you doing today my friend", "good morning", "x", "yes yes"]
 OWNER = [0, 0, 1, 1, 2]  # three senders: 2, 2 and 1 messages
 

@@ -12,7 +12,7 @@ from flask import Flask
 
 from mechanisms.events import PrivacyEvent
 from service.charging import run_charged
-from tests.conftest import bearer
+from tests.fixtures.app import bearer
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from service.auth import (
     revoke_key,
 )
 from service.db import api_keys, principals
-from tests.conftest import bearer
+from tests.fixtures.app import bearer
 
 
 def _engine(app: Flask):  # type: ignore[no-untyped-def]

@@ -455,6 +455,7 @@ def live_server(app: Flask, seeded: Seeded) -> Iterator[str]:
         thread.join(timeout=10)
 
 
+@pytest.mark.browser
 def test_budget_page_in_headless_chromium(live_server: str, seeded: Seeded, tmp_path: Path) -> None:
     chromium, chromedriver = _browser_binaries()
     from selenium import webdriver

@@ -177,7 +177,8 @@ ANSWERS_BEFORE_FAULT = 150
 AFTER_FAULT_S = 1.5
 
 
-def test_answers_survive_a_disk_fault(loop_fs: LoopFs, disk_data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.gunicorn
+def test_answers_survive_a_disk_fault(loop_fs: LoopFs, disk_data_dir: Path, tmp_path: Path) -> None:  # noqa: C901 - one scenario (load, fault, crash, fsck, audit), its steps in order
     if not loop_fs.trigger.exists():
         pytest.skip(f"{loop_fs.trigger} is missing (kernel without ext4's sysfs error trigger)")
     db_url = f"sqlite:///{disk_data_dir / 'state.db'}"
@@ -200,13 +201,15 @@ def test_answers_survive_a_disk_fault(loop_fs: LoopFs, disk_data_dir: Path, tmp_
     }
     gunicorn = Path(sys.executable).with_name("gunicorn")
     log = tmp_path / "gunicorn.log"
-    proc = subprocess.Popen(
-        [str(gunicorn), "--config", "python:service.gunicorn_conf", "--bind", f"127.0.0.1:{port}"]
-        + ["--workers", str(WORKERS), "--log-level", "warning", "service.wsgi:app"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(log, "wb"),  # noqa: SIM115 - closed with the process
-    )
+    with open(log, "wb") as err:  # gunicorn has its own descriptor
+        proc = subprocess.Popen(
+            [str(gunicorn), "--config", "python:service.gunicorn_conf"]
+            + ["--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)]
+            + ["--log-level", "warning", "service.wsgi:app"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         deadline = time.monotonic() + 60
         while _request(port, "GET", "/readyz")[0] != 200 or len(children(proc.pid)) < WORKERS:

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 
 from service.app import create_app
 from service.auth import create_principal, issue_key
-from tests.conftest import bearer
+from tests.fixtures.app import bearer
 
 
 def _make_app(data_dir: Path, **overrides: Any) -> Flask:
@@ -49,6 +49,7 @@ def app_key(emb_app: Flask) -> str:
 TEXTS = ["hello there", "How was the concert last night?", "hello there"]
 
 
+@pytest.mark.torch
 def test_sync_embeddings(client: FlaskClient, app_key: str) -> None:
     r = client.post("/v1/embeddings", json={"texts": TEXTS}, headers=bearer(app_key))
     assert r.status_code == 200, r.json
@@ -63,6 +64,7 @@ def test_sync_embeddings(client: FlaskClient, app_key: str) -> None:
 
 
 @pytest.mark.parametrize("role", ["analyst", "admin"])
+@pytest.mark.torch
 def test_other_roles_may_embed(emb_app: Flask, client: FlaskClient, role: str) -> None:
     r = client.post("/v1/embeddings", json={"texts": ["x"]}, headers=bearer(_key(emb_app, role)))
     assert r.status_code == 200
@@ -103,6 +105,7 @@ def test_not_json_and_body_limits(client: FlaskClient, app_key: str) -> None:
     assert client.post("/v1/embedding-jobs", json=big, headers=h).status_code == 201
 
 
+@pytest.mark.torch
 def test_embedding_job_round_trip(emb_app: Flask, client: FlaskClient, app_key: str) -> None:
     h = bearer(app_key)
     texts = [f"message number {i} about {'cats' if i % 2 else 'the weather'}" for i in range(150)]
@@ -120,9 +123,9 @@ def test_embedding_job_round_trip(emb_app: Flask, client: FlaskClient, app_key: 
     assert as_json.status_code == 200
     vectors = np.array(as_json.json["embeddings"], dtype=np.float32)
     assert vectors.shape == (150, 384) and as_json.json["model_id"] == "base"
-    as_npy = client.get(status["result_url"] + "?format=npy", headers=h)
-    assert as_npy.status_code == 200 and as_npy.mimetype == "application/octet-stream"
-    np.testing.assert_array_equal(np.load(io.BytesIO(as_npy.data)), vectors)
+    with client.get(status["result_url"] + "?format=npy", headers=h) as as_npy:  # closes the file
+        assert as_npy.status_code == 200 and as_npy.mimetype == "application/octet-stream"
+        np.testing.assert_array_equal(np.load(io.BytesIO(as_npy.data)), vectors)
     sync = client.post("/v1/embeddings", json={"texts": texts[:3]}, headers=h).json
     np.testing.assert_allclose(np.array(sync["embeddings"]), vectors[:3], atol=1e-5)
 
@@ -145,6 +148,7 @@ def test_jobs_are_private_to_their_owner(emb_app: Flask, client: FlaskClient, ap
     assert client.get("/v1/embedding-jobs/emb_nope", headers=admin).status_code == 404
 
 
+@pytest.mark.torch
 def test_expired_results_are_deleted(data_dir: Path, ingested: Any) -> None:
     app = _make_app(data_dir, embedding_result_ttl_s=0)
     c, h = app.test_client(), bearer(_key(app, "app"))
@@ -155,6 +159,7 @@ def test_expired_results_are_deleted(data_dir: Path, ingested: Any) -> None:
     assert c.get(f"/v1/embedding-jobs/{job['id']}", headers=h).json["result"]["expired"] is True
 
 
+@pytest.mark.torch
 def test_rate_limit_is_per_key_and_shared_by_workers(data_dir: Path, ingested: Any) -> None:
     limits = {"embedding_rate_requests": 2, "embedding_rate_texts": 1000,
               "embedding_rate_window_s": 3600}
@@ -175,6 +180,7 @@ def test_rate_limit_is_per_key_and_shared_by_workers(data_dir: Path, ingested: A
     assert other.status_code == 200
 
 
+@pytest.mark.torch
 def test_rate_limit_counts_texts(data_dir: Path, ingested: Any) -> None:
     app = _make_app(data_dir, embedding_rate_texts=100, embedding_rate_window_s=3600)
     c, h = app.test_client(), bearer(_key(app, "app"))

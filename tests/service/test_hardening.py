@@ -32,8 +32,8 @@ from flask.testing import FlaskClient
 
 from service.app import create_app
 from service.auth import create_principal, issue_key
-from tests.conftest import bearer
 from tests.factories import make_messages, write_jsonl
+from tests.fixtures.app import bearer
 
 ENVELOPE = {"code", "status", "message", "errors"}
 BIN = Path(sys.executable).parent
@@ -137,14 +137,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 def _gunicorn(env: dict[str, str], log: Path, *args: str) -> Iterator[int]:
     """gunicorn with the service's config, one worker, started with umask 022; its port."""
     port = _free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "gunicorn"), "--config", "python:service.gunicorn_conf", *args]
-        + ["--bind", f"127.0.0.1:{port}", "--workers", "1", "service.wsgi:app"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(log, "wb"),  # noqa: SIM115 - closed with the process
-        preexec_fn=_umask_022,
-    )
+    with open(log, "wb") as err:  # gunicorn has its own descriptor
+        proc = subprocess.Popen(
+            [str(BIN / "gunicorn"), "--config", "python:service.gunicorn_conf", *args]
+            + ["--bind", f"127.0.0.1:{port}", "--workers", "1", "service.wsgi:app"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            preexec_fn=_umask_022,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -169,6 +170,7 @@ def _gunicorn(env: dict[str, str], log: Path, *args: str) -> Iterator[int]:
 # -- files readable by their owner only -------------------------------------------------------
 
 
+@pytest.mark.gunicorn
 def test_data_files_are_readable_by_their_owner_only(served: Served) -> None:
     query = {"kind": "count", "filters": {"keywords": {"terms": ["pizza"]}}}
     status, out = _request(served.port, "POST", "/v1/queries", served.analyst, query)
@@ -219,6 +221,7 @@ GUNICORN_ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(GUNICORN_ERRORS))
+@pytest.mark.gunicorn
 def test_gunicorn_errors_use_the_json_envelope(served: Served, case: str) -> None:
     raw, status, code = GUNICORN_ERRORS[case]
     got, headers, body = _exchange(served.port, raw)
@@ -232,6 +235,7 @@ def test_gunicorn_errors_use_the_json_envelope(served: Served, case: str) -> Non
     assert b"GARBAGE" not in body and b"aaaa" not in body  # nothing of the request echoed
 
 
+@pytest.mark.gunicorn
 def test_threaded_workers_answer_in_json_too(served: Served, tmp_path: Path) -> None:
     """With PRIVTEXT_THREADS > 1 gunicorn runs gthread workers, with the same error pages."""
     env = {**served.env, "PRIVTEXT_THREADS": "2"}
@@ -244,6 +248,7 @@ def test_threaded_workers_answer_in_json_too(served: Served, tmp_path: Path) -> 
     assert "JsonErrorThreadWorker" in (tmp_path / "gunicorn.log").read_text()
 
 
+@pytest.mark.gunicorn
 def test_chunked_body_over_the_limit_is_413_under_gunicorn(served: Served) -> None:
     """50 MB sent chunked: 413 as soon as the limit is passed, not 400."""
     with socket.create_connection(("127.0.0.1", served.port), timeout=30) as sock:
@@ -309,6 +314,7 @@ def test_every_json_response_is_no_store_and_nosniff(
         _private(resp)
 
 
+@pytest.mark.gunicorn
 def test_gunicorn_answers_are_no_store_too(served: Served) -> None:
     status, headers, _ = _exchange(
         served.port,
@@ -337,6 +343,7 @@ def test_metrics_need_a_metrics_or_admin_key(
         assert client.get(path, headers=bearer(scraper)).status_code == 403
 
 
+@pytest.mark.gunicorn
 def test_metrics_under_gunicorn_need_a_key(served: Served) -> None:
     raw = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     assert _exchange(served.port, raw)[0] == 401

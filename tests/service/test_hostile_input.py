@@ -29,7 +29,7 @@ from service.body import MAX_JSON_DEPTH, QUERY_ARGS
 from service.charging import get_ledger
 from service.ledger.tables import audit_log
 from service.ratelimit import rate_windows
-from tests.conftest import bearer
+from tests.fixtures.app import bearer
 
 ENVELOPE = {"code", "status", "message", "errors"}
 

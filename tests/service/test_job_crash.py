@@ -27,6 +27,8 @@ from service.config import Settings
 from service.db import init_db, make_engine
 from service.jobs import job_context, make_queue
 
+pytestmark = pytest.mark.torch  # the killed job encodes
+
 LEASE_S = 2  # the workers renew every 0.5 s and look for expired leases every 1 s
 TEXTS = [f"message number {i} about the weather and the trains" for i in range(512 * 60)]
 

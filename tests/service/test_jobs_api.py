@@ -19,7 +19,7 @@ from mechanisms.ledger import Budget
 from service.app import create_app
 from service.auth import create_principal, issue_key
 from service.ledger.sql import SqlLedger
-from tests.conftest import bearer
+from tests.fixtures.app import bearer
 
 TINY = {
     "population_size": 20,  # declared by the admin; the tiny corpus does hold 20 senders
@@ -248,6 +248,7 @@ def test_models_list_and_activate(client: FlaskClient, admin: dict[str, str]) ->
     assert r.status_code == 404
 
 
+@pytest.mark.torch
 def test_real_tiny_training_over_http(
     jobs_app: Flask, client: FlaskClient, admin: dict[str, str], ledger: SqlLedger
 ) -> None:
@@ -280,6 +281,7 @@ def test_worker_command(data_dir: Path) -> None:
     assert r.exit_code != 0 and "memory://" in r.output
 
 
+@pytest.mark.torch
 def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_path: Path) -> None:
     """The real consumer in its own process (as `make run` starts it) picks a job from the
     SQLite queue, prunes refused queries' audit rows past their retention (charged rows stay),
@@ -533,6 +535,7 @@ def test_who_may_cancel(jobs_app: Flask, client: FlaskClient, admin: dict[str, s
     assert r.status_code == 200 and r.json["status"] == "cancelled"
 
 
+@pytest.mark.torch
 def test_cancel_a_running_embedding_job_leaves_no_result(
     jobs_app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -37,6 +37,8 @@ from service.ledger.sql import SqlLedger
 from service.ledger.tables import audit_log, budgets, ledger_entries
 from tests.procs import children
 
+pytestmark = pytest.mark.gunicorn  # every test runs a gunicorn service
+
 WORKERS = 4
 EPS = 0.05
 
@@ -70,13 +72,15 @@ def server(state_url: str, data_dir: Path, ingested, tmp_path: Path) -> Iterator
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
     }
     gunicorn = Path(sys.executable).with_name("gunicorn")
-    proc = subprocess.Popen(
-        [str(gunicorn), "--config", "python:service.gunicorn_conf", "--bind", f"127.0.0.1:{port}"]
-        + ["--workers", str(WORKERS), "--log-level", "warning", "service.wsgi:app"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "gunicorn.log", "wb"),  # noqa: SIM115 - closed with the process
-    )
+    with open(tmp_path / "gunicorn.log", "wb") as err:  # gunicorn has its own descriptor
+        proc = subprocess.Popen(
+            [str(gunicorn), "--config", "python:service.gunicorn_conf"]
+            + ["--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)]
+            + ["--log-level", "warning", "service.wsgi:app"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     srv = Server(port, proc, engine)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

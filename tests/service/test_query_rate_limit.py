@@ -20,7 +20,7 @@ from service.auth import create_principal, issue_key
 from service.db import make_engine
 from service.ledger.sql import SqlLedger
 from service.ledger.tables import audit_log, ledger_entries
-from tests.conftest import bearer
+from tests.fixtures.app import bearer
 
 
 @pytest.fixture

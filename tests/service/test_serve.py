@@ -120,6 +120,7 @@ def _response(sock: socket.socket) -> tuple[int, bytes]:
     return int(head.split(b" ", 2)[1]), body
 
 
+@pytest.mark.gunicorn
 def test_serve_honours_privtext_bind_without_the_venv_on_path(served: Served) -> None:
     status, body = _request(served, "GET", "/readyz")
     assert status == 200, body
@@ -128,6 +129,7 @@ def test_serve_honours_privtext_bind_without_the_venv_on_path(served: Served) ->
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.gunicorn
 def test_shutdown_lets_the_request_in_flight_finish(served: Served, how: str) -> None:
     body = json.dumps({"kind": "count", "privacy": {"epsilon": 0.5}}).encode()
     with socket.create_connection(("127.0.0.1", served.port), timeout=60) as sock:
@@ -168,6 +170,7 @@ def test_recycle_counts_are_staggered_across_the_workers() -> None:
     assert limits == [2000, 3000]
 
 
+@pytest.mark.gunicorn
 def test_workers_recycle_and_the_service_keeps_answering(
     data_dir: Path, ingested: Any, tmp_path: Path
 ) -> None:
