@@ -20,7 +20,7 @@ from service.db import init_db, make_engine
 from service.job_queue import get_context
 from service.ledger.sql import SqlLedger
 from service.services import Services, services
-from tests.conftest import bearer
+from tests.fixtures.app import bearer
 
 
 @pytest.fixture
