@@ -35,11 +35,7 @@ import service.ledger.tables
 import service.ratelimit  # noqa: F401
 from jobs import table as job_tables  # the job tables have their own MetaData
 from service.config import Settings
-from service.tables import api_keys, heartbeat, metadata, principals
-
-#: Transitional: ``api_keys`` and ``principals`` are re-exported here only for
-#: tests/service/test_auth.py (being reworked by its owner), until it imports service.tables.
-_REEXPORTED = (api_keys, principals)
+from service.tables import heartbeat, metadata
 
 #: Defaults of ``Settings.db_connect_timeout_s`` and ``Settings.db_statement_timeout_ms``.
 CONNECT_TIMEOUT_S = 5

@@ -13,7 +13,7 @@ from service.auth import (
     require,
     revoke_key,
 )
-from service.db import api_keys, principals
+from service.tables import api_keys, principals
 from tests.fixtures.app import bearer
 
 

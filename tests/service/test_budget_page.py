@@ -21,8 +21,8 @@ from flask.testing import FlaskClient
 
 from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Budget
+from service.api.budget_page import COOKIE
 from service.auth import create_principal, issue_key
-from service.budget_page import COOKIE
 from service.charging import get_ledger
 
 PAGE = "/v1/admin/budget-page"

@@ -192,7 +192,7 @@ def test_rate_limit_counts_texts(data_dir: Path, ingested: Any) -> None:
 
 def test_the_encoder_runtime_comes_from_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from service.config import Settings
-    from service.jobs import encoder_options
+    from service.job_queue import encoder_options
 
     monkeypatch.delenv("PRIVTEXT_EMBEDDING_RUNTIME", raising=False)
     monkeypatch.delenv("PRIVTEXT_EMBEDDING_CACHE_DIR", raising=False)

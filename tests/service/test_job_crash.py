@@ -25,7 +25,7 @@ from jobs.table import Job
 from models.job_bodies import write_embedding_input
 from service.config import Settings
 from service.db import init_db, make_engine
-from service.jobs import job_context, make_queue
+from service.job_queue import job_context, make_queue
 
 pytestmark = pytest.mark.torch  # the killed job encodes
 

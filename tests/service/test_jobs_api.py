@@ -296,7 +296,7 @@ def test_privtext_worker_runs_queued_jobs(jobs_app: Flask, data_dir: Path, tmp_p
     from jobs import states as J
     from jobs.table import FINAL
     from models.job_bodies import write_embedding_input
-    from service.jobs import job_context, make_queue
+    from service.job_queue import job_context, make_queue
 
     settings = jobs_app.extensions["privtext"].settings
     sqlite_settings = replace(settings, queue_url="")
@@ -398,7 +398,7 @@ def test_cancel_a_queued_training_job_refunds_it(
 ) -> None:
     from jobs.queue import Queue
     from models.job_bodies import run_training_job
-    from service.jobs import job_context
+    from service.job_queue import job_context
 
     calls = _fake_train(monkeypatch)
     monkeypatch.setattr(Queue, "enqueue", lambda self, kind, job_id: None)  # stays queued
