@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 
+from service.gunicorn_worker import graceful_signals, stagger_recycling
 from service.hardening import UMASK, restrict_umask
 
 # The master and the workers it forks create files readable by their owner only.
@@ -43,17 +44,16 @@ preload_app = False  # each worker builds its own engine and corpus connection
 _prom_dir = os.environ.setdefault(
     "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"privtext-prom-{os.getpid()}")
 )
+# Only now: prometheus_client picks its multiprocess value class, which the forked workers
+# inherit, from PROMETHEUS_MULTIPROC_DIR when it is first imported.
+from prometheus_client import multiprocess  # noqa: E402
 
 
 def post_fork(server, worker):  # type: ignore[no-untyped-def]
-    from service.gunicorn_worker import stagger_recycling
-
     stagger_recycling(server, worker)
 
 
 def post_worker_init(worker):  # type: ignore[no-untyped-def]
-    from service.gunicorn_worker import graceful_signals
-
     graceful_signals(worker)
 
 
@@ -63,6 +63,4 @@ def on_starting(server):  # type: ignore[no-untyped-def]
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
-    from prometheus_client import multiprocess
-
     multiprocess.mark_process_dead(worker.pid)

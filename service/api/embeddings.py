@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from jobs import states as jobstore
@@ -146,8 +147,6 @@ def get_embedding_result(job_id: str) -> Any:
             download_name=f"{job.id}.npy",
             max_age=0,
         )
-    import numpy as np
-
     vectors = np.load(path)
     result = job.result or {}
     return jsonify(

@@ -7,6 +7,8 @@ Registered on the ``privtext`` group by ``service/cli/__init__.py``; reads the s
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from mechanisms.errors import InvalidParameterError
@@ -116,8 +118,6 @@ def budget_raise(ctx: Context, analyst_id: str, epsilon: float, delta: float) ->
 @pass_ctx
 def budget_show(ctx: Context, analyst_id: str) -> None:
     """The analyst's figures as JSON (admission bound and tight PLD figure)."""
-    import json
-
     accounts = ctx.accounts
     rem = accounts.remaining(_analyst(accounts, analyst_id), tight=True).to_dict()
     click.echo(json.dumps(finite(rem), indent=2, allow_nan=False))
@@ -140,8 +140,6 @@ def cap_set(ctx: Context, epsilon: float, delta: float) -> None:
 @cap.command("show")
 @pass_ctx
 def cap_show(ctx: Context) -> None:
-    import json
-
     rem = ctx.accounts.cap().to_dict()
     click.echo(json.dumps(finite(rem), indent=2, allow_nan=False))
 

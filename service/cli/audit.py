@@ -7,13 +7,14 @@ Registered on the ``privtext`` group by ``service/cli/__init__.py``; reads the s
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO
 
 import click
 
 from service.cli.context import Context, pass_ctx
 from service.ledger import audit
+from service.ledger.retention import prune_refused
 from service.ledger.sql import SqlLedger
 
 
@@ -69,8 +70,6 @@ def audit_export(
     output: IO[str],
 ) -> None:
     """Write the whole (filtered) audit log, oldest first."""
-    from datetime import UTC
-
     rows: list[dict] = []  # type: ignore[type-arg]
     after = 0
     while True:
@@ -103,8 +102,6 @@ def audit_prune(ctx: Context, older_than_days: int | None) -> None:
 
     ``privtext worker`` does this every hour; this command is for hosts without a worker
     (cron) and for the operator."""
-    from service.ledger.retention import prune_refused
-
     days = older_than_days or ctx.settings.refused_audit_retention_days
     if days <= 0:
         click.echo("retention is 0: refused queries' rows are kept", err=True)

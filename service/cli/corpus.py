@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from corpus.ingest import IngestError, ingest_demo, ingest_file
+from corpus.store import SnapshotStore
 from service.cli.context import Context, pass_ctx
 
 
@@ -22,9 +24,6 @@ def ingest(
     ctx: Context, path: str | None, demo: bool, if_missing: bool, workers: int | None
 ) -> None:
     """Ingest PATH (JSONL or CSV) or the demo corpus as a new snapshot, then make it live."""
-    from corpus.ingest import IngestError, ingest_demo, ingest_file
-    from corpus.store import SnapshotStore
-
     if demo == (path is not None):
         raise click.UsageError("give either PATH or --demo")
     if if_missing:
@@ -53,8 +52,6 @@ def snapshots() -> None:
 @snapshots.command("list")
 @pass_ctx
 def snapshots_list(ctx: Context) -> None:
-    from corpus.store import SnapshotStore
-
     store = SnapshotStore(ctx.settings.data_dir)
     live = store.live()
     for snap in store.list():
@@ -66,8 +63,6 @@ def snapshots_list(ctx: Context) -> None:
 @click.argument("snapshot_id")
 @pass_ctx
 def snapshots_activate(ctx: Context, snapshot_id: str) -> None:
-    from corpus.store import SnapshotStore
-
     try:
         SnapshotStore(ctx.settings.data_dir).activate(snapshot_id)
     except (KeyError, FileNotFoundError, ValueError) as exc:

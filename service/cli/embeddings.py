@@ -12,6 +12,10 @@ import time
 
 import click
 
+from corpus.store import SnapshotNotFound, SnapshotStore
+from models import corpus_embeddings
+from models.registry import ModelNotFound, ModelRegistry
+from models.vocabulary import build_vocabulary, load_vocabulary
 from service.cli.context import Context, pass_ctx
 
 
@@ -29,11 +33,6 @@ def embed_corpus(
     device: str | None,
 ) -> None:
     """Embed every message of a snapshot with a model version (cached; idempotent)."""
-    from corpus.store import SnapshotNotFound, SnapshotStore
-    from models import corpus_embeddings
-    from models.registry import ModelNotFound, ModelRegistry
-    from models.vocabulary import build_vocabulary
-
     data_dir = ctx.settings.data_dir
     try:
         snapshot = (
@@ -49,8 +48,6 @@ def embed_corpus(
         version = registry.get(model_id) if model_id else registry.active()
     except ModelNotFound as exc:
         raise click.ClickException(f"unknown model version {model_id}") from exc
-
-    from models.vocabulary import load_vocabulary
 
     if (
         corpus_embeddings.load(data_dir, snapshot.id, version.id) is not None

@@ -26,7 +26,14 @@ from collections.abc import Callable
 
 import click
 
+from corpus.store import SnapshotStore
+from jobs.recovery import recover
+from jobs.table import create_tables
+from models.registry import ModelRegistry
+from service import observability
 from service.cli.context import Context, pass_ctx
+from service.job_queue import job_context, make_queue
+from service.ledger.retention import prune_refused
 
 log = logging.getLogger("privtext.worker")
 
@@ -73,12 +80,6 @@ class Periodic:
 @pass_ctx
 def worker(ctx: Context, workers: int) -> None:
     """Run queued jobs (huey consumer) until interrupted."""
-    from jobs.recovery import recover
-    from jobs.table import create_tables
-    from service import observability
-    from service.job_queue import job_context, make_queue
-    from service.ledger.retention import prune_refused
-
     settings = ctx.settings
     if settings.queue_url == "memory://":
         raise click.ClickException("memory:// runs jobs inline; a worker needs SQLite or Redis")
@@ -93,9 +94,6 @@ def worker(ctx: Context, workers: int) -> None:
     for job_id in first.failed:
         click.echo(f"job {job_id} was running when its worker stopped: failed", err=True)
     # Staging directories left by a killed training or ingest (older than a day) are removed.
-    from corpus.store import SnapshotStore
-    from models.registry import ModelRegistry
-
     for stale in [*ModelRegistry(settings.data_dir).clean_stale_tmp(),
                   *SnapshotStore(settings.data_dir).clean_stale_tmp()]:
         click.echo(f"removed stale staging directory {stale}", err=True)
