@@ -7,6 +7,7 @@ import math
 from fractions import Fraction
 
 import numpy as np
+from scipy.stats import norm
 
 from ._grid import GridMechanism, float_down, float_up
 from .errors import InvalidParameterError, check_delta, check_level, check_positive
@@ -31,8 +32,6 @@ def _abs_cdf(sigma: float) -> np.ndarray:
 def _quantile(sigma: float, level: float) -> int:
     """Smallest k >= 0 with P(|X| <= k) >= level (normal approximation beyond 1e5)."""
     if sigma > _EXACT_CI_LIMIT:
-        from scipy.stats import norm
-
         return max(0, math.ceil(norm.ppf((1 + level) / 2) * sigma - 0.5))
     cdf = _abs_cdf(sigma)
     return min(int(np.searchsorted(cdf, level * (1 - 1e-15))), cdf.size - 1)
