@@ -170,10 +170,12 @@ def noisy_mean(
     per_row = max(abs(round(lo / g)), abs(round(hi / g)), 1)
     if per_row * max(units.size, 1) > 2**52:
         raise InvalidParameterError("too many rows for this granularity and these bounds")
-    sum_mech = LaplaceMechanism(sensitivity=check_coordinates(max_contributions) * per_row,
-                                epsilon=epsilon / 2, rng=rng)
-    count_mech = LaplaceMechanism(sensitivity=count_sensitivity(max_contributions),
-                                  epsilon=epsilon / 2, rng=rng)
+    sum_mech = LaplaceMechanism(
+        sensitivity=check_coordinates(max_contributions) * per_row, epsilon=epsilon / 2, rng=rng
+    )
+    count_mech = LaplaceMechanism(
+        sensitivity=count_sensitivity(max_contributions), epsilon=epsilon / 2, rng=rng
+    )
     noisy_sum = float(sum_mech.randomise(int(units.sum()))) * g
     noisy_count = int(count_mech.randomise(int(clamped.size)))
     if noisy_count < 1:

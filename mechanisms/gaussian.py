@@ -179,8 +179,13 @@ class GaussianMechanism(GridMechanism):
         """
         level = check_level(level)
         half_width = check_positive("half_width", half_width)
-        probe = cls(sensitivity=sensitivity, sigma=1.0, granularity=granularity,
-                    coordinates=coordinates, rng=rng)
+        probe = cls(
+            sensitivity=sensitivity,
+            sigma=1.0,
+            granularity=granularity,
+            coordinates=coordinates,
+            rng=rng,
+        )
         k = math.floor((half_width - probe.rounding_error) / probe.unit)
         if k < 0:
             raise InvalidParameterError("half_width is below the grid's rounding error")
@@ -192,8 +197,13 @@ class GaussianMechanism(GridMechanism):
             lo, hi = (mid, hi) if _quantile(mid, level) <= k else (lo, mid)
         sigma = float_down(Fraction(lo) * Fraction(probe.unit))
         for step in range(64):
-            mech = cls(sensitivity=sensitivity, sigma=sigma, granularity=granularity,
-                       coordinates=coordinates, rng=rng)
+            mech = cls(
+                sensitivity=sensitivity,
+                sigma=sigma,
+                granularity=granularity,
+                coordinates=coordinates,
+                rng=rng,
+            )
             if mech.confidence_interval(level) <= half_width:
                 return mech
             sigma *= 1 - 1e-9 * 2.0**step

@@ -137,8 +137,13 @@ class LaplaceMechanism(GridMechanism):
         """
         level = check_level(level)
         half_width = check_positive("half_width", half_width)
-        probe = cls(sensitivity=sensitivity, scale=1.0, granularity=granularity,
-                    coordinates=coordinates, rng=rng)
+        probe = cls(
+            sensitivity=sensitivity,
+            scale=1.0,
+            granularity=granularity,
+            coordinates=coordinates,
+            rng=rng,
+        )
         k = math.floor((half_width - probe.rounding_error) / probe.unit)
         if k < 0:
             raise InvalidParameterError("half_width is below the grid's rounding error")
@@ -151,8 +156,13 @@ class LaplaceMechanism(GridMechanism):
         units = max(-1.0 / math.log(lo), 2.0**-40) if lo > 0 else 2.0**-40
         scale = float_down(Fraction(units) * Fraction(probe.unit))
         for step in range(64):
-            mech = cls(sensitivity=sensitivity, scale=scale, granularity=granularity,
-                       coordinates=coordinates, rng=rng)
+            mech = cls(
+                sensitivity=sensitivity,
+                scale=scale,
+                granularity=granularity,
+                coordinates=coordinates,
+                rng=rng,
+            )
             if mech.confidence_interval(level) <= half_width:
                 return mech
             scale *= 1 - 1e-12 * 2.0**step

@@ -111,5 +111,6 @@ def select_partitions(
 
 def partition_selection_event(*, epsilon: float, delta: float) -> PrivacyEvent:
     """What one :func:`select_partitions` call costs: an (epsilon, delta) event."""
-    return PrivacyEvent.approx_dp(check_positive("epsilon", epsilon), check_delta(
-        "delta", delta, allow_zero=False))
+    return PrivacyEvent.approx_dp(
+        check_positive("epsilon", epsilon), check_delta("delta", delta, allow_zero=False)
+    )
