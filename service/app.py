@@ -25,6 +25,7 @@ from service.api import (
     me,
     metrics,
     models,
+    queries,
     snapshots,
     spec,
 )
@@ -33,7 +34,6 @@ from service.charging import run_deferred
 from service.config import Settings
 from service.db import engine_for, init_db
 from service.ledger.sql import SqlLedger
-from service.queries import views as queries
 from service.services import Services
 
 

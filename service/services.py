@@ -55,7 +55,7 @@ class Services:
 
     @property
     def extra(self) -> dict[str, Any]:
-        """Transitional, for ``service/queries/views.py`` only, which still reads
+        """Transitional, for ``service/api/queries.py`` only, which still reads
         ``extra.setdefault("vocabularies", {})``: the same dict as :attr:`vocabularies`.
         Remove once that line reads ``svc.vocabularies``."""
         return {"vocabularies": self.vocabularies}

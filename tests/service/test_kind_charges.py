@@ -26,10 +26,10 @@ from mechanisms.events import PrivacyEvent
 from mechanisms.gaussian import GaussianMechanism
 from mechanisms.laplace import LaplaceMechanism
 from mechanisms.ledger import Budget
+from service.api import queries as views
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
 from service.errors import APIError
-from service.queries import views
 from service.queries.kinds import KINDS
 from service.queries.parts import Part, rescale
 from service.queries.plan import Plan, build_plan

@@ -185,7 +185,7 @@ def test_no_answer_without_a_charge(app: Flask, monkeypatch: pytest.MonkeyPatch)
     """With no budget left, the corpus is never read and nothing is released."""
     pid, token = _fund(app, epsilon=0.5)
     touched = []
-    import service.queries.views as views
+    import service.api.queries as views
 
     real = views.CorpusQuery
 
