@@ -21,7 +21,7 @@ worker builds its own app, and two apps in one process (tests) share nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flask import current_app
 from flask.sansio.app import App
@@ -52,13 +52,6 @@ class Services:
     vocabularies: dict[str, Vocabulary] = field(default_factory=dict)
     queue: Queue | None = None
     job_context: ModelJobContext | None = None
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        """Transitional, for ``service/api/queries.py`` only, which still reads
-        ``extra.setdefault("vocabularies", {})``: the same dict as :attr:`vocabularies`.
-        Remove once that line reads ``svc.vocabularies``."""
-        return {"vocabularies": self.vocabularies}
 
 
 def services(app: App | None = None) -> Services:

@@ -46,7 +46,7 @@ def create_query() -> Response:
     embedding = None
     if plan.kind in EMBEDDING_KINDS:
         # 409 when the embeddings are not built: decided before anything is charged
-        cache = svc.extra.setdefault("vocabularies", {})
+        cache = svc.vocabularies
         embedding = prepare(svc.settings.data_dir, snapshot, cache)
         plan = dataclasses.replace(plan, model_id=embedding.model_id)
     priced = price(plan, max_messages=plan.max_messages)
