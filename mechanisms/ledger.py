@@ -29,7 +29,7 @@ is too slow to compute under a lock; it is always a valid upper bound.
 The policy (this module's :class:`Ledger`) is written once. A store only opens transactions
 and locks, reads, writes and inserts rows (:class:`LedgerStore`, :class:`LedgerTxn`):
 ``mechanisms.ledger_memory.MemoryStore`` (unit tests, one process) and
-``service.ledger.sql.SqlStore`` (SQLite or PostgreSQL, shared by every worker and host). Every
+``service.store.ledger.SqlStore`` (SQLite or PostgreSQL, shared by every worker and host). Every
 write transaction reads the analyst's row before the cap's, so two cannot deadlock.
 
 Each entry has a scope: ``"analyst"`` (charged to the analyst's budget and the cap) or

@@ -25,7 +25,7 @@ from flask import current_app, g, request
 from sqlalchemy import Engine, insert, select, update
 
 from service.errors import APIError
-from service.tables import api_keys, principals
+from service.store.tables import api_keys, principals
 
 #: admin: manages analysts, budgets, jobs; analyst: asks private queries; app: an internal
 #: application that embeds its own texts (no corpus access, no budget); metrics: a monitoring

@@ -39,9 +39,9 @@ from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Gated, Ledger, Remaining, Reservation, Spend
 from service.errors import APIError
-from service.ledger import audit, writes
-from service.ledger.sql import SqlLedger
-from service.ratelimit import Counter
+from service.store import audit, writes
+from service.store.ledger import SqlLedger
+from service.store.ratelimit import Counter
 
 log = logging.getLogger("privtext.charging")
 

@@ -15,8 +15,7 @@ from service.accounts import Accounts, Analyst, UnknownAnalyst, UnknownKey
 from service.auth import require
 from service.body import json_body
 from service.errors import APIError
-from service.ledger import audit
-from service.schemas_admin import (
+from service.schemas.admin import (
     AnalystCreateSchema,
     AuditQuerySchema,
     BudgetRaiseSchema,
@@ -24,6 +23,7 @@ from service.schemas_admin import (
     PageSchema,
 )
 from service.services import services
+from service.store import audit
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 

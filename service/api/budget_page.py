@@ -40,7 +40,7 @@ from service.body import json_body
 from service.budget_chart import Chart, build_chart, cumulative_spend, fmt_epsilon
 from service.charging import get_ledger
 from service.errors import APIError
-from service.schemas_admin import PageSchema
+from service.schemas.admin import PageSchema
 from service.services import services
 
 bp = Blueprint("budget_page", __name__, url_prefix="/v1/admin")

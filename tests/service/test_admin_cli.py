@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from service.cli import main
-from service.db import make_engine
-from service.ledger.sql import SqlLedger
+from service.store.db import make_engine
+from service.store.ledger import SqlLedger
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_cli_rejects_bad_input(run) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_audit_export(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from service.ledger import audit
+    from service.store import audit
 
     aid = _id(run("analysts", "create", "carol", "--epsilon", "1", "--delta", "1e-6"))
     engine = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
@@ -99,7 +99,7 @@ def test_ledger_recompute_command(run, tmp_path: Path) -> None:  # type: ignore[
 
     from mechanisms.events import PrivacyEvent
     from mechanisms.ledger import Spend
-    from service.ledger.tables import corpus_cap
+    from service.store.ledger_tables import corpus_cap
 
     aid = _id(run("analysts", "create", "alice", "--epsilon", "5", "--delta", "1e-6"))
     run("cap", "set", "--epsilon", "10", "--delta", "1e-6")

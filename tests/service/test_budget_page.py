@@ -53,7 +53,7 @@ def seeded(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Seeded:
 
     start = datetime.now(UTC) - timedelta(days=4)
     clock = iter(start + timedelta(hours=3 * i) for i in range(100))
-    monkeypatch.setattr("service.ledger.sql.now", lambda: next(clock))
+    monkeypatch.setattr("service.store.ledger.now", lambda: next(clock))
     with app.app_context():
         ledger = get_ledger()
         ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-5))

@@ -34,7 +34,7 @@ from service.charging import get_ledger
 from service.queries.parts import rescale
 from service.queries.plan import build_plan
 from service.queries.pricing import Priced, parts_for, price
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
 
 Post = Callable[[dict[str, Any]], tuple[int, dict[str, Any], list[Any], int]]
 

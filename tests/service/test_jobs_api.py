@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from mechanisms.ledger import Budget
 from service.app import create_app
 from service.auth import create_principal, issue_key
-from service.ledger.sql import SqlLedger
+from service.store.ledger import SqlLedger
 from tests.fixtures.app import bearer
 
 TINY = {
@@ -342,7 +342,7 @@ def _audit_row(engine: Any, status: str, *, days_old: int) -> int:
 
     from sqlalchemy import insert
 
-    from service.ledger.tables import audit_log
+    from service.store.ledger_tables import audit_log
 
     with engine.begin() as conn:
         res = conn.execute(
@@ -362,7 +362,7 @@ def _audit_row(engine: Any, status: str, *, days_old: int) -> int:
 def _audit_ids(engine: Any) -> set[int]:
     from sqlalchemy import select
 
-    from service.ledger.tables import audit_log
+    from service.store.ledger_tables import audit_log
 
     with engine.connect() as conn:
         return {r.id for r in conn.execute(select(audit_log.c.id))}

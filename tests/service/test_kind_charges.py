@@ -34,7 +34,7 @@ from service.queries.kinds import KINDS
 from service.queries.parts import Part, rescale
 from service.queries.plan import Plan, build_plan
 from service.queries.pricing import Priced, parts_for, price
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
 from tests.service.test_embedding_queries import build_embeddings
 
 #: Requests of each kind (the route's privacy settings are added to each).

@@ -1,6 +1,6 @@
 """The state store: one SQLAlchemy engine per process over SQLite (WAL) or PostgreSQL.
 
-The tables are defined elsewhere, on one ``metadata`` (``service/tables.py``, which imports
+The tables are defined elsewhere, on one ``metadata`` (``service/store/tables.py``, which imports
 nothing of the service; the ledger's, the audit log's and the rate limiter's add themselves to
 it); this module makes the engine and, in ``init_db``, every table in one place.
 
@@ -31,11 +31,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
 # The ledger's and audit log's tables and the rate limiter's add themselves to ``metadata``.
-import service.ledger.tables
-import service.ratelimit  # noqa: F401
+import service.store.ledger_tables
+import service.store.ratelimit  # noqa: F401
 from jobs import table as job_tables  # the job tables have their own MetaData
 from service.config import Settings
-from service.tables import heartbeat, metadata
+from service.store.tables import heartbeat, metadata
 
 #: Defaults of ``Settings.db_connect_timeout_s`` and ``Settings.db_statement_timeout_ms``.
 CONNECT_TIMEOUT_S = 5
@@ -201,5 +201,5 @@ def init_db(engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         metadata.create_all(conn)
-        service.ledger.tables.upgrade(conn)
+        service.store.ledger_tables.upgrade(conn)
         job_tables.metadata.create_all(conn)

@@ -3,9 +3,9 @@ the budget page's sessions and the readiness heartbeat.
 
 This module imports nothing from the rest of the service, so every module may import it (the
 table definitions and ``metadata`` sit below auth, the ledger and the rate limiter; the engine
-lives in ``service/db.py``, which creates the tables). The ledger and the audit log
-(``service/ledger/tables.py``) and the rate limiter (``service/ratelimit.py``) add theirs to
-this same ``metadata``, so ``service.db.init_db`` makes every table in one place.
+lives in ``service/store/db.py``, which creates the tables). The ledger and the audit log
+(``service/store/ledger_tables.py``) and the rate limiter (``service/store/ratelimit.py``) add
+theirs to this same ``metadata``, so ``service.store.db.init_db`` makes every table in one place.
 """
 
 from __future__ import annotations
