@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for fixture in getattr(item, "fixturenames", ()):
             if fixture in SERVER_FIXTURES:
                 item.add_marker(SERVER_FIXTURES[fixture])
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under ``-m "... not torch ..."`` (``make test-fast``), a module whose every test is
+    marked torch (``pytestmark = pytest.mark.torch`` at module level) is not imported at all:
+    its tests would be deselected anyway, and importing torch costs seconds."""
+    if collection_path.suffix != ".py" or "not torch" not in (config.option.markexpr or ""):
+        return None
+    try:
+        text = collection_path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return True if "\npytestmark = pytest.mark.torch" in text else None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -341,6 +341,7 @@ def load_vocabulary_stub() -> Any:
     return Vocabulary(VOCAB, FakeEncoder().encode(VOCAB))
 
 
+@pytest.mark.seconds
 @pytest.mark.parametrize("mechanism", ["gaussian", "laplace"])
 def test_mean_embedding_noise_matches_the_mechanism(mechanism: str) -> None:
     """The released sum's noise has the priced scale: the empirical standard deviation over

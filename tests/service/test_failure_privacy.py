@@ -36,6 +36,8 @@ from service.queries.plan import build_plan
 from service.queries.pricing import Priced, parts_for, price
 from service.schemas.query import QuerySchema
 
+pytestmark = pytest.mark.seconds  # some 200 requests, about 30 s in all
+
 Post = Callable[[dict[str, Any]], tuple[int, dict[str, Any], list[Any], int]]
 
 MATCH = {
@@ -355,6 +357,7 @@ def _requests(draw: st.DrawFn) -> dict[str, Any]:  # noqa: C901 - a hypothesis s
     return body
 
 
+@pytest.mark.seconds
 @settings(
     max_examples=150,
     deadline=None,

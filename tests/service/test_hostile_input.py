@@ -31,6 +31,8 @@ from service.store.ledger_tables import audit_log
 from service.store.ratelimit import rate_windows
 from tests.fixtures.app import bearer
 
+pytestmark = pytest.mark.seconds  # a matrix of hostile requests, about 20 s in all
+
 ENVELOPE = {"code", "status", "message", "errors"}
 
 

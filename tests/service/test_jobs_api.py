@@ -82,6 +82,7 @@ def _fake_train(
     return calls
 
 
+@pytest.mark.seconds  # plans the training: noise calibrated on the PLD accountant
 def test_training_is_refused_without_a_cap(client: FlaskClient, admin: dict[str, str]) -> None:
     r = client.post("/v1/admin/training-jobs", json=TINY, headers=admin)
     assert r.status_code == 409 and r.json["code"] == "budget_exhausted"
@@ -168,6 +169,7 @@ def test_a_training_that_fails_before_reading_is_refunded(
     assert ledger.corpus_remaining().spent_epsilon == 0.0
 
 
+@pytest.mark.seconds
 def test_starting_a_training_reads_nothing_and_returns_only_declared_figures(
     client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:

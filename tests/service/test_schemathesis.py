@@ -38,6 +38,8 @@ def _build():  # type: ignore[no-untyped-def]
     return app, tokens
 
 
+pytestmark = pytest.mark.seconds  # a minute or more in all: out of `make test-fast`
+
 APP, TOKENS = _build()
 schema = schemathesis.openapi.from_wsgi("/openapi.yaml", APP)
 #: Planning a training run calibrates its noise by bisection on the PLD accountant (seconds a

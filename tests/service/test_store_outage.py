@@ -94,6 +94,7 @@ def silent_server() -> Iterator[int]:
         yield int(s.getsockname()[1])
 
 
+@pytest.mark.seconds
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_store_outage_during_auth_is_503(
     app: Flask, kind: str, request: pytest.FixtureRequest
