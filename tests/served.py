@@ -2,7 +2,8 @@
 outside (the README's tour, the Python client): a data directory with the demo corpus (a slice
 of it by default: the full demo takes about 40 s to ingest on 2 cores), ``privtext
 ensure-admin``, then ``privtext serve`` (gunicorn) on a free port. ``make run`` also starts
-``privtext worker``: only the tests that queue a job ask for it (``worker=True``)."""
+``privtext worker``: only the tests that queue a job ask for it (``worker=True``). One
+gunicorn worker, not make run's two: each imports the whole service."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from click.testing import CliRunner
+
 from corpus import ingest_demo
+from service.cli import main as cli
 
 #: Where the venv's console scripts are (``privtext``), as ``make run`` calls them.
 BIN = Path(sys.executable).parent
@@ -52,7 +56,8 @@ def _environ(data: Path, address: str) -> dict[str, str]:
         **os.environ,
         "PRIVTEXT_DATA_DIR": str(data),
         "PRIVTEXT_BIND": address,
-        "PRIVTEXT_WORKERS": "2",  # as make run's default
+        # make run's default is 2; one worker halves the start (each imports the whole service)
+        "PRIVTEXT_WORKERS": "1",
         "PRIVTEXT_QUERY_RATE_PER_MINUTE": "0",
         "PROMETHEUS_MULTIPROC_DIR": str(data.parent / "prom"),
     }
@@ -88,8 +93,9 @@ def make_run(
                        check=True, capture_output=True)  # fmt: skip
     else:
         ingest_demo(data, limit=demo_limit, workers=1)
-    subprocess.run([str(BIN / "privtext"), "ensure-admin"], env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    # ``privtext ensure-admin`` in this process: a subprocess would import the service again
+    done = CliRunner().invoke(cli, ["--data-dir", str(data), "ensure-admin"], env=env)
+    assert done.exit_code == 0, done.output
     admin_key = (data / "admin-key.txt").read_text().strip()
     log = root / "serve.log"
     with open(log, "wb") as out:

@@ -1,13 +1,12 @@
 """The client's tests: ``client/src`` on the path (the client is its own distribution, not
-installed by ``make test``), matplotlib on its file backend, and one ``make run``-like
-service for the whole module (``tests/served.py``: a 20,000-message demo slice, gunicorn on
-loopback) with a funded analyst per test."""
+installed by ``make test``), matplotlib on its file backend, and the ``make run``-like
+service of the session (``served_demo`` in ``tests/conftest.py``: a 20,000-message demo
+slice, gunicorn on loopback) with a funded analyst per test."""
 
 from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -19,13 +18,12 @@ if str(CLIENT_SRC) not in sys.path:
     sys.path.insert(0, str(CLIENT_SRC))
 matplotlib.use("Agg")
 
-from tests.served import Served, make_run  # noqa: E402
+from tests.served import Served  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    with make_run(tmp_path_factory.mktemp("served")) as s:
-        yield s
+@pytest.fixture
+def served(served_demo: Served) -> Served:
+    return served_demo
 
 
 def new_analyst(served: Served, epsilon: float = 20.0, delta: float = 1e-6) -> str:
