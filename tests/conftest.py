@@ -29,8 +29,8 @@ SERVER_FIXTURES = {"postgres_url": "postgres", "pg_database_url": "postgres", "r
 def served_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The service as ``make run`` sets it up (``tests/served.py``: a demo slice, ensure-admin,
     gunicorn on loopback), shared by the README tour's test and the client's tests: one start
-    (8 s measured on a loaded 2-core machine) for both. Tests on it make their own analysts with names no other test uses;
-    only the tour sets the corpus cap."""
+    (8 s measured on a loaded 2-core machine) for both. Tests on it make their own analysts
+    with names no other test uses; only the tour sets the corpus cap."""
     # imported here: tests/mechanisms runs without the service's dependencies
     from tests.served import make_run  # noqa: PLC0415
 
