@@ -71,8 +71,11 @@ def test_the_readme_tour_runs_as_written(served_demo: Served) -> None:
 @pytest.mark.slow
 @pytest.mark.gunicorn
 def test_the_readme_tour_shows_what_it_says_on_the_whole_demo(tmp_path: Path) -> None:
-    """The claims in the tour's comments, each with room for the noise (the tolerances are
-    many noise scales wide: a failure means the claim is wrong, not unlucky)."""
+    """The claims in the tour's comments, each with room for the noise: the counts' bounds are
+    at least 7 Laplace scales from the values the README quotes, the shares' several times
+    their noise (one run's interval for "sorry" was [0.46, 0.90] around 0.63: a conservative
+    box, wider than the noise); the rarest wit rating (86 senders against a threshold of
+    about 69) may miss the threshold now and then, so only the common ones are required."""
     with make_run(tmp_path, demo_limit=None) as served:
         out = _run_tour(served)
     _check_tour(out)
@@ -85,12 +88,12 @@ def test_the_readme_tour_shows_what_it_says_on_the_whole_demo(tmp_path: Path) ->
     assert months["2018-04-01"] > 8_000 and months["2018-05-01"] > 14_000
     assert all(abs(months[m]) < 1_000 for m in ("2018-06-01", "2018-07-01"))
     witty = {g["key"] for g in q[7]["groups"]}
-    assert witty == {str(r) for r in range(1, 11)}
+    assert witty >= {"1", "5", "7", "8", "10"} and witty <= {str(r) for r in range(1, 11)}
     terms = [t["term"] for t in q[8]["result"]["terms"]]
     assert "like" in terms[:3]
     sorry = q[11]["result"]["shares"]["negative"]["value"]
     overall = q[10]["result"]["shares"]["negative"]["value"]
-    assert sorry > 0.4 and overall < 0.2
+    assert sorry > 0.3 and overall < 0.2
 
 
 @pytest.mark.slow
