@@ -292,6 +292,12 @@ class Ledger:
         with self.store.read() as txn:
             return txn.history(principal_id, limit, offset)
 
+    def live_entries(self, principal_id: str | None = None) -> list[LedgerEntry]:
+        """The reserved and committed entries (of one principal, or of everyone: what the
+        corpus-wide cap counts), oldest first."""
+        with self.store.read() as txn:
+            return txn.live_entries(principal_id)
+
     def quote(self, principal_id: str, event: PrivacyEvent) -> Quote:
         """Price ``event`` for the principal without reserving (a dry run)."""
         new = Spend.of(event)

@@ -50,6 +50,8 @@ class Chart:
     x_caption: str
     last_epsilon: float  # the series' final value (0.0 when nothing was spent)
     count: int  # points drawn
+    start: datetime  # the time at the left end of the x axis
+    end: datetime  # the time at the right end
 
 
 def cumulative_spend(
@@ -104,11 +106,17 @@ def build_chart(
     *,
     budget_epsilon: float | None,
     end: datetime,
+    start: datetime | None = None,
     width: int = WIDTH,
     height: int = HEIGHT,
 ) -> Chart:
-    """Lay out ``points`` (oldest first) between the first point's time and ``end``."""
-    start = points[0].at if points else end - timedelta(hours=1)
+    """Lay out ``points`` (oldest first) between ``start`` and ``end``: charts laid out with the
+    same ``start`` and ``end`` share their time axis. Without ``start``, the first point's time;
+    a point before ``start`` moves it back."""
+    if start is None:
+        start = points[0].at if points else end - timedelta(hours=1)
+    elif points:
+        start = min(start, points[0].at)
     if points:  # another worker's clock may run ahead of this one's
         end = max(end, points[-1].at)
     if end <= start:
@@ -166,4 +174,6 @@ def build_chart(
         x_caption=caption,
         last_epsilon=points[-1].epsilon if points else 0.0,
         count=len(points),
+        start=start,
+        end=end,
     )

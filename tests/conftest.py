@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,19 @@ os.environ.setdefault(
 
 #: The loopback servers' fixtures, and the marker that a test asking for one gets.
 SERVER_FIXTURES = {"postgres_url": "postgres", "pg_database_url": "postgres", "redis_url": "redis"}
+
+
+@pytest.fixture(scope="session")
+def served_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The service as ``make run`` sets it up (``tests/served.py``: a demo slice, ensure-admin,
+    gunicorn on loopback), shared by the README tour's test and the client's tests: one start
+    (8 s measured on a loaded 2-core machine) for both. Tests on it make their own analysts
+    with names no other test uses; only the tour sets the corpus cap."""
+    # imported here: tests/mechanisms runs without the service's dependencies
+    from tests.served import make_run  # noqa: PLC0415
+
+    with make_run(tmp_path_factory.mktemp("served")) as served:
+        yield served
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

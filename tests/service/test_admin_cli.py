@@ -33,8 +33,11 @@ def _id(result) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_analyst_budget_cap_commands(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert json.loads(run("cap", "show").stdout)["remaining_epsilon"] is None  # no cap: unlimited
     created = run("analysts", "create", "alice", "--epsilon", "1", "--delta", "1e-6")
     aid = _id(created)
+    again = run("analysts", "create", "alice", ok=False)
+    assert "names are unique" in again.output and "ptk_" not in again.output
     assert created.stdout.startswith("ptk_")
     assert "alice  active  budget eps=1 delta=1e-06" in run("analysts", "list").stdout
     run("budget", "raise", aid, "--epsilon", "0.5")

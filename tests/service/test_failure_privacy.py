@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -113,7 +114,7 @@ KINDS: list[dict[str, Any]] = [
 
 def _fund(app: Flask, *, epsilon: float = 1e6, delta: float = 1e-3) -> tuple[str, str]:
     engine = app.extensions["privtext"].engine
-    pid = create_principal(engine, name="probe", role="analyst")
+    pid = create_principal(engine, name=f"probe-{uuid.uuid4().hex[:8]}", role="analyst")
     with app.app_context():
         get_ledger().set_budget(pid, Budget(epsilon=epsilon, delta=delta))
     return pid, issue_key(engine, pid)

@@ -7,6 +7,7 @@ inline (memory://)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ def ledger(jobs_app: Flask) -> SqlLedger:
 
 def _key(app: Flask, role: str) -> str:
     engine = app.extensions["privtext"].engine
-    return issue_key(engine, create_principal(engine, name=role, role=role))
+    name = f"{role}-{uuid.uuid4().hex[:8]}"  # analysts' names are unique
+    return issue_key(engine, create_principal(engine, name=name, role=role))
 
 
 @pytest.fixture
@@ -383,7 +385,7 @@ def test_job_list_rejects_unknown_parameters(client: FlaskClient, admin: dict[st
 
 def _principal(app: Flask, role: str) -> tuple[str, dict[str, str]]:
     engine = app.extensions["privtext"].engine
-    pid = create_principal(engine, name=role, role=role)
+    pid = create_principal(engine, name=f"{role}-{uuid.uuid4().hex[:8]}", role=role)
     return pid, bearer(issue_key(engine, pid))
 
 
