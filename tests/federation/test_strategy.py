@@ -37,8 +37,10 @@ def _reply(node: int, *, arrays: np.ndarray | None = None, declined: bool = Fals
                    dst_node_id=node, message_type="train")
     if error:
         return Message(Error(1, "the silo's round failed"), reply_to=sent)
-    metrics: dict[str, int | float | list[int] | list[float]] = {"declined": int(declined), "weight": weight, "epsilon": 1.0, "delta": 1e-3,
-               "rounds-trained": 1}
+    metrics: dict[str, int | float | list[int] | list[float]] = {
+        "declined": int(declined), "weight": weight, "epsilon": 1.0, "delta": 1e-3,
+        "rounds-trained": 1,
+    }
     content = RecordDict({"metrics": MetricRecord(metrics)})
     if arrays is not None:
         content["arrays"] = to_record({"w": arrays})
