@@ -47,6 +47,7 @@ from flwr.serverapp.strategy import FedAvg
 from federation.config import FederationSettings, training_config_for_silo
 from federation.silo import RoundOutcome, Silo
 from federation.updates import rejection, weighted_average
+from mechanisms.errors import InvalidParameterError
 
 __all__ = ["PrivtextFedAvg", "describe", "make_client_app", "make_server_app"]
 
@@ -55,6 +56,9 @@ log = logging.getLogger("privtext.federation")
 #: The one error a silo answers when its round failed (whatever the failure).
 ROUND_FAILED = "the silo's round failed; the silo's operator log has the details"
 ERROR_CODE = 1
+#: A round refused from public inputs alone (the message, the settings, the silo's declared
+#: population size), before anything was charged or read; its reason says why.
+REFUSED_CODE = 2
 
 
 def to_numpy(record: Any) -> dict[str, np.ndarray]:
@@ -100,7 +104,7 @@ def describe(run_id: str, kind: str, content: RecordDict) -> dict[str, Any]:
 # -- the silo -------------------------------------------------------------------------------
 
 
-def _train_reply(msg: Message, silo: Silo, outcome: RoundOutcome) -> RecordDict:
+def _train_reply(silo: Silo, outcome: RoundOutcome) -> RecordDict:
     metrics = MetricRecord(
         {
             "declined": int(outcome.declined is not None),
@@ -125,13 +129,18 @@ def make_client_app(open_silo: Callable[[Context], Silo]) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         silo = open_silo(context)
         run_id = str(context.run_id)
-        try:
+        try:  # public inputs only: a refusal here can say why
             config = dict(msg.content["config"])
-            outcome = silo.local_round(
-                run_id, int(number(config["server-round"])), config,
-                to_numpy(msg.content["arrays"]),
-            )
-            content = _train_reply(msg, silo, outcome)
+            server_round = int(number(config["server-round"]))
+            global_arrays = to_numpy(msg.content["arrays"])
+            silo.config(config)
+        except (InvalidParameterError, KeyError, ValueError) as exc:
+            reason = f"refused before anything was charged or read: {exc}"
+            silo.record_sent({"run_id": run_id, "kind": "train", "error": reason})
+            return Message(Error(REFUSED_CODE, reason), reply_to=msg)
+        try:
+            outcome = silo.local_round(run_id, server_round, config, global_arrays)
+            content = _train_reply(silo, outcome)
         except Exception:
             log.exception("federated round failed", extra={"run_id": run_id})
             silo.record_sent({"run_id": run_id, "kind": "train", "error": ROUND_FAILED})
