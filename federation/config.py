@@ -30,12 +30,13 @@ PREFIX = "train."
 class FederationSettings:
     """``rounds`` >= 1; ``min_silos``: silos connected before a round starts (Flower waits
     for them without a time limit; all connected silos are asked); ``min_results``: accepted
-    updates a round needs to be averaged in (else the global model stays as it was); ``round_timeout_s``: how long a round waits for
-    replies; ``max_update_norm``: an update whose L2 distance from the global weights exceeds
-    it is rejected (0: no bound); ``max_update_bytes``: the most bytes an update may hold;
-    ``activate``: whether each silo activates the published model; ``training``: the local
-    rounds' config (without population size); ``summary_path``: where the coordinator
-    writes its summary (JSON), "" for nowhere."""
+    updates a round needs to be averaged in (else the global model stays as it was);
+    ``round_timeout_s``: how long a round waits for replies; ``max_update_norm``: an update
+    whose L2 distance from the global weights exceeds it is rejected (0: no bound);
+    ``max_update_bytes``: the most bytes an update may hold; ``activate``: whether each silo
+    activates the published model; ``training``: the local rounds' config (without population
+    size); ``summary_path``: where the coordinator writes its summary (JSON), "" for
+    nowhere."""
 
     rounds: int = 2
     min_silos: int = 2
