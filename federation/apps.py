@@ -120,6 +120,22 @@ def _train_reply(silo: Silo, outcome: RoundOutcome) -> RecordDict:
     return content
 
 
+def _publish_here(silo: Silo, run_id: str, msg: Message) -> RecordDict:
+    """Publish the message's global model in ``silo``; the reply's content."""
+    config = dict(msg.content["config"])
+    version = silo.publish(
+        run_id,
+        to_numpy(msg.content["arrays"]),
+        config,
+        rounds=int(number(config["rounds"])),
+        activate=bool(config.get("activate", False)),
+    )
+    metrics = MetricRecord(
+        {"epsilon": float(version.epsilon or 0.0), "delta": float(version.delta or 0.0)}
+    )
+    return RecordDict({"metrics": metrics, "model": ConfigRecord({"model-id": version.id})})
+
+
 def make_client_app(open_silo: Callable[[Context], Silo]) -> ClientApp:
     """The silo's ClientApp; ``open_silo(context)`` gives the silo (its data directory,
     ledger and declared population size, from the SuperNode's node config)."""
@@ -153,25 +169,7 @@ def make_client_app(open_silo: Callable[[Context], Silo]) -> ClientApp:
         silo = open_silo(context)
         run_id = str(context.run_id)
         try:
-            config = dict(msg.content["config"])
-            version = silo.publish(
-                run_id,
-                to_numpy(msg.content["arrays"]),
-                config,
-                rounds=int(number(config["rounds"])),
-                activate=bool(config.get("activate", False)),
-            )
-            content = RecordDict(
-                {
-                    "metrics": MetricRecord(
-                        {
-                            "epsilon": float(version.epsilon or 0.0),
-                            "delta": float(version.delta or 0.0),
-                        }
-                    ),
-                    "model": ConfigRecord({"model-id": version.id}),
-                }
-            )
+            content = _publish_here(silo, run_id, msg)
         except Exception:
             log.exception("publishing the federated model failed", extra={"run_id": run_id})
             silo.record_sent({"run_id": run_id, "kind": "publish", "error": ROUND_FAILED})
