@@ -102,7 +102,10 @@ def _connection_config(home: Path, address: str, tls: list[str], ca: str | None)
         f"[superlink.{CONNECTION}]",
         f'address = "{address}"',
     ]
-    lines.append("insecure = true" if "--insecure" in tls else f'root-certificates = "{ca}"')
+    if "--insecure" in tls:
+        lines.append("insecure = true")
+    elif ca:  # else the system's CA bundle verifies the SuperLink
+        lines.append(f"root-certificates = {json.dumps(str(Path(ca).resolve()))}")
     (home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
