@@ -1,0 +1,155 @@
+"""The Spark engine gives DuckDB's exact aggregates (tests/service/test_spark_kinds.py does it
+per query kind): here, where the dialects differ most (lower-casing and tokens over every code
+point, time buckets, the top-terms tie-break), and the engine's failure modes (a statement past
+its time limit, an unreachable server). Against a real Spark Connect server on loopback
+(``tests/fixtures/spark.py``); about 10 s here after the server's start.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from corpus.duckdb_engine import TOKEN_SQL_RE, DuckDBEngine
+from corpus.engine import Groups, Measure
+from corpus.spark_engine import TOKEN_JAVA_RE, SparkEngine, lower_sql
+from corpus.spark_session import SparkConnect, SparkQueryFailed, SparkUnavailable
+from corpus.store import SnapshotInfo, SnapshotStore
+
+pytestmark = pytest.mark.spark
+
+#: Every code point up to U+2FFFF but the surrogates and the space that separates them.
+CODE_POINTS = [c for c in range(0x21, 0x30000) if not 0xD800 <= c <= 0xDFFF]
+CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class Scan:
+    time_range: tuple[datetime, datetime] | None = None
+    keywords: tuple[str, ...] = ()
+    keywords_match: str = "any"
+    metadata_filter: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    groups: Groups | None = None
+    measure: Measure = field(default_factory=Measure)
+
+
+def _texts() -> list[str]:
+    return [
+        " ".join(chr(c) for c in CODE_POINTS[i : i + CHUNK])
+        for i in range(0, len(CODE_POINTS), CHUNK)
+    ]
+
+
+def _spark_rows(spark: SparkConnect, select: str, texts: list[str], **more: str) -> list[tuple]:
+    params = {**more, **{f"t{i}": t for i, t in enumerate(texts)}}
+    union = " UNION ALL ".join(f"SELECT {i} AS i, :t{i} AS text" for i in range(len(texts)))
+    return sorted(spark.rows(f"SELECT i, {select} FROM ({union})", params))
+
+
+def test_lower_is_duckdbs_on_every_code_point(spark: SparkConnect) -> None:
+    texts = _texts() + ["ΟΔΟΣ ΣΑΣ. Σ ΑΣ-Α İi"]  # the final sigma, in words and alone
+    want = [duckdb.execute("SELECT lower(?)", [t]).fetchone()[0] for t in texts]
+    got = [r[1] for r in _spark_rows(spark, f"{lower_sql('text')}", texts)]
+    bad = [
+        (hex(ord(c)), a, b)
+        for t, x, y in zip(texts, want, got, strict=True)
+        for c, a, b in zip(t.split(" "), x.split(" "), y.split(" "), strict=True)
+        if a != b
+    ]
+    assert bad == []
+    assert want == got
+
+
+def test_tokens_are_duckdbs_on_every_code_point(spark: SparkConnect) -> None:
+    """Each code point after a letter: in the token (``x`` + it) or not (``x``); and the
+    apostrophes' rule on a few words."""
+    texts = [
+        "\n".join(f"x{chr(c)}" for c in CODE_POINTS[i : i + CHUNK])
+        for i in range(0, len(CODE_POINTS), CHUNK)
+    ] + ["don't don’t x'' 'x' a'b'c 12'3 x`y Ab’CD"]
+    want = [
+        [
+            t
+            for t in duckdb.execute(
+                "SELECT regexp_extract_all(lower(?), ?)", [text, TOKEN_SQL_RE]
+            ).fetchone()[0]
+            if t != "x"
+        ]
+        for text in texts
+    ]
+    got = _spark_rows(
+        spark,
+        f"filter(regexp_extract_all({lower_sql('text')}, :regex, 0), t -> t != 'x')",
+        texts,
+        regex=TOKEN_JAVA_RE,
+    )
+    assert sum(len(w) for w in want) > 100_000  # letters and digits of many scripts
+    assert want[-1] == ["don't", "don’t", "a'b'c", "12'3", "y", "ab’cd"]
+    assert [list(r[1]) for r in got] == want
+
+
+@pytest.fixture(scope="module")
+def engines(
+    spark: SparkConnect,
+    spark_corpus: tuple[Path, SnapshotInfo],
+):  # type: ignore[no-untyped-def]
+    data_dir, info = spark_corpus
+    _, cur = SnapshotStore(data_dir).cursor(info.id)
+    uri = spark.snapshot_uri(info.messages_path, data_dir)
+
+    def both(scan: Scan, salt: str = "s") -> tuple[DuckDBEngine, SparkEngine]:
+        return DuckDBEngine(cur, scan, salt=salt), SparkEngine(spark, uri, scan, salt=salt)
+
+    yield both
+    cur.close()
+
+
+JAN = datetime(2024, 1, 1, tzinfo=UTC)
+MAR = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("column", ["hour_of_day", "weekday", "day", "week", "month"])
+def test_time_buckets_match(engines, column: str) -> None:  # type: ignore[no-untyped-def]
+    rng = None if column in ("hour_of_day", "weekday") else (JAN, MAR)
+    duck, spark_engine = engines(Scan(groups=Groups(column, "time", None, rng)))
+    want = duck.counts(1000)
+    assert len(want) > 1 and sum(want.values()) > 300
+    assert spark_engine.counts(1000) == want
+
+
+def test_top_terms_ties_broken_alike(engines) -> None:  # type: ignore[no-untyped-def]
+    """One term per sender out of many tied: the same salt picks the same terms, another
+    salt other ones (so the tie-break is exercised, not absent)."""
+    scan = Scan(measure=Measure(bigrams=True, max_terms_per_sender=1))
+    duck, spark_engine = engines(scan, salt="a")
+    want = duck.term_sender_counts(3)
+    assert spark_engine.term_sender_counts(3) == want
+    others = [engines(scan, salt=s)[0].term_sender_counts(3) for s in ("b", "c", "d")]
+    assert any(o != want for o in others)
+
+
+def test_a_statement_past_its_limit_fails(spark_url: str) -> None:
+    slow = SparkConnect(spark_url, query_timeout_s=1.0)
+    try:
+        with pytest.raises(SparkQueryFailed) as err:
+            slow.rows("SELECT count(*) FROM range(0, 200000000000)", {})
+        assert str(err.value) == "the Spark statement failed"  # nothing of Spark's message
+        assert slow.rows("SELECT 1", {}) == [(1,)]  # the session still works
+    finally:
+        slow.close()
+
+
+def test_an_unreachable_server_is_refused_quickly() -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    conn = SparkConnect(f"sc://127.0.0.1:{port}", probe_timeout_s=2)
+    assert conn.probe() is False
+    with pytest.raises(SparkUnavailable):
+        conn.require()
