@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -80,10 +81,14 @@ class SparkConnect:
             return self._session
 
     def _create(self) -> Any:
-        from pyspark.sql import SparkSession  # lazy: pyspark is the optional [spark] extra
-        from pyspark.sql.connect.client.retries import (  # lazy: the optional [spark] extra
-            DefaultPolicy,
-        )
+        with warnings.catch_warnings():
+            # pyspark 4.3 warns that it does not "fully support" pandas 3 when first imported;
+            # this engine never goes through pandas (rows come back through Arrow).
+            warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas")
+            from pyspark.sql import SparkSession  # lazy: pyspark is the optional [spark] extra
+            from pyspark.sql.connect.client.retries import (  # lazy: the [spark] extra
+                DefaultPolicy,
+            )
 
         spark = SparkSession.builder.remote(self.url).create()
         # A few quick retries, not the default ten minutes: a query waits on Spark only

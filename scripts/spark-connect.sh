@@ -5,12 +5,14 @@
 #
 #   bash scripts/spark-connect.sh start [DIR]   # start; prints export lines; waits until it answers
 #   bash scripts/spark-connect.sh stop DIR      # stop the server living in DIR
+#   bash scripts/spark-connect.sh run DIR       # in the foreground (a container's command)
 #
 # Environment: PYTHON (the interpreter whose site-packages hold pyspark; default python3),
 # SPARK_CONNECT_PORT (default: a free port), SPARK_CONNECT_MASTER (default local[2]),
-# SPARK_CONNECT_MEMORY (driver memory, default 2g).
+# SPARK_CONNECT_MEMORY (driver memory, default 2g), SPARK_CONNECT_BIND (default 127.0.0.1;
+# docker-compose sets 0.0.0.0 inside its private network).
 #
-# The server binds its gRPC port to 127.0.0.1 only, runs with the Spark UI disabled, and logs
+# The server binds its gRPC port to 127.0.0.1 only by default, runs with the Spark UI disabled, and logs
 # at WARN (no per-task INFO lines) into DIR/server.log; DIR (a fresh temporary directory by
 # default) is mode 0700 and also holds Spark's scratch space and the pid file. Debian's
 # openjdk-17-jre-headless is installed with apt-get when no Java 17 is found and we are root.
@@ -41,8 +43,9 @@ _spark_home() {
   "$PYTHON" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))'
 }
 
-start() {
-  local dir=${1:-} port master home java_home i
+# Sets dir, port and the server's command line (cmd) in the caller's variables.
+_prepare() {
+  local master home java_home bind
   home=$(_spark_home) || {
     echo "spark-connect: pyspark is not installed for $PYTHON (pip install -e '.[spark]')" >&2
     return 1
@@ -50,6 +53,7 @@ start() {
   java_home=$(_java_home)
   port=${SPARK_CONNECT_PORT:-$(_free_port)}
   master=${SPARK_CONNECT_MASTER:-local[2]}
+  bind=${SPARK_CONNECT_BIND:-127.0.0.1}
   if [ -z "$dir" ]; then dir=$(mktemp -d "${TMPDIR:-/tmp}/privtext-spark.XXXXXX"); fi
   mkdir -p "$dir/scratch"
   chmod 0700 "$dir"
@@ -62,27 +66,30 @@ appender.file.fileName = ${sys:privtext.spark.log}
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
 EOF
-  (
-    export JAVA_HOME="$java_home" SPARK_HOME="$home" SPARK_LOCAL_IP=127.0.0.1
-    export PYSPARK_PYTHON="$PYTHON"
-    cd "$dir"
-    exec "$home/bin/spark-submit" \
-      --class org.apache.spark.sql.connect.service.SparkConnectServer \
-      --name "privtext Spark Connect" \
-      --master "$master" \
-      --driver-memory "${SPARK_CONNECT_MEMORY:-2g}" \
-      --driver-java-options "-Dlog4j2.configurationFile=file:$dir/log4j2.properties -Dprivtext.spark.log=$dir/server.log -Duser.timezone=UTC" \
-      --conf spark.connect.grpc.binding.address=127.0.0.1 \
-      --conf spark.connect.grpc.binding.port="$port" \
-      --conf spark.ui.enabled=false \
-      --conf spark.driver.host=127.0.0.1 \
-      --conf spark.driver.bindAddress=127.0.0.1 \
-      --conf spark.local.dir="$dir/scratch" \
-      --conf spark.sql.session.timeZone=UTC \
-      --conf spark.sql.shuffle.partitions=4 \
-      --conf spark.eventLog.enabled=false \
-      spark-internal
-  ) >"$dir/stdout.log" 2>&1 &
+  export JAVA_HOME="$java_home" SPARK_HOME="$home" SPARK_LOCAL_IP=127.0.0.1
+  export PYSPARK_PYTHON="$PYTHON"
+  cmd=("$home/bin/spark-submit"
+    --class org.apache.spark.sql.connect.service.SparkConnectServer
+    --name "privtext Spark Connect"
+    --master "$master"
+    --driver-memory "${SPARK_CONNECT_MEMORY:-2g}"
+    --driver-java-options "-Dlog4j2.configurationFile=file:$dir/log4j2.properties -Dprivtext.spark.log=$dir/server.log -Duser.timezone=UTC"
+    --conf spark.connect.grpc.binding.address="$bind"
+    --conf spark.connect.grpc.binding.port="$port"
+    --conf spark.ui.enabled=false
+    --conf spark.driver.host=127.0.0.1
+    --conf spark.driver.bindAddress=127.0.0.1
+    --conf spark.local.dir="$dir/scratch"
+    --conf spark.sql.session.timeZone=UTC
+    --conf spark.sql.shuffle.partitions=4
+    --conf spark.eventLog.enabled=false
+    spark-internal)
+}
+
+start() {
+  local dir=${1:-} port i cmd
+  _prepare
+  (cd "$dir" && exec "${cmd[@]}") >"$dir/stdout.log" 2>&1 &
   echo $! >"$dir/server.pid"
   for i in $(seq 1 240); do
     if "$PYTHON" -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 0.5).close()" 2>/dev/null; then
@@ -115,8 +122,16 @@ stop() {
   rm -f "$dir/server.pid"
 }
 
+run() {
+  local dir=${1:-} port cmd
+  _prepare
+  cd "$dir"
+  exec "${cmd[@]}"
+}
+
 case "${1:-}" in
   start) shift; start "$@" ;;
+  run) shift; run "$@" ;;
   stop) shift; stop "$@" ;;
-  *) echo "usage: $0 start [DIR] | stop DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start [DIR] | stop DIR | run DIR" >&2; exit 2 ;;
 esac
