@@ -38,11 +38,11 @@ run: install
 test: install-test
 	bash scripts/test.sh
 
-## The inner loop: the suite without the slow, browser (headless Chromium), gunicorn and torch
+## The inner loop: the suite without the slow, browser (headless Chromium), gunicorn, torch and spark
 ## tests (markers in pyproject.toml), stopping at the first failure; no lint. PostgreSQL and
 ## Redis tests use PRIVTEXT_TEST_POSTGRES_URL / PRIVTEXT_TEST_REDIS_URL, or start their own.
 test-fast: $(VENV)/.test-installed
-	$(BIN)/python -m pytest -m "not slow and not browser and not gunicorn and not torch" -x -q
+	$(BIN)/python -m pytest -m "not slow and not browser and not gunicorn and not torch and not spark" -x -q
 
 ## tests/mechanisms alone, in a fresh virtual environment holding only numpy, scipy,
 ## dp-accounting, pytest, hypothesis and mpmath (scripts/test-mechanisms.sh): proof that

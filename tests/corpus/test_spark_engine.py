@@ -23,6 +23,7 @@ from corpus.spark_engine import (
     TOKEN_JAVA_RE,
     SparkEngine,
     lower_sql,
+    quote_path,
 )
 from corpus.spark_session import SparkConnect, SparkQueryFailed, SparkUnavailable
 from corpus.store import SnapshotInfo, SnapshotStore
@@ -167,3 +168,26 @@ def test_an_unreachable_server_is_refused_quickly() -> None:
     assert conn.probe() is False
     with pytest.raises(SparkUnavailable):
         conn.require()
+
+
+def test_a_failed_statement_quotes_no_data(
+    spark: SparkConnect,
+    spark_corpus: tuple[Path, SnapshotInfo],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Spark's error for a value it cannot cast quotes that value (message text here); the
+    engine's error and the log hold none of it."""
+    import traceback
+
+    data_dir, info = spark_corpus
+    uri = spark.snapshot_uri(info.messages_path, data_dir)
+    sql = f"SELECT sum(CAST(text AS INT)) FROM {quote_path(uri)} WHERE text = :t"
+    with pytest.raises(Exception) as raw:  # Spark's own error, as the client receives it
+        spark.session().sql(sql, args={"t": "Straße CAFÉ café"}).collect()
+    assert "CAF" in str(raw.value)  # so the check below is not vacuous
+    caplog.set_level("DEBUG")
+    with pytest.raises(SparkQueryFailed) as err:
+        spark.rows(sql, {"t": "Straße CAFÉ café"})
+    shown = "".join(traceback.format_exception(err.value)) + caplog.text
+    assert "CAF" not in shown and "Stra" not in shown
+    assert "the Spark statement failed" in shown
