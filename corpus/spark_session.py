@@ -8,11 +8,14 @@ What leaves the query node for Spark is SQL text with named parameters: the quer
 filters and keys (keywords included) and the snapshot's path. What comes back is the exact,
 bounded aggregates, which only the service noises. A failed statement is reported as
 :class:`SparkQueryFailed` with one fixed message, never Spark's own (which can quote values
-read from the data): the caller charges it like any failure after the read.
+read from the data): the caller charges it like any failure after the read. pyspark's client
+would also log that message to stderr on its own: those loggers are disabled
+(:func:`silence_pyspark_logs`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -24,6 +27,21 @@ from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["SparkConnect", "SparkQueryFailed", "SparkUnavailable", "parse_url"]
+
+
+#: pyspark's own loggers that write a server error's text (which can quote values read from the
+#: data) to stderr when the client receives it: switched off once pyspark is loaded.
+PYSPARK_LOGGERS = (
+    "SQLQueryContextLogger",
+    "DataFrameQueryContextLogger",
+    "pyspark.sql.connect.logging",
+)
+
+
+def silence_pyspark_logs() -> None:
+    """Disable the loggers of :data:`PYSPARK_LOGGERS` in this process."""
+    for name in PYSPARK_LOGGERS:
+        logging.getLogger(name).disabled = True
 
 
 class SparkUnavailable(RuntimeError):
@@ -81,6 +99,7 @@ class SparkConnect:
             return self._session
 
     def _create(self) -> Any:
+        silence_pyspark_logs()
         with warnings.catch_warnings():
             # pyspark 4.3 warns that it does not "fully support" pandas 3 when first imported;
             # this engine never goes through pandas (rows come back through Arrow).

@@ -27,6 +27,7 @@ from corpus.spark_engine import (
 )
 from corpus.spark_session import SparkConnect, SparkQueryFailed, SparkUnavailable
 from corpus.store import SnapshotInfo, SnapshotStore
+from tests.fixtures.spark import TRICKY
 
 pytestmark = pytest.mark.spark
 
@@ -174,20 +175,24 @@ def test_a_failed_statement_quotes_no_data(
     spark: SparkConnect,
     spark_corpus: tuple[Path, SnapshotInfo],
     caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """Spark's error for a value it cannot cast quotes that value (message text here); the
-    engine's error and the log hold none of it."""
+    engine's error, the log and stderr (where pyspark's client logs such errors itself) hold
+    none of it."""
     import traceback
 
     data_dir, info = spark_corpus
     uri = spark.snapshot_uri(info.messages_path, data_dir)
     sql = f"SELECT sum(CAST(text AS INT)) FROM {quote_path(uri)} WHERE text = :t"
+    value = TRICKY[3]  # "Straße CAFÉ café", a message of the corpus (not on the lines shown)
     with pytest.raises(Exception) as raw:  # Spark's own error, as the client receives it
-        spark.session().sql(sql, args={"t": "Straße CAFÉ café"}).collect()
+        spark.session().sql(sql, args={"t": value}).collect()
     assert "CAF" in str(raw.value)  # so the check below is not vacuous
     caplog.set_level("DEBUG")
     with pytest.raises(SparkQueryFailed) as err:
-        spark.rows(sql, {"t": "Straße CAFÉ café"})
-    shown = "".join(traceback.format_exception(err.value)) + caplog.text
+        spark.rows(sql, {"t": value})
+    out, errors = capfd.readouterr()
+    shown = "".join(traceback.format_exception(err.value)) + caplog.text + out + errors
     assert "CAF" not in shown and "Stra" not in shown
     assert "the Spark statement failed" in shown
