@@ -2,7 +2,8 @@
 per query kind): here, where the dialects differ most (lower-casing and tokens over every code
 point, time buckets, the top-terms tie-break), and the engine's failure modes (a statement past
 its time limit, an unreachable server). Against a real Spark Connect server on loopback
-(``tests/fixtures/spark.py``); about 10 s here after the server's start.
+(``tests/fixtures/spark.py``); 20-30 s here with the server's start and warm-up, which the
+service tests then share.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ JAN = datetime(2024, 1, 1, tzinfo=UTC)
 MAR = datetime(2024, 3, 1, tzinfo=UTC)
 
 
+@pytest.mark.slow  # every bucket is also compared, through a kind, in test_spark_kinds.py
 @pytest.mark.parametrize("column", ["hour_of_day", "weekday", "day", "week", "month"])
 def test_time_buckets_match(engines, column: str) -> None:  # type: ignore[no-untyped-def]
     rng = None if column in ("hour_of_day", "weekday") else (JAN, MAR)
