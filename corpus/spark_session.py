@@ -140,7 +140,15 @@ class SparkConnect:
         ok = _within(self.probe_timeout_s, lambda: self.session().range(1).count() == 1)
         if ok:
             self._probed_at = time.monotonic()
+        else:
+            # A server that restarted no longer knows this session: the next probe (and the
+            # queries after it) start a new one instead of failing for ever.
+            self._forget()
         return ok
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._session = None
 
     def require(self) -> None:
         """Raise :class:`SparkUnavailable` unless :meth:`probe` succeeds."""

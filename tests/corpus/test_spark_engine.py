@@ -198,3 +198,38 @@ def test_a_failed_statement_quotes_no_data(
     shown = "".join(traceback.format_exception(err.value)) + caplog.text + out + errors
     assert "CAF" not in shown and "Stra" not in shown
     assert "the Spark statement failed" in shown
+
+
+@pytest.mark.slow  # two server starts, about 50 s here
+def test_a_restarted_server_gets_a_new_session(tmp_path: Path) -> None:
+    """The new server does not know the old session: probes fail (so queries are refused
+    before anything is charged) until one starts a new session, then statements run."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures.spark import ROOT
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = {**os.environ, "PYTHON": sys.executable, "SPARK_CONNECT_PORT": str(port)}
+    script = str(ROOT / "scripts" / "spark-connect.sh")
+
+    def run(*args: str) -> None:
+        subprocess.run(["bash", script, *args], env=env, check=True, capture_output=True)
+
+    run("start", str(tmp_path / "a"))
+    conn = SparkConnect(f"sc://127.0.0.1:{port}", probe_timeout_s=30)
+    try:
+        assert conn.probe() and conn.rows("SELECT 1", {}) == [(1,)]
+        run("stop", str(tmp_path / "a"))
+        run("start", str(tmp_path / "b"))
+        conn._probed_at = -1e9  # as if the last good probe were old
+        assert any(conn.probe() for _ in range(5))
+        assert conn.rows("SELECT 2", {}) == [(2,)]
+    finally:
+        conn.close()
+        run("stop", str(tmp_path / "a"))
+        run("stop", str(tmp_path / "b"))
