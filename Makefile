@@ -38,11 +38,15 @@ run: install
 test: install-test
 	bash scripts/test.sh
 
-## The inner loop: the suite without the slow, browser (headless Chromium), gunicorn, torch and spark
-## tests (markers in pyproject.toml), stopping at the first failure; no lint. PostgreSQL and
-## Redis tests use PRIVTEXT_TEST_POSTGRES_URL / PRIVTEXT_TEST_REDIS_URL, or start their own.
+## The inner loop (under a minute on 2 idle cores): the suite without the tests marked slow,
+## browser (headless Chromium), gunicorn, torch, seconds (statistical checks, noise
+## calibration, timeouts), postgres, redis and spark (markers in pyproject.toml), stopping at the
+## first failure; no lint. `make test` runs them all. Bytecode is cached even where the
+## environment says not to (PYTHONDONTWRITEBYTECODE): pytest's assertion rewriting of every
+## test module is otherwise redone on each run.
 test-fast: $(VENV)/.test-installed
-	$(BIN)/python -m pytest -m "not slow and not browser and not gunicorn and not torch and not spark" -x -q
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -x -q \
+	  -m "not slow and not browser and not gunicorn and not torch and not seconds and not postgres and not redis and not spark"
 
 ## tests/mechanisms alone, in a fresh virtual environment holding only numpy, scipy,
 ## dp-accounting, pytest, hypothesis and mpmath (scripts/test-mechanisms.sh): proof that
@@ -55,8 +59,8 @@ test-slow: install-test
 	bash scripts/test.sh -m slow
 
 lint: install-test
-	$(BIN)/ruff check service mechanisms models corpus util jobs tests bench
-	$(BIN)/mypy service mechanisms models corpus util jobs
+	$(BIN)/ruff check service mechanisms models corpus util jobs tests bench client
+	$(BIN)/mypy service mechanisms models corpus util jobs client/src
 
 bench: install-test
 	@echo "see BENCHMARKS.md for each benchmark's command"

@@ -38,9 +38,9 @@ from service.accounts import Accounts
 from service.app import create_app
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
-from service.db import make_engine
-from service.ledger.sql import SqlLedger
-from service.ledger.tables import audit_log
+from service.store.db import make_engine
+from service.store.ledger import SqlLedger
+from service.store.ledger_tables import audit_log
 
 #: Commits counted on each mode's engine, by mode.
 COMMITS: dict[str, list[int]] = {}

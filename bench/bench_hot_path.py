@@ -309,7 +309,7 @@ def make_analysts(ctx: Ctx, url: str, n: int) -> list[tuple[str, str]]:
     """``n`` analysts with a large budget and a key each, in the store at ``url``."""
     from mechanisms.ledger import Budget
     from service.auth import create_principal, issue_key
-    from service.ledger.sql import SqlLedger
+    from service.store.ledger import SqlLedger
 
     engine = service_engine(ctx, url)
     ledger = SqlLedger(engine)
@@ -502,7 +502,7 @@ def fill_history(engine: Any, pid: str, n: int, snapshot_id: str) -> None:
 
     from mechanisms.events import PrivacyEvent
     from mechanisms.ledger import Spend
-    from service.ledger.tables import audit_log, budgets, ledger_entries
+    from service.store.ledger_tables import audit_log, budgets, ledger_entries
 
     if n == 0:
         return
@@ -541,10 +541,10 @@ def part_reserve(ctx: Ctx, backends: list[str], reps: int, sizes: list[int]) -> 
 
     from mechanisms.events import PrivacyEvent
     from service.charging import CLAIM_STALE_S
-    from service.ledger import audit
-    from service.ledger.sql import SqlLedger
-    from service.ledger.tables import ledger_entries
-    from service.ratelimit import queries_counter
+    from service.store import audit
+    from service.store.ledger import SqlLedger
+    from service.store.ledger_tables import ledger_entries
+    from service.store.ratelimit import queries_counter
 
     print(f"\n## 2. Reserve with both budget checks, by history length ({time.strftime('%H:%M:%S')}"
           f", load {load()})")  # fmt: skip
@@ -631,7 +631,7 @@ def durable_write(engine: Any) -> None:
 
     from sqlalchemy import update
 
-    from service.ledger.tables import corpus_cap
+    from service.store.ledger_tables import corpus_cap
 
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":

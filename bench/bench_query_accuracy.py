@@ -53,7 +53,7 @@ from service.queries.answer import build_answer
 from service.queries.kinds.binned import QUANTILE_BINS
 from service.queries.plan import build_plan
 from service.queries.pricing import price
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
 
 dp.enable_features("contrib")
 

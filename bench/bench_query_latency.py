@@ -58,7 +58,7 @@ from service.queries.answer import build_answer
 from service.queries.kinds.binned import QUANTILE_BINS
 from service.queries.plan import build_plan
 from service.queries.pricing import price
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -362,7 +362,7 @@ def phases(app, pid, snapshot, runs: int) -> None:  # type: ignore[no-untyped-de
     import json
 
     from service.charging import _cost
-    from service.ledger import audit
+    from service.store import audit
 
     schema = QuerySchema()
     meta = list(snapshot.metadata_columns)

@@ -64,7 +64,7 @@ from corpus.duckdb_engine import DuckDBEngine as CorpusQuery
 from corpus.store import MANIFEST_FILE, MESSAGES_FILE
 from service.queries.plan import AUTO_CAP_BUCKETS, Plan, build_plan
 from service.queries.pricing import GROUPS_PER_SENDER
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
 
 KW = {"keywords": {"terms": ["yeah"]}}
 MAY = {"time_range": {"start": "2018-05-01T00:00:00Z", "end": "2018-06-01T00:00:00Z"}}

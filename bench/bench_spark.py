@@ -41,7 +41,7 @@ from corpus.spark_session import SparkConnect
 from service.queries.answer import build_answer
 from service.queries.plan import build_plan
 from service.queries.pricing import price
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
 
 ROOT = Path(__file__).resolve().parent.parent
 MAY = {"start": "2018-05-01T00:00:00Z", "end": "2018-06-01T00:00:00Z"}

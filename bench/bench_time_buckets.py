@@ -19,7 +19,7 @@ from typing import Any
 from corpus import duckdb_engine as compute
 from corpus.store import SnapshotStore
 from service.queries.plan import build_plan
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
 
 CALENDAR = {
     "hour_of_day": "hour(ts)",

@@ -171,6 +171,7 @@ CANDIDATES: dict[str, list[tuple[str, str, Callable[[Rows], Any]]]] = {
 def connect(parquet: str) -> duckdb.DuckDBPyConnection:
     conn = duckdb.connect(":memory:")
     conn.execute("SET TimeZone = 'UTC'")
+    conn.execute("SET parquet_metadata_cache = true")  # as corpus/store.py does
     quoted = parquet.replace("'", "''")
     conn.execute(f"CREATE VIEW messages AS SELECT * FROM read_parquet('{quoted}')")
     return conn

@@ -3,7 +3,7 @@ and ``job_leases`` (the lease a running job's worker holds, see :mod:`jobs.lease
 
 They live in the service's state database (SQLite or PostgreSQL) but have their own
 ``MetaData``, so that this package needs nothing from ``service``; ``create_tables`` makes both,
-and ``service.db.init_db`` creates them with the service's own tables.
+and ``service.store.db.init_db`` creates them with the service's own tables.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ is too slow to compute under a lock; it is always a valid upper bound.
 The policy (this module's :class:`Ledger`) is written once. A store only opens transactions
 and locks, reads, writes and inserts rows (:class:`LedgerStore`, :class:`LedgerTxn`):
 ``mechanisms.ledger_memory.MemoryStore`` (unit tests, one process) and
-``service.ledger.sql.SqlStore`` (SQLite or PostgreSQL, shared by every worker and host). Every
+``service.store.ledger.SqlStore`` (SQLite or PostgreSQL, shared by every worker and host). Every
 write transaction reads the analyst's row before the cap's, so two cannot deadlock.
 
 Each entry has a scope: ``"analyst"`` (charged to the analyst's budget and the cap) or
@@ -291,6 +291,12 @@ class Ledger:
         """The principal's ledger entries, newest first."""
         with self.store.read() as txn:
             return txn.history(principal_id, limit, offset)
+
+    def live_entries(self, principal_id: str | None = None) -> list[LedgerEntry]:
+        """The reserved and committed entries (of one principal, or of everyone: what the
+        corpus-wide cap counts), oldest first."""
+        with self.store.read() as txn:
+            return txn.live_entries(principal_id)
 
     def quote(self, principal_id: str, event: PrivacyEvent) -> Quote:
         """Price ``event`` for the principal without reserving (a dry run)."""

@@ -1,7 +1,7 @@
 """An in-memory ledger store for unit tests.
 
 It holds state in one process's memory: N gunicorn workers would each have their own copy, so
-the service never uses it (``service.ledger.sql.SqlStore`` is the real store). A transaction
+the service never uses it (``service.store.ledger.SqlStore`` is the real store). A transaction
 holds one lock for its whole life and applies its writes only when it ends cleanly, so a
 refusal or an exception leaves nothing behind, as a database rollback would.
 """

@@ -1,7 +1,7 @@
 """What a ledger store provides: transactions that lock, read, write and insert rows.
 
 The policy (admission, refunds, charging) is :class:`mechanisms.ledger.Ledger`'s, written once;
-a store (``mechanisms.ledger_memory.MemoryStore``, ``service.ledger.sql.SqlStore``) implements
+a store (``mechanisms.ledger_memory.MemoryStore``, ``service.store.ledger.SqlStore``) implements
 these two protocols and decides nothing.
 """
 

@@ -39,6 +39,15 @@ class UnknownAnalyst(LookupError):
         self.analyst_id = analyst_id
 
 
+class NameTaken(ValueError):
+    """Another analyst already has this name (names are unique among analysts, disabled ones
+    included, so that a name in a list, a log or the budget page means one analyst)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"an analyst named {name!r} exists already")
+        self.name = name
+
+
 class UnknownKey(LookupError):
     """This analyst has no active (unrevoked) key with this id."""
 
@@ -110,8 +119,15 @@ class Accounts:
         return [self._analyst(r) for r in records]
 
     def create_analyst(self, name: str, budget: Budget | None = None) -> Analyst:
-        """A new analyst named ``name``, with ``budget`` if given (and no key yet)."""
-        analyst_id = auth.create_principal(self.engine, name=name, role=ANALYST)
+        """A new analyst named ``name``, with ``budget`` if given (and no key yet); raises
+        NameTaken (nothing created) when an analyst of that name exists. The state store's
+        unique index on analysts' names decides between concurrent creations."""
+        if auth.principal_named(self.engine, name, role=ANALYST):
+            raise NameTaken(name)
+        try:
+            analyst_id = auth.create_principal(self.engine, name=name, role=ANALYST)
+        except auth.DuplicateName:
+            raise NameTaken(name) from None
         if budget is not None:
             self.ledger.set_budget(analyst_id, budget)
         return self.analyst(analyst_id)
@@ -203,3 +219,17 @@ class Accounts:
         """Replace the corpus-wide cap; returns it as :meth:`cap` does."""
         self.ledger.set_corpus_cap(budget)
         return self.cap()
+
+    def cap_view(self) -> dict[str, Any]:
+        """The cap's figures as the admin API and ``privtext cap show`` state them: without a
+        cap, ``capped`` is false and ``remaining_epsilon`` None (unlimited), never 0."""
+        return cap_view(self.cap())
+
+
+def cap_view(remaining: Remaining) -> dict[str, Any]:
+    """``remaining`` (the corpus's figures) with ``capped``, and no remainder when uncapped."""
+    figures = remaining.to_dict()
+    capped = remaining.budget is not None
+    if not capped:
+        figures["remaining_epsilon"] = None
+    return {"capped": capped, **figures}

@@ -33,9 +33,9 @@ from service.api import (
 from service.auth import KeyCache
 from service.charging import run_deferred
 from service.config import Settings
-from service.db import engine_for, init_db
-from service.ledger.sql import SqlLedger
 from service.services import Services
+from service.store.db import engine_for, init_db
+from service.store.ledger import SqlLedger
 
 
 def _spark(settings: Settings) -> SparkConnect | None:

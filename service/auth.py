@@ -23,9 +23,10 @@ from typing import Any, Protocol, TypeVar
 
 from flask import current_app, g, request
 from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from service.errors import APIError
-from service.tables import api_keys, principals
+from service.store.tables import api_keys, principals
 
 #: admin: manages analysts, budgets, jobs; analyst: asks private queries; app: an internal
 #: application that embeds its own texts (no corpus access, no budget); metrics: a monitoring
@@ -50,20 +51,37 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class DuplicateName(ValueError):
+    """The state store's unique index refused the name (analysts' names are unique)."""
+
+
 def create_principal(
     engine: Engine, *, name: str, role: str, principal_id: str | None = None
 ) -> str:
-    """Create a principal (admin or analyst) and return its id."""
+    """Create a principal (admin or analyst) and return its id; raises DuplicateName when an
+    analyst of that name exists (``principals_analyst_name``, a unique partial index)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     pid = principal_id or f"{role[:2]}_{uuid.uuid4().hex[:12]}"
-    with engine.begin() as conn:
-        conn.execute(
-            insert(principals).values(
-                id=pid, name=name, role=role, disabled=False, created_at=_now()
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(principals).values(
+                    id=pid, name=name, role=role, disabled=False, created_at=_now()
+                )
             )
-        )
+    except IntegrityError as exc:
+        if role == "analyst" and principal_named(engine, name, role=role):
+            raise DuplicateName(name) from exc
+        raise
     return pid
+
+
+def principal_named(engine: Engine, name: str, *, role: str) -> bool:
+    """Whether a principal of ``role`` is named ``name`` (disabled ones included)."""
+    query = select(principals.c.id).where(principals.c.name == name, principals.c.role == role)
+    with engine.connect() as conn:
+        return conn.execute(query.limit(1)).first() is not None
 
 
 def issue_key(engine: Engine, principal_id: str, *, token: str | None = None) -> str:

@@ -39,9 +39,9 @@ from mechanisms.errors import BudgetExhaustedError
 from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Gated, Ledger, Remaining, Reservation, Spend
 from service.errors import APIError
-from service.ledger import audit, writes
-from service.ledger.sql import SqlLedger
-from service.ratelimit import Counter
+from service.store import audit, writes
+from service.store.ledger import SqlLedger
+from service.store.ratelimit import Counter
 
 log = logging.getLogger("privtext.charging")
 
@@ -193,7 +193,7 @@ class _Path:
                 if self.rate is not None:
                     self.rate.take(conn)
                 self.q.record(conn, "replay", released=stored)
-        budget = self.ledger.remaining(self.q.principal_id, tight=False).to_dict()
+        budget = answer_budget(self.ledger.remaining(self.q.principal_id, tight=False))
         return {
             **stored,
             **self.common,
@@ -219,7 +219,7 @@ class _Path:
             "cost": {**_cost(event, delta), "marginal_epsilon": quote.marginal_epsilon},
             "affordable": quote.affordable,
             "predicted": dict(predicted) if predicted is not None else None,
-            "budget": quote.remaining.to_dict(),
+            "budget": answer_budget(quote.remaining),
         }
 
     def spend(
@@ -269,7 +269,7 @@ class _Path:
             "replay": False,
             "dry_run": False,
             "cost": cost,
-            "budget": _budget_figures(remaining),
+            "budget": answer_budget(remaining),
             # the audit row of this answer carries it as its reservation_id
             "audit_id": reserved.id,
         }
@@ -324,12 +324,25 @@ def _reserve(
 _BUSY = object()
 
 
-def _budget_figures(remaining: Remaining) -> dict[str, Any]:
-    """The analyst's figures right after this charge (counts of entries are left to
-    ``GET /v1/budget``: counting them would read the whole history on every query)."""
+#: The figures of ``Remaining`` an answer leaves out: the counts of ledger entries (counting
+#: them would read the whole history on every query) and the tight PLD figure (computed from
+#: every live entry): ``GET /v1/budget`` gives them. Leaving them out, rather than sending 0
+#: and null, keeps an answer from contradicting ``GET /v1/budget``.
+ANSWER_BUDGET_OMITS = (
+    "reserved",
+    "committed",
+    "spent_epsilon_tight",
+    "spent_epsilon_tight_accounting",
+)
+
+
+def answer_budget(remaining: Remaining) -> dict[str, Any]:
+    """The ``budget`` block of every answer (charged, replayed or a dry run): the budget, the
+    admission bound spent (this query's charge included) and what remains, as
+    ``GET /v1/budget`` reports them, without the figures only that route computes."""
     figures = remaining.to_dict()
-    figures.pop("reserved", None)
-    figures.pop("committed", None)
+    for name in ANSWER_BUDGET_OMITS:
+        figures.pop(name, None)
     return figures
 
 

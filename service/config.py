@@ -42,7 +42,7 @@ class Settings:
     job_lease_s: int = 60
     max_request_bytes: int = 64 * 1024
     # POST /v1/queries: at most this many requests per analyst per minute, shared by every
-    # worker and host (service/ratelimit.py; 429 beyond; 0: no limit). Refused queries' audit
+    # worker and host (service/store/ratelimit.py; 429 beyond; 0: no limit). Refused queries' audit
     # rows are deleted after this many days (0: kept for ever; charged rows always are).
     query_rate_per_minute: int = 600
     refused_audit_retention_days: int = 30

@@ -76,7 +76,7 @@ def is_store_outage(exc: BaseException) -> bool:
     """Whether ``exc`` says the state store is down rather than that the request is wrong.
 
     ``OperationalError`` covers a refused or lost connection, a connect or statement timeout
-    (PostgreSQL ``QueryCanceled``, the client's own limit in ``service/db.py``), a SQLite
+    (PostgreSQL ``QueryCanceled``, the client's own limit in ``service/store/db.py``), a SQLite
     busy timeout ("database is locked"), "disk I/O error", "database or disk is full" and
     "attempt to write a readonly database"; any driver error that invalidated its connection
     and a pool that hands out no connection in time count too.

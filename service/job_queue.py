@@ -21,8 +21,8 @@ from mechanisms.ledger import Ledger
 from models import job_bodies as bodies
 from models.registry import ModelRegistry
 from service.config import Settings
-from service.ledger.sql import SqlLedger
 from service.services import services
+from service.store.ledger import SqlLedger
 
 
 def active_model(data_dir: str | Path) -> tuple[str, Path]:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, delete, insert, select
 
 from service.auth import Principal
-from service.tables import api_keys, page_sessions, principals
+from service.store.tables import api_keys, page_sessions, principals
 
 __all__ = ["SESSION_TTL", "open_session", "session_principal", "close_session", "page_sessions"]
 

@@ -5,7 +5,7 @@ every resource has its own typed attribute. There are no module-level resources:
 worker builds its own app, and two apps in one process (tests) share nothing.
 
 * ``settings``: defaults, then ``PRIVTEXT_*`` environment, then the test mapping;
-* ``engine``: the state store (``service/db.py``);
+* ``engine``: the state store (``service/store/db.py``);
 * ``corpus``: the corpus snapshots;
 * ``ledger``: the ledger over the state store (``create_app(ledger=...)`` injects another,
   e.g. one over a second engine, or one that counts its calls);
@@ -34,8 +34,8 @@ from corpus.store import SnapshotStore
 from service.accounts import Accounts
 from service.auth import KeyCache
 from service.config import Settings
-from service.ledger.sql import SqlLedger
 from service.observability import Metrics
+from service.store.ledger import SqlLedger
 
 if TYPE_CHECKING:
     from jobs.queue import Queue

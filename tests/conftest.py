@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +26,19 @@ os.environ.setdefault(
 SERVER_FIXTURES = {"postgres_url": "postgres", "pg_database_url": "postgres", "redis_url": "redis"}
 
 
+@pytest.fixture(scope="session")
+def served_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The service as ``make run`` sets it up (``tests/served.py``: a demo slice, ensure-admin,
+    gunicorn on loopback), shared by the README tour's test and the client's tests: one start
+    (8 s measured on a loaded 2-core machine) for both. Tests on it make their own analysts
+    with names no other test uses; only the tour sets the corpus cap."""
+    # imported here: tests/mechanisms runs without the service's dependencies
+    from tests.served import make_run  # noqa: PLC0415
+
+    with make_run(tmp_path_factory.mktemp("served")) as served:
+        yield served
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark ``postgres`` or ``redis`` every test that asks for that server's fixture, so that
     ``-m "not postgres"`` deselects it (parameters over the backends carry the marker already)."""
@@ -30,6 +46,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for fixture in getattr(item, "fixturenames", ()):
             if fixture in SERVER_FIXTURES:
                 item.add_marker(SERVER_FIXTURES[fixture])
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Under ``-m "... not torch ..."`` (``make test-fast``), a module whose every test is
+    marked torch (``pytestmark = pytest.mark.torch`` at module level) is not imported at all:
+    its tests would be deselected anyway, and importing torch costs seconds."""
+    if collection_path.suffix != ".py" or "not torch" not in (config.option.markexpr or ""):
+        return None
+    try:
+        text = collection_path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return True if "\npytestmark = pytest.mark.torch" in text else None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

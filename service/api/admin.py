@@ -11,12 +11,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from mechanisms.ledger import Budget
-from service.accounts import Accounts, Analyst, UnknownAnalyst, UnknownKey
+from service.accounts import Accounts, Analyst, NameTaken, UnknownAnalyst, UnknownKey
 from service.auth import require
 from service.body import json_body
 from service.errors import APIError
-from service.ledger import audit
-from service.schemas_admin import (
+from service.schemas.admin import (
     AnalystCreateSchema,
     AuditQuerySchema,
     BudgetRaiseSchema,
@@ -24,6 +23,7 @@ from service.schemas_admin import (
     PageSchema,
 )
 from service.services import services
+from service.store import audit
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -51,7 +51,16 @@ def _unknown_key() -> APIError:
 def create_analyst() -> tuple[Response, int]:
     data = AnalystCreateSchema().load(json_body())
     budget = None if data["budget"] is None else Budget(**data["budget"])
-    return jsonify(_accounts().create_analyst(data["name"], budget).to_dict()), 201
+    try:
+        analyst = _accounts().create_analyst(data["name"], budget)
+    except NameTaken:
+        raise APIError(
+            409,
+            "name_taken",
+            "An analyst with this name exists already; names are unique.",
+            errors={"name": ["An analyst with this name exists already."]},
+        ) from None
+    return jsonify(analyst.to_dict()), 201
 
 
 @bp.get("/analysts")
@@ -146,14 +155,16 @@ def raise_budget(analyst_id: str) -> Response:
 @bp.get("/corpus-cap")
 @require("admin")
 def get_cap() -> Response:
-    return jsonify(_accounts().cap().to_dict())
+    return jsonify(_accounts().cap_view())
 
 
 @bp.put("/corpus-cap")
 @require("admin")
 def set_cap() -> Response:
     data = BudgetSchema().load(json_body())
-    return jsonify(_accounts().set_cap(Budget(**data)).to_dict())
+    accounts = _accounts()
+    accounts.set_cap(Budget(**data))
+    return jsonify(accounts.cap_view())
 
 
 @bp.get("/analysts/<analyst_id>/ledger")

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from service.auth import current_principal, require
 from service.charging import get_ledger
-from service.schemas_admin import PageSchema
+from service.schemas.admin import PageSchema
 
 bp = Blueprint("budget", __name__, url_prefix="/v1/budget")
 

@@ -1,10 +1,16 @@
 """``GET /v1/admin/budget-page``: a server-rendered picture of every analyst's spending.
 
-The page shows the corpus-wide cap and, per analyst, the budget, the spent and remaining
-epsilon and a chart of cumulative spent epsilon over time (inline SVG drawn here: no
-JavaScript, no external assets). Its figures come from the same ledger calls as the JSON admin
-API: ``Ledger.corpus_remaining(tight=False)`` as ``GET /v1/admin/corpus-cap`` and
-``Ledger.remaining(id, tight=True)`` as ``GET /v1/admin/analysts/<id>/ledger``.
+The page shows the corpus-wide cap with a chart of everyone's cumulative spending against it
+and, per analyst, the budget, the spent and remaining epsilon and a chart of cumulative spent
+epsilon over time (inline SVG drawn here: no JavaScript, no external assets). Every chart
+shares one time axis (from the earliest entry shown to now), so charts can be compared by
+eye; analysts with at most ``NEAR_EXHAUSTION`` of their budget left are highlighted, and an
+analyst's id is shown beside its name where another analyst has the same name (names are
+unique since 2026-12-02; older stores may hold repeats). Its figures come from the same
+ledger calls as the JSON admin API: ``Ledger.corpus_remaining(tight=False)`` as ``GET
+/v1/admin/corpus-cap`` and ``Ledger.remaining(id, tight=True)`` as ``GET
+/v1/admin/analysts/<id>/ledger``; the cap's chart replays ``Ledger.live_entries()``, every
+entry the cap counts.
 
 Authentication: an admin key as ``Authorization: Bearer``, or, because a browser cannot send
 that header from its address bar, a session: a browser that opens the page without one gets
@@ -22,9 +28,10 @@ its own key (login CSRF).
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, g, redirect, render_template, request, url_for
@@ -37,10 +44,10 @@ from service import page_sessions
 from service.accounts import Analyst
 from service.auth import authenticate, public, require
 from service.body import json_body
-from service.budget_chart import Chart, build_chart, cumulative_spend, fmt_epsilon
+from service.budget_chart import Chart, Point, build_chart, cumulative_spend, fmt_epsilon
 from service.charging import get_ledger
 from service.errors import APIError
-from service.schemas_admin import PageSchema
+from service.schemas.admin import PageSchema
 from service.services import services
 
 bp = Blueprint("budget_page", __name__, url_prefix="/v1/admin")
@@ -50,6 +57,8 @@ COOKIE_MAX_AGE = int(page_sessions.SESSION_TTL.total_seconds())  # as long as th
 HISTORY_PAGE = 1000
 #: The delta ``make_remaining`` reports a budget-less principal's spend at.
 NO_BUDGET_DELTA = 1e-6
+#: An analyst with at most this share of its budget's epsilon left is highlighted.
+NEAR_EXHAUSTION = 0.1
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -81,6 +90,24 @@ class AnalystView:
     remaining: Remaining
     chart: Chart
     entries: int
+    name_repeats: bool  # another analyst has this name: show the id beside it
+    near_exhaustion: bool
+
+    @property
+    def left_share(self) -> float | None:
+        """The share of the budget's epsilon left (None without a budget)."""
+        budget = self.remaining.budget
+        if budget is None or budget.epsilon <= 0:
+            return None
+        return max(0.0, self.remaining.remaining_epsilon / budget.epsilon)
+
+
+def near_exhaustion(remaining: Remaining) -> bool:
+    """Whether at most ``NEAR_EXHAUSTION`` of the budget's epsilon is left."""
+    budget = remaining.budget
+    if budget is None:
+        return False
+    return remaining.remaining_epsilon <= NEAR_EXHAUSTION * budget.epsilon
 
 
 def _engine() -> Engine:
@@ -154,14 +181,34 @@ def _history(ledger: Ledger, principal_id: str) -> list[LedgerEntry]:
             return entries
 
 
-def _analyst_view(ledger: Ledger, analyst: Analyst, now: datetime) -> AnalystView:
+@dataclass(frozen=True)
+class _Series:
+    analyst: Analyst
+    remaining: Remaining
+    points: list[Point]
+    entries: int
+
+
+def _series(ledger: Ledger, analyst: Analyst) -> _Series:
     remaining = ledger.remaining(analyst.id, tight=True)
     budget = remaining.budget
     entries = _history(ledger, analyst.id)
     delta = budget.delta if budget is not None else NO_BUDGET_DELTA
-    series = cumulative_spend(entries, delta)
-    chart = build_chart(series, budget_epsilon=budget.epsilon if budget else None, end=now)
-    return AnalystView(analyst.id, analyst.name, analyst.disabled, remaining, chart, len(entries))
+    return _Series(analyst, remaining, cumulative_spend(entries, delta), len(entries))
+
+
+def _axis(series: list[list[Point]], now: datetime) -> tuple[datetime, datetime]:
+    """The shared time axis: the earliest point shown to now (or the latest point, if a
+    worker's clock ran ahead)."""
+    firsts = [s[0].at for s in series if s]
+    lasts = [s[-1].at for s in series if s]
+    start = min(firsts) if firsts else now - timedelta(hours=1)
+    return start, max([now, *lasts])
+
+
+def _repeated_names() -> set[str]:
+    counts = Counter(a.name for a in services().accounts.analysts())
+    return {name for name, n in counts.items() if n > 1}
 
 
 @bp.get("/budget-page")
@@ -173,13 +220,41 @@ def budget_page() -> Response:
     ledger = get_ledger()
     now = datetime.now(UTC)
     cap = ledger.corpus_remaining(tight=False)
+    cap_delta = cap.budget.delta if cap.budget is not None else NO_BUDGET_DELTA
+    cap_points = cumulative_spend(ledger.live_entries(), cap_delta)
+    series = [_series(ledger, a) for a in _analysts(page["limit"], page["offset"])]
+    start, end = _axis([cap_points, *(s.points for s in series)], now)
+    repeated = _repeated_names()
     analysts = [
-        _analyst_view(ledger, a, now) for a in _analysts(page["limit"], page["offset"])
+        AnalystView(
+            s.analyst.id,
+            s.analyst.name,
+            s.analyst.disabled,
+            s.remaining,
+            build_chart(
+                s.points,
+                budget_epsilon=s.remaining.budget.epsilon if s.remaining.budget else None,
+                start=start,
+                end=end,
+            ),
+            s.entries,
+            s.analyst.name in repeated,
+            near_exhaustion(s.remaining),
+        )
+        for s in series
     ]
+    cap_chart = build_chart(
+        cap_points,
+        budget_epsilon=cap.budget.epsilon if cap.budget else None,
+        start=start,
+        end=end,
+    )
     html = render_template(
         "budget_page.html",
         cap=cap,
+        cap_chart=cap_chart,
         analysts=analysts,
+        near_exhaustion=NEAR_EXHAUSTION,
         page=page,
         generated_at=now,
         fmt=fmt_epsilon,

@@ -10,7 +10,7 @@ for anyone: these routes take texts in the body only.
   other route keeps ``max_request_bytes``.
 * ``GET /v1/embedding-jobs/<id>`` and ``GET /v1/embedding-jobs/<id>/result?format=json|npy``.
 
-Rate limit: per API key, shared by every worker (``service.ratelimit``), one bucket for both
+Rate limit: per API key, shared by every worker (``service.store.ratelimit``), one bucket for both
 routes counting requests and texts. Texts are never logged; a job's texts are stored only in
 its input file (mode 0600), deleted when the job ends; its result file is deleted
 ``embedding_result_ttl_s`` after the job finished (expired jobs are swept whenever a job is
@@ -27,14 +27,14 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from jobs import states as jobstore
 from models import job_bodies as bodies
 from models.encoder import get_encoder
-from service import ratelimit
 from service.api.jobs import job_view, visible_job
 from service.auth import current_principal, require
 from service.body import json_body, reject_unknown_args
 from service.errors import APIError
 from service.job_queue import active_model, encoder_options, get_context, get_queue
-from service.schemas_jobs import EmbeddingJobRequest, EmbeddingsRequest
+from service.schemas.jobs import EmbeddingJobRequest, EmbeddingsRequest
 from service.services import services
+from service.store import ratelimit
 
 bp = Blueprint("embeddings", __name__)
 _sync_schema = EmbeddingsRequest()

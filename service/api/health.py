@@ -11,9 +11,9 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from corpus.store import SnapshotStore
 from service.auth import public
-from service.db import probe_write
 from service.errors import error_response
 from service.services import services
+from service.store.db import probe_write
 
 bp = Blueprint("health", __name__)
 

@@ -32,14 +32,14 @@ from jobs.table import KINDS, Job, create_tables
 from models import job_bodies as bodies
 from models.charge import TrainingCharge
 from models.training import TrainingConfig, planned_delta
-from service import ratelimit
 from service.auth import current_principal, require
 from service.body import json_body, reject_unknown_args
 from service.charging import get_ledger
 from service.errors import APIError
 from service.job_queue import get_context, get_queue
-from service.schemas_jobs import TrainingJobRequest
+from service.schemas.jobs import TrainingJobRequest
 from service.services import services
+from service.store import ratelimit
 
 bp = Blueprint("jobs", __name__)
 _training_schema = TrainingJobRequest()

@@ -23,7 +23,6 @@ from corpus.duckdb_engine import DuckDBEngine as CorpusQuery
 from corpus.engine import Engine
 from corpus.spark_engine import SparkEngine
 from corpus.spark_session import SparkConnect, SparkUnavailable
-from service import ratelimit
 from service.auth import current_principal, require
 from service.body import json_body
 from service.charging import run_charged
@@ -33,7 +32,8 @@ from service.queries.kinds.embedding import prepare
 from service.queries.parts import half_width
 from service.queries.plan import EMBEDDING_KINDS, build_plan
 from service.queries.pricing import price
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
+from service.store import ratelimit
 
 bp = Blueprint("queries", __name__)
 _schema = QuerySchema()

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify
 
 from service.auth import require
 from service.errors import APIError
-from service.queries.schemas import FEATURES as QUERY_FEATURES
+from service.schemas.query import FEATURES as QUERY_FEATURES
 from service.services import services
 
 bp = Blueprint("snapshots", __name__)

@@ -13,7 +13,7 @@ import click
 
 from mechanisms.errors import InvalidParameterError
 from mechanisms.ledger import Budget
-from service.accounts import Accounts, Analyst, UnknownAnalyst
+from service.accounts import Accounts, Analyst, NameTaken, UnknownAnalyst
 from service.cli.context import Context, pass_ctx
 from service.json_out import finite
 
@@ -53,7 +53,10 @@ def analysts_create(
         raise click.BadParameter("give --epsilon and --delta together (or neither)")
     budget = _budget(epsilon, delta) if epsilon is not None and delta is not None else None
     accounts = ctx.accounts
-    analyst = accounts.create_analyst(name, budget)
+    try:
+        analyst = accounts.create_analyst(name, budget)
+    except NameTaken as exc:
+        raise click.ClickException(f"{exc}; names are unique") from exc
     click.echo(f"analyst: {analyst.id}", err=True)
     if key:
         click.echo(accounts.issue_key(analyst).token)
@@ -140,7 +143,7 @@ def cap_set(ctx: Context, epsilon: float, delta: float) -> None:
 @cap.command("show")
 @pass_ctx
 def cap_show(ctx: Context) -> None:
-    rem = ctx.accounts.cap().to_dict()
+    rem = ctx.accounts.cap_view()
     click.echo(json.dumps(finite(rem), indent=2, allow_nan=False))
 
 

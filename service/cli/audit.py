@@ -13,9 +13,9 @@ from typing import IO
 import click
 
 from service.cli.context import Context, pass_ctx
-from service.ledger import audit
-from service.ledger.retention import prune_refused
-from service.ledger.sql import SqlLedger
+from service.store import audit
+from service.store.ledger import SqlLedger
+from service.store.retention import prune_refused
 
 
 @click.group("ledger")

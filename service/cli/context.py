@@ -16,9 +16,9 @@ from sqlalchemy import Engine
 
 from service.accounts import Accounts
 from service.config import Settings
-from service.db import engine_for, init_db
 from service.hardening import private_dir
-from service.ledger.sql import SqlLedger
+from service.store.db import engine_for, init_db
+from service.store.ledger import SqlLedger
 
 
 class Context:

@@ -11,7 +11,7 @@ that should run jobs when the queue is Redis. Beside the consumer it keeps the j
 * then every ``job_lease_s / 2`` seconds, jobs whose lease expired are failed the same way,
   and leftover input files of ended jobs deleted;
 * every hour, audit rows of refused queries older than ``refused_audit_retention_days`` are
-  pruned (``service.ledger.retention``; charged rows are kept for ever).
+  pruned (``service.store.retention``; charged rows are kept for ever).
 
 A failed training job's reservation stays charged: whether the corpus was read, or a model
 published, before the worker died is not known here.
@@ -33,7 +33,7 @@ from models.registry import ModelRegistry
 from service import observability
 from service.cli.context import Context, pass_ctx
 from service.job_queue import job_context, make_queue
-from service.ledger.retention import prune_refused
+from service.store.retention import prune_refused
 
 log = logging.getLogger("privtext.worker")
 

@@ -129,6 +129,7 @@ def test_random_ranks_are_uniform() -> None:
     assert np.all(np.abs(zeros - trials / 3) < 5 * sigma)
 
 
+@pytest.mark.seconds
 def test_process_pool_gives_same_features(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(ingest_mod, "CHUNK_SIZE", 7)
     monkeypatch.setattr(ingest_mod, "MIN_PARALLEL", 10)

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 
 from jobs.context import JobContext
 from jobs.table import create_tables
-from service.db import make_engine
+from service.store.db import make_engine
 
 
 @pytest.fixture

@@ -66,6 +66,7 @@ def test_large_sigma_python_path_matches_moments(rng: np.random.Generator) -> No
     assert abs(samples.mean()) < 5 * sigma / np.sqrt(3000)
 
 
+@pytest.mark.seconds
 @pytest.mark.parametrize("scale", [0.7, 4.0])
 def test_scalar_reference_laplace_matches_pmf(scale: float, rng: np.random.Generator) -> None:
     exact = Fraction(scale)
@@ -73,6 +74,7 @@ def test_scalar_reference_laplace_matches_pmf(scale: float, rng: np.random.Gener
     assert chi_square_pvalue(samples, lambda k: discrete_laplace_pmf(scale, k)) > SIGNIFICANCE
 
 
+@pytest.mark.seconds
 def test_scalar_reference_gaussian_matches_pmf(rng: np.random.Generator) -> None:
     samples = np.array(
         [_exact_scalar.discrete_gaussian(Fraction(9), rng) for _ in range(20_000)]
@@ -117,6 +119,7 @@ def test_invalid_size_and_rng_raise() -> None:
         discrete_laplace(1.0, 3, rng=42)  # type: ignore[arg-type]
 
 
+@pytest.mark.seconds
 @pytest.mark.parametrize("sampler, param, pmf", [
     (discrete_laplace, 3.0, discrete_laplace_pmf), (discrete_gaussian, 3.0, discrete_gaussian_pmf)
 ])
@@ -140,6 +143,7 @@ def test_mechanisms_import_no_web_or_ml_frameworks() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.seconds
 def test_overflow_lanes_are_finished_without_bias(monkeypatch, rng) -> None:
     """Lower the 64-bit limit so ~5% of lanes take the Python-integer path in place."""
     from mechanisms import samplers

@@ -14,8 +14,13 @@ from mechanisms.ledger_memory import InMemoryLedger
 from models.job_bodies import ModelJobContext
 from models.registry import base_model_path
 from models.training import TrainingConfig
-from service.db import make_engine
-from tests.fixtures.app import corpus_file, data_dir, ingested  # noqa: F401 - fixtures
+from service.store.db import make_engine
+from tests.fixtures.app import (  # noqa: F401 - fixtures
+    corpus_file,
+    data_dir,
+    ingested,
+    ingested_template,
+)
 from tests.fixtures.ledger import (  # noqa: F401 - fixtures (any_ledger needs the PostgreSQL ones)
     any_ledger,
     make_analyst,

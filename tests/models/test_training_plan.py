@@ -19,6 +19,7 @@ def test_default_delta_is_below_one_over_senders() -> None:
     assert default_delta(20) == 1e-3 and default_delta(25_000) == 1e-6
 
 
+@pytest.mark.seconds
 def test_plan_epsilon_matches_the_accountant() -> None:
     config = TrainingConfig(
         target_epsilon=3.0, steps=50, expected_senders_per_batch=10, population_size=1000

@@ -16,10 +16,10 @@ from mechanisms.ledger import Budget
 from service import auth
 from service.accounts import Accounts, UnknownAnalyst, UnknownKey
 from service.app import create_app
-from service.db import init_db, make_engine
 from service.job_queue import get_context
-from service.ledger.sql import SqlLedger
 from service.services import Services, services
+from service.store.db import init_db, make_engine
+from service.store.ledger import SqlLedger
 from tests.fixtures.app import bearer
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import re
+import uuid
 from typing import Any
 
 import pytest
 from flask import Flask
 
 from mechanisms.events import PrivacyEvent
+from service import auth
 from service.charging import run_charged
 from tests.fixtures.app import bearer
 
@@ -27,7 +29,7 @@ def api(backend_app: Flask, backend_admin_token: str):  # type: ignore[no-untype
 
 
 def _new_analyst(api, budget: dict[str, float] | None = None) -> tuple[str, str]:  # type: ignore[no-untyped-def]
-    body: dict[str, Any] = {"name": "ana"}
+    body: dict[str, Any] = {"name": f"ana-{uuid.uuid4().hex[:8]}"}  # names are unique
     if budget is not None:
         body["budget"] = budget
     r = api("POST", "/v1/admin/analysts", json=body)
@@ -115,9 +117,9 @@ def test_budget_validation(api, path: str, body: dict[str, Any]) -> None:  # typ
 
 def test_delta_limit_on_every_budget_route(api) -> None:  # type: ignore[no-untyped-def]
     aid, _ = _new_analyst(api)
-    for delta in (0, 0.0, 5e-324, 1e-12, 1e-3, 0.5, 1.0001e-3, 1):
+    for i, delta in enumerate((0, 0.0, 5e-324, 1e-12, 1e-3, 0.5, 1.0001e-3, 1)):
         ok = 0 < delta <= 1e-3
-        body = {"name": "d", "budget": {"epsilon": 1, "delta": delta}}
+        body = {"name": f"d{i}", "budget": {"epsilon": 1, "delta": delta}}
         r = api("POST", "/v1/admin/analysts", json=body)
         assert r.status_code == (201 if ok else 422), (delta, r.json)
         r = api("PUT", f"/v1/admin/analysts/{aid}/budget", json={"epsilon": 1, "delta": delta})
@@ -215,3 +217,52 @@ def test_analyst_reads_only_own_budget(api) -> None:  # type: ignore[no-untyped-
     # query parameters cannot select another analyst: the route takes none
     assert api("GET", f"/v1/budget?analyst={b}", token_a).status_code == 422
     assert api("GET", f"/v1/budget/history?principal_id={b}", token_a).status_code == 422
+
+
+def test_analyst_names_are_unique(api, backend_app: Flask) -> None:  # type: ignore[no-untyped-def]
+    r = api("POST", "/v1/admin/analysts", json={"name": "alice"})
+    assert r.status_code == 201
+    first = r.json["id"]
+    api("POST", f"/v1/admin/analysts/{first}/disable")  # a disabled analyst keeps its name
+    body = {"name": "alice", "budget": {"epsilon": 1, "delta": 1e-6}}
+    again = api("POST", "/v1/admin/analysts", json=body)
+    assert again.status_code == 409 and again.json["code"] == "name_taken"
+    assert list(again.json["errors"]) == ["name"]
+    names = [a["name"] for a in api("GET", "/v1/admin/analysts").json["analysts"]]
+    assert names.count("alice") == 1  # nothing was created
+    assert api("POST", "/v1/admin/analysts", json={"name": "Alice"}).status_code == 201
+
+
+def test_the_store_refuses_a_duplicate_name_too(backend_app: Flask) -> None:
+    """Two creations racing past the check in ``Accounts``: the unique index decides."""
+    engine = backend_app.extensions["privtext"].engine
+    auth.create_principal(engine, name="bob", role="analyst")
+    with pytest.raises(auth.DuplicateName):
+        auth.create_principal(engine, name="bob", role="analyst")
+    auth.create_principal(engine, name="bob", role="app")  # other roles' names may repeat
+
+
+def test_corpus_cap_without_a_cap_is_unlimited_not_zero(api) -> None:  # type: ignore[no-untyped-def]
+    cap = api("GET", "/v1/admin/corpus-cap").json
+    assert cap["capped"] is False and cap["budget"] is None and cap["remaining_epsilon"] is None
+    r = api("PUT", "/v1/admin/corpus-cap", json={"epsilon": 3, "delta": 1e-6})
+    assert r.json["capped"] is True and r.json["remaining_epsilon"] == pytest.approx(3.0)
+    assert api("GET", "/v1/admin/corpus-cap").json == r.json
+
+
+def test_an_answers_budget_block_agrees_with_get_budget(api) -> None:  # type: ignore[no-untyped-def]
+    _, token = _new_analyst(api, {"epsilon": 5, "delta": 1e-6})
+    seen = []
+    for body in (
+        {"kind": "count", "privacy": {"epsilon": 0.5}},
+        {"kind": "count", "privacy": {"epsilon": 0.5}},  # a replay
+        {"kind": "mean", "feature": "chars", "dry_run": True},
+    ):
+        answer = api("POST", "/v1/queries", token, json=body).json
+        block, own = answer["budget"], api("GET", "/v1/budget", token).json
+        assert set(block) == {
+            "budget", "delta", "spent_epsilon", "spent_epsilon_accounting", "remaining_epsilon"
+        }  # fmt: skip
+        assert block == {name: own[name] for name in block}, body
+        seen.append(block["spent_epsilon"])
+    assert seen[0] == pytest.approx(0.5, abs=0.01) and seen[0] == seen[1] == seen[2]

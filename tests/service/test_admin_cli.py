@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from service.cli import main
-from service.db import make_engine
-from service.ledger.sql import SqlLedger
+from service.store.db import make_engine
+from service.store.ledger import SqlLedger
 
 
 @pytest.fixture
@@ -33,8 +33,11 @@ def _id(result) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_analyst_budget_cap_commands(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert json.loads(run("cap", "show").stdout)["remaining_epsilon"] is None  # no cap: unlimited
     created = run("analysts", "create", "alice", "--epsilon", "1", "--delta", "1e-6")
     aid = _id(created)
+    again = run("analysts", "create", "alice", ok=False)
+    assert "names are unique" in again.output and "ptk_" not in again.output
     assert created.stdout.startswith("ptk_")
     assert "alice  active  budget eps=1 delta=1e-06" in run("analysts", "list").stdout
     run("budget", "raise", aid, "--epsilon", "0.5")
@@ -70,7 +73,7 @@ def test_cli_rejects_bad_input(run) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_audit_export(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from service.ledger import audit
+    from service.store import audit
 
     aid = _id(run("analysts", "create", "carol", "--epsilon", "1", "--delta", "1e-6"))
     engine = make_engine(f"sqlite:///{tmp_path / 'state.db'}")
@@ -99,7 +102,7 @@ def test_ledger_recompute_command(run, tmp_path: Path) -> None:  # type: ignore[
 
     from mechanisms.events import PrivacyEvent
     from mechanisms.ledger import Spend
-    from service.ledger.tables import corpus_cap
+    from service.store.ledger_tables import corpus_cap
 
     aid = _id(run("analysts", "create", "alice", "--epsilon", "5", "--delta", "1e-6"))
     run("cap", "set", "--epsilon", "10", "--delta", "1e-6")

@@ -13,7 +13,7 @@ from service.auth import (
     require,
     revoke_key,
 )
-from service.tables import api_keys, principals
+from service.store.tables import api_keys, principals
 from tests.fixtures.app import bearer
 
 

@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 
 from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Budget
 from service.api.budget_page import COOKIE
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
+from service.store.tables import ANALYST_NAME_INDEX
 
 PAGE = "/v1/admin/budget-page"
 SESSION = "/v1/admin/session"
@@ -39,21 +41,24 @@ class Seeded:
     analyst_token: str
     analysts: list[str]  # ids, in creation order
     hostile: str  # the id of the analyst whose name is an HTML injection attempt
+    near: str  # an analyst with 5% of its budget left, created after the others
 
 
 @pytest.fixture
 def seeded(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Seeded:
-    """Three analysts (one without a budget), spending spread over four days, a corpus cap."""
+    """Three analysts (one without a budget), spending spread over four days, a corpus cap;
+    and a fourth, Dave, who has spent 95% of his budget."""
     engine = app.extensions["privtext"].engine
     admin_token = issue_key(engine, create_principal(engine, name="root", role="admin"))
     alice = create_principal(engine, name="Alice", role="analyst")
     bob = create_principal(engine, name="<script>alert(1)</script> & Bob", role="analyst")
     carol = create_principal(engine, name="Carol (no budget)", role="analyst")
+    dave = create_principal(engine, name="Dave", role="analyst")
     analyst_token = issue_key(engine, alice)
 
     start = datetime.now(UTC) - timedelta(days=4)
     clock = iter(start + timedelta(hours=3 * i) for i in range(100))
-    monkeypatch.setattr("service.ledger.sql.now", lambda: next(clock))
+    monkeypatch.setattr("mechanisms.ledger.now", lambda: next(clock))  # entry times
     with app.app_context():
         ledger = get_ledger()
         ledger.set_corpus_cap(Budget(epsilon=20.0, delta=1e-5))
@@ -66,8 +71,10 @@ def seeded(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Seeded:
         for _ in range(3):
             ledger.commit(ledger.reserve(bob, PrivacyEvent.gaussian(4.0)).id)
         ledger.commit(ledger.reserve(bob, PrivacyEvent.laplace(0.2)).id)
+        ledger.set_budget(dave, Budget(epsilon=2.0, delta=1e-6))
+        ledger.commit(ledger.reserve(dave, PrivacyEvent.laplace(1.9)).id)
     monkeypatch.undo()
-    return Seeded(admin_token, analyst_token, [alice, bob, carol], bob)
+    return Seeded(admin_token, analyst_token, [alice, bob, carol], bob, dave)
 
 
 class _TestIds(HTMLParser):
@@ -185,7 +192,7 @@ def test_page_draws_one_series_per_analyst(client: FlaskClient, seeded: Seeded) 
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # no external assets
     svgs = [a for t, a in page.tags if t == "svg"]
     polylines = [a for t, a in page.tags if t == "polyline"]
-    assert len(svgs) == len(polylines) == len(seeded.analysts)
+    assert len(svgs) == len(polylines) == len(seeded.analysts) + 2  # Dave's, and the cap's
     for aid in seeded.analysts:
         line = page.found[f"series-{aid}"]
         assert line["tag"] == "polyline"
@@ -201,6 +208,61 @@ def test_page_draws_one_series_per_analyst(client: FlaskClient, seeded: Seeded) 
     for aid in (alice, bob):  # a dashed line for the budget
         assert page.found[f"budget-line-{aid}"]["attrs"]["stroke-dasharray"]
     assert f"budget-line-{carol}" not in page.found
+
+
+def test_the_cap_has_its_chart_of_everyones_spending(client: FlaskClient, seeded: Seeded) -> None:
+    page = _parse(client.get(PAGE, headers=bearer(seeded.admin_token)).get_data(as_text=True))
+    cap = client.get("/v1/admin/corpus-cap", headers=bearer(seeded.admin_token)).get_json()
+    series = page.found["series-cap"]["attrs"]
+    # every live entry of every analyst (alice 4, bob 4, dave 1), ending at the cap's figure
+    assert int(series["data-points"]) == 9
+    assert float(series["data-last-value"]) == pytest.approx(cap["spent_epsilon"], rel=1e-9)
+    assert float(page.found["cap-spent"]["attrs"]["data-value"]) == cap["spent_epsilon"]
+    assert page.found["budget-line-cap"]["attrs"]["stroke-dasharray"]
+
+
+def test_every_chart_shares_one_time_axis(client: FlaskClient, seeded: Seeded) -> None:
+    page = _parse(client.get(PAGE, headers=bearer(seeded.admin_token)).get_data(as_text=True))
+    charts = [a for t, a in page.tags if t == "svg"]
+    assert len({(c["data-start"], c["data-end"]) for c in charts}) == 1
+    alice, bob, carol = seeded.analysts
+
+    def first_step_x(aid: str) -> float:  # the x of the first entry (the second point)
+        points = page.found[f"series-{aid}"]["attrs"]["points"].split()
+        return float(points[1].split(",")[0])
+
+    left = float(page.found[f"x-axis-{alice}"]["attrs"]["x1"])
+    # alice spent first, so her first step is at the axis' start; bob's and Dave's come later
+    assert first_step_x(alice) == left
+    assert left < first_step_x(bob) < first_step_x(seeded.near)
+    assert first_step_x("cap") == left
+
+
+def test_analysts_near_exhaustion_are_highlighted(client: FlaskClient, seeded: Seeded) -> None:
+    html = client.get(PAGE, headers=bearer(seeded.admin_token)).get_data(as_text=True)
+    page = _parse(html)
+    assert page.found[f"near-exhaustion-{seeded.near}"]["text"] == "5% left"
+    assert "near" in page.found[f"analyst-{seeded.near}"]["attrs"]["class"].split()
+    for aid in seeded.analysts:  # 47%, some, and no budget: none of them is near
+        assert f"near-exhaustion-{aid}" not in page.found
+        assert page.found[f"analyst-{aid}"]["attrs"]["class"] == "analyst"
+
+
+def test_ids_are_shown_where_names_repeat(
+    app: Flask, client: FlaskClient, seeded: Seeded
+) -> None:
+    engine = app.extensions["privtext"].engine
+    with engine.begin() as conn:  # a store from before names were unique
+        conn.execute(text(f"DROP INDEX {ANALYST_NAME_INDEX}"))
+    other = create_principal(engine, name="Alice", role="analyst")
+    page = _parse(client.get(PAGE, headers=bearer(seeded.admin_token)).get_data(as_text=True))
+    alice, bob, carol = seeded.analysts
+    for aid in (alice, other):
+        assert page.found[f"name-{aid}"]["text"] == "Alice"
+        assert page.found[f"id-{aid}"]["text"] == f"({aid})"
+    for aid in (bob, carol, seeded.near):
+        assert f"id-{aid}" not in page.found
+        assert page.found[f"name-{aid}"]["attrs"]["title"] == aid  # the id, on hover
 
 
 def line_count(page: _TestIds, aid: str) -> int:
@@ -517,6 +579,7 @@ def test_budget_page_in_headless_chromium(live_server: str, seeded: Seeded, tmp_
         shot = tmp_path / "budget-page.png"
         assert driver.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        _check_highlight(shot, driver, seeded.near)
 
         read: dict[str, str | None] = {}
         for el in driver.find_elements(By.CSS_SELECTOR, "[data-testid]"):
@@ -553,3 +616,26 @@ def test_budget_page_in_headless_chromium(live_server: str, seeded: Seeded, tmp_
         assert not driver.find_elements(By.CSS_SELECTOR, '[data-testid="corpus-cap"]')
     finally:
         driver.quit()
+
+
+#: The highlight of an analyst near exhaustion (the template's .badge and border colour).
+HIGHLIGHT = (0xD9, 0x77, 0x06)
+
+
+def _check_highlight(shot: Path, driver: Any, near: str) -> None:
+    """The screenshot shows the highlight colour, and only inside Dave's section: the badge
+    (about 60 x 20 pixels of solid colour) and the section's 2-pixel border."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    image = Image.open(shot).convert("RGB")
+    width, height = image.size
+    pixels = image.load()
+    assert pixels is not None
+    hits = [(x, y) for y in range(height) for x in range(width) if pixels[x, y] == HIGHLIGHT]
+    assert len(hits) > 1_000, len(hits)
+    section = driver.find_element(By.CSS_SELECTOR, f'[data-testid="analyst-{near}"]').rect
+    x0, y0 = section["x"], section["y"]
+    x1, y1 = x0 + section["width"], y0 + section["height"]
+    outside = [(x, y) for x, y in hits if not (x0 - 1 <= x <= x1 + 1 and y0 - 1 <= y <= y1 + 1)]
+    assert outside == []

@@ -14,8 +14,8 @@ from mechanisms.ledger import Budget
 from service.auth import create_principal
 from service.charging import QUERY_FAILED, get_ledger, run_charged
 from service.errors import APIError
-from service.ledger import audit
-from service.ledger.tables import audit_log
+from service.store import audit
+from service.store.ledger_tables import audit_log
 
 EVENT = PrivacyEvent.laplace(0.3)
 QUERY = {"kind": "count", "filters": {"channel": "web"}, "level": 0.95}
@@ -207,7 +207,7 @@ def test_settlement_after_the_response_is_sent(data_dir: Any, ingested: Any) -> 
     one more transaction once the server has written the response (WSGI close)."""
     from service.app import create_app
     from service.auth import issue_key
-    from service.ledger.tables import query_claims
+    from service.store.ledger_tables import query_claims
 
     app = create_app({"data_dir": str(data_dir), "testing": True, "settle_after_response": "on"})
     engine = app.extensions["privtext"].engine

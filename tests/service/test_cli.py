@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from corpus.store import SnapshotStore
 from service.auth import authenticate
 from service.cli import main
-from service.db import make_engine
+from service.store.db import make_engine
 from tests.factories import make_messages, write_jsonl
 
 

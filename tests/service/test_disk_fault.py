@@ -45,9 +45,9 @@ from mechanisms.ledger import Budget
 from service.app import create_app
 from service.auth import create_principal, issue_key
 from service.config import Settings
-from service.db import init_db, make_engine
-from service.ledger.sql import SqlLedger
-from service.ledger.tables import audit_log, ledger_entries
+from service.store.db import init_db, make_engine
+from service.store.ledger import SqlLedger
+from service.store.ledger_tables import audit_log, ledger_entries
 from tests.procs import children
 
 FS_MB = 64

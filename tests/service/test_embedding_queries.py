@@ -31,11 +31,11 @@ from models.registry import ModelRegistry
 from models.vocabulary import build_vocabulary, load_vocabulary, public_words
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
-from service.ledger.tables import audit_log
 from service.queries.kinds import embedding as emb
 from service.queries.kinds.embedding import EMBEDDING_DIM
 from service.queries.plan import build_plan
 from service.queries.pricing import price
+from service.store.ledger_tables import audit_log
 from tests.factories import WORDS, make_messages, write_jsonl
 
 D = EMBEDDING_DIM
@@ -341,6 +341,7 @@ def load_vocabulary_stub() -> Any:
     return Vocabulary(VOCAB, FakeEncoder().encode(VOCAB))
 
 
+@pytest.mark.seconds
 @pytest.mark.parametrize("mechanism", ["gaussian", "laplace"])
 def test_mean_embedding_noise_matches_the_mechanism(mechanism: str) -> None:
     """The released sum's noise has the priced scale: the empirical standard deviation over

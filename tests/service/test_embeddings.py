@@ -96,6 +96,7 @@ def test_auth_is_required(client: FlaskClient) -> None:
     assert client.post("/v1/embedding-jobs", json={"texts": ["a"]}).status_code == 401
 
 
+@pytest.mark.torch  # the accepted embedding job runs inline (memory:// queue) and encodes
 def test_not_json_and_body_limits(client: FlaskClient, app_key: str) -> None:
     h = bearer(app_key)
     assert client.post("/v1/embeddings", data="texts", headers=h).status_code == 415
@@ -135,6 +136,7 @@ def test_embedding_job_round_trip(emb_app: Flask, client: FlaskClient, app_key: 
     assert client.get(status["result_url"] + "?format=csv", headers=h).status_code == 422
 
 
+@pytest.mark.torch  # its embedding job runs inline (memory:// queue) and encodes
 def test_jobs_are_private_to_their_owner(emb_app: Flask, client: FlaskClient, app_key: str) -> None:
     job = client.post("/v1/embedding-jobs", json={"texts": ["a"]}, headers=bearer(app_key)).json
     other = bearer(_key(emb_app, "app"))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,9 @@ from service.charging import get_ledger
 from service.queries.parts import rescale
 from service.queries.plan import build_plan
 from service.queries.pricing import Priced, parts_for, price
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
+
+pytestmark = pytest.mark.seconds  # some 200 requests, about 30 s in all
 
 Post = Callable[[dict[str, Any]], tuple[int, dict[str, Any], list[Any], int]]
 
@@ -111,7 +114,7 @@ KINDS: list[dict[str, Any]] = [
 
 def _fund(app: Flask, *, epsilon: float = 1e6, delta: float = 1e-3) -> tuple[str, str]:
     engine = app.extensions["privtext"].engine
-    pid = create_principal(engine, name="probe", role="analyst")
+    pid = create_principal(engine, name=f"probe-{uuid.uuid4().hex[:8]}", role="analyst")
     with app.app_context():
         get_ledger().set_budget(pid, Budget(epsilon=epsilon, delta=delta))
     return pid, issue_key(engine, pid)
@@ -355,6 +358,7 @@ def _requests(draw: st.DrawFn) -> dict[str, Any]:  # noqa: C901 - a hypothesis s
     return body
 
 
+@pytest.mark.seconds
 @settings(
     max_examples=150,
     deadline=None,

@@ -30,7 +30,7 @@ def test_readyz_writes_to_the_state_store(app, client) -> None:  # type: ignore[
     """Readiness commits a write (the heartbeat row), not only a SELECT."""
     from sqlalchemy import select
 
-    from service.tables import heartbeat
+    from service.store.tables import heartbeat
 
     assert client.get("/readyz").status_code == 200
     with app.extensions["privtext"].engine.connect() as conn:
@@ -43,7 +43,7 @@ def test_readyz_writes_to_the_state_store(app, client) -> None:  # type: ignore[
 def test_readyz_not_ready_when_the_store_cannot_write(app, client) -> None:  # type: ignore[no-untyped-def]
     """Another writer holds SQLite's write lock past the busy timeout: reads still work, a
     write does not, and /readyz says so (a SELECT 1 would have answered ready)."""
-    from service.db import make_engine
+    from service.store.db import make_engine
 
     svc = app.extensions["privtext"]
     svc.engine = make_engine(svc.settings.resolved_database_url, statement_timeout_ms=100)

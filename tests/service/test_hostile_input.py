@@ -27,9 +27,11 @@ from service.app import create_app
 from service.auth import create_principal, issue_key
 from service.body import MAX_JSON_DEPTH, QUERY_ARGS
 from service.charging import get_ledger
-from service.ledger.tables import audit_log
-from service.ratelimit import rate_windows
+from service.store.ledger_tables import audit_log
+from service.store.ratelimit import rate_windows
 from tests.fixtures.app import bearer
+
+pytestmark = pytest.mark.seconds  # a matrix of hostile requests, about 20 s in all
 
 ENVELOPE = {"code", "status", "message", "errors"}
 

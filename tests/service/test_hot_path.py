@@ -120,6 +120,7 @@ def test_only_the_charge_waits_for_the_disk(served: Flask) -> None:
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
 
 
+@pytest.mark.seconds
 def test_admission_does_not_grow_with_history(served: Flask) -> None:
     """The same statements, none scanning the history, at 0 and at 2,000 ledger entries."""
     pid, token = _analyst(served)

@@ -24,8 +24,8 @@ from jobs.recovery import INTERRUPTED
 from jobs.table import Job
 from models.job_bodies import write_embedding_input
 from service.config import Settings
-from service.db import init_db, make_engine
 from service.job_queue import job_context, make_queue
+from service.store.db import init_db, make_engine
 
 pytestmark = pytest.mark.torch  # the killed job encodes
 

@@ -7,6 +7,7 @@ inline (memory://)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from flask.testing import FlaskClient
 from mechanisms.ledger import Budget
 from service.app import create_app
 from service.auth import create_principal, issue_key
-from service.ledger.sql import SqlLedger
+from service.store.ledger import SqlLedger
 from tests.fixtures.app import bearer
 
 TINY = {
@@ -52,7 +53,8 @@ def ledger(jobs_app: Flask) -> SqlLedger:
 
 def _key(app: Flask, role: str) -> str:
     engine = app.extensions["privtext"].engine
-    return issue_key(engine, create_principal(engine, name=role, role=role))
+    name = f"{role}-{uuid.uuid4().hex[:8]}"  # analysts' names are unique
+    return issue_key(engine, create_principal(engine, name=name, role=role))
 
 
 @pytest.fixture
@@ -82,6 +84,7 @@ def _fake_train(
     return calls
 
 
+@pytest.mark.seconds  # plans the training: noise calibrated on the PLD accountant
 def test_training_is_refused_without_a_cap(client: FlaskClient, admin: dict[str, str]) -> None:
     r = client.post("/v1/admin/training-jobs", json=TINY, headers=admin)
     assert r.status_code == 409 and r.json["code"] == "budget_exhausted"
@@ -168,6 +171,7 @@ def test_a_training_that_fails_before_reading_is_refunded(
     assert ledger.corpus_remaining().spent_epsilon == 0.0
 
 
+@pytest.mark.seconds
 def test_starting_a_training_reads_nothing_and_returns_only_declared_figures(
     client: FlaskClient, admin: dict[str, str], ledger: SqlLedger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -342,7 +346,7 @@ def _audit_row(engine: Any, status: str, *, days_old: int) -> int:
 
     from sqlalchemy import insert
 
-    from service.ledger.tables import audit_log
+    from service.store.ledger_tables import audit_log
 
     with engine.begin() as conn:
         res = conn.execute(
@@ -362,7 +366,7 @@ def _audit_row(engine: Any, status: str, *, days_old: int) -> int:
 def _audit_ids(engine: Any) -> set[int]:
     from sqlalchemy import select
 
-    from service.ledger.tables import audit_log
+    from service.store.ledger_tables import audit_log
 
     with engine.connect() as conn:
         return {r.id for r in conn.execute(select(audit_log.c.id))}
@@ -381,7 +385,7 @@ def test_job_list_rejects_unknown_parameters(client: FlaskClient, admin: dict[st
 
 def _principal(app: Flask, role: str) -> tuple[str, dict[str, str]]:
     engine = app.extensions["privtext"].engine
-    pid = create_principal(engine, name=role, role=role)
+    pid = create_principal(engine, name=f"{role}-{uuid.uuid4().hex[:8]}", role=role)
     return pid, bearer(issue_key(engine, pid))
 
 

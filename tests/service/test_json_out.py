@@ -16,7 +16,7 @@ from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Budget
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
-from service.ledger.tables import budgets, corpus_cap
+from service.store.ledger_tables import budgets, corpus_cap
 
 
 def _strict(body: bytes) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from service.queries.kinds import KINDS
 from service.queries.parts import Part, rescale
 from service.queries.plan import Plan, build_plan
 from service.queries.pricing import Priced, parts_for, price
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
 from tests.service.test_embedding_queries import build_embeddings
 
 #: Requests of each kind (the route's privacy settings are added to each).
@@ -168,7 +169,7 @@ def test_the_event_charged_dominates_the_parts_spent(
 
     monkeypatch.setattr(views, "build_answer", spy)
     engine = kinds_app.extensions["privtext"].engine
-    pid = create_principal(engine, name="k", role="analyst")
+    pid = create_principal(engine, name=f"k-{uuid.uuid4().hex[:8]}", role="analyst")
     with kinds_app.app_context():
         get_ledger().set_budget(pid, Budget(epsilon=1e6, delta=1e-3))
     got = _priced(body)

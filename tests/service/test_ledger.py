@@ -204,8 +204,8 @@ def test_stored_budgets_from_before_the_delta_limit_read_safely(
     """A delta of 0.5 made past spending read as epsilon 0: read back, it is capped at 1e-3."""
     from sqlalchemy import update
 
-    from service.ledger.sql import SqlLedger
-    from service.ledger.tables import budgets
+    from service.store.ledger import SqlLedger
+    from service.store.ledger_tables import budgets
 
     assert Budget.stored(1.0, 0.5) == Budget(1.0, MAX_DELTA)
     assert Budget.stored(1.0, 0.0).delta == 0.0
@@ -259,8 +259,8 @@ def test_recompute_spends_finds_and_repairs_an_under_charged_store(
     policy's, so every store has it)."""
     from sqlalchemy import update
 
-    from service.ledger.sql import SqlLedger
-    from service.ledger.tables import corpus_cap
+    from service.store.ledger import SqlLedger
+    from service.store.ledger_tables import corpus_cap
 
     a = make_analyst(any_ledger)
     any_ledger.set_budget(a, Budget(5.0, 1e-5))

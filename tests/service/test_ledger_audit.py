@@ -12,8 +12,8 @@ from sqlalchemy import Engine, delete, update
 from sqlalchemy.exc import DBAPIError
 
 from service.auth import create_principal
-from service.ledger import audit
-from service.ledger.tables import audit_log
+from service.store import audit
+from service.store.ledger_tables import audit_log
 
 
 def _add(engine: Engine, pid: str, query: dict, status: str = "released") -> int:

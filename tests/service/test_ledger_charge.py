@@ -119,8 +119,8 @@ def test_a_store_from_before_scopes_is_upgraded(tmp_path: Path) -> None:
     """Stores created before the scope column: corpus-only entries were the ``rsvc_`` ids.
     Starting the service adds the column and fills it; refunds then keep the analyst whole."""
     from service.auth import create_principal
-    from service.db import init_db, make_engine
-    from service.ledger.sql import SqlLedger
+    from service.store.db import init_db, make_engine
+    from service.store.ledger import SqlLedger
 
     url = f"sqlite:///{tmp_path / 'state.db'}"
     engine = make_engine(url)

@@ -19,15 +19,15 @@ from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Budget, Spend
 from mechanisms.ledger_memory import InMemoryLedger
 from service.auth import create_principal
-from service.ledger.sql import SqlLedger
-from service.ledger.tables import budgets, ledger_entries
+from service.store.ledger import SqlLedger
+from service.store.ledger_tables import budgets, ledger_entries
 
 PROCS = 16
 PER_PROC = 12
 
 
 def _worker(url: str, pid: str, event: dict[str, Any], start: Any, out: Any) -> None:
-    from service.db import make_engine
+    from service.store.db import make_engine
 
     engine = make_engine(url)
     ledger = SqlLedger(engine)

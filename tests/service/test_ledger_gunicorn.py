@@ -32,9 +32,9 @@ from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Budget, Spend
 from mechanisms.spend import within
 from service.auth import create_principal, issue_key
-from service.db import init_db, make_engine
-from service.ledger.sql import SqlLedger
-from service.ledger.tables import audit_log, budgets, ledger_entries
+from service.store.db import init_db, make_engine
+from service.store.ledger import SqlLedger
+from service.store.ledger_tables import audit_log, budgets, ledger_entries
 from tests.procs import children
 
 pytestmark = pytest.mark.gunicorn  # every test runs a gunicorn service

@@ -15,8 +15,8 @@ from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from service.auth import create_principal
-from service.ledger.retention import ensure_guards, prune_refused
-from service.ledger.tables import audit_log
+from service.store.ledger_tables import audit_log
+from service.store.retention import ensure_guards, prune_refused
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -120,7 +120,7 @@ def test_databases_with_the_older_guards_are_upgraded_once(state_engine: Engine)
 
 def test_the_prune_command(data_dir: Path, ingested: object) -> None:
     from service.cli import main
-    from service.db import init_db, make_engine
+    from service.store.db import init_db, make_engine
 
     engine = make_engine(f"sqlite:///{data_dir / 'state.db'}")
     init_db(engine)

@@ -161,7 +161,7 @@ BAD = [
 def test_bad_queries_are_4xx_and_free(app: Flask, body: dict[str, Any], field: str | None) -> None:
     pid, token = _fund(app)
     before = _remaining(app, pid)
-    from service.ledger.tables import audit_log
+    from service.store.ledger_tables import audit_log
 
     engine = app.extensions["privtext"].engine
     with engine.connect() as conn:

@@ -18,7 +18,7 @@ import pytest
 from corpus import SnapshotStore, ingest_file
 from corpus.duckdb_engine import DuckDBEngine as CorpusQuery
 from service.queries.plan import AUTO_CAP_BUCKETS, Plan, build_plan
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
 from tests.factories import make_messages, write_jsonl
 
 HEAVY = 300  # extra messages of sender 0 (the others have 8 each)

@@ -14,12 +14,12 @@ from flask import Flask
 from sqlalchemy import Engine, event, func, select
 
 from mechanisms.ledger import Budget
-from service import ratelimit
 from service.app import create_app
 from service.auth import create_principal, issue_key
-from service.db import make_engine
-from service.ledger.sql import SqlLedger
-from service.ledger.tables import audit_log, ledger_entries
+from service.store import ratelimit
+from service.store.db import make_engine
+from service.store.ledger import SqlLedger
+from service.store.ledger_tables import audit_log, ledger_entries
 from tests.fixtures.app import bearer
 
 
@@ -155,7 +155,7 @@ def test_two_first_counts_at_once_do_not_fail(state_engine: Engine) -> None:
     (PostgreSQL; on SQLite the write lock orders them), instead of failing the transaction."""
     import threading
 
-    from service.ledger import writes
+    from service.store import writes
 
     ratelimit.create_tables(state_engine)
     counter = ratelimit.queries_counter("an_race", 10)

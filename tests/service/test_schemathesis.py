@@ -38,11 +38,16 @@ def _build():  # type: ignore[no-untyped-def]
     return app, tokens
 
 
+pytestmark = pytest.mark.seconds  # a minute or more in all: out of `make test-fast`
+
 APP, TOKENS = _build()
 schema = schemathesis.openapi.from_wsgi("/openapi.yaml", APP)
+#: Planning a training run calibrates its noise by bisection on the PLD accountant (seconds a
+#: request); its route gets fewer examples in the default run, the same number in the slow one.
+TRAINING = "/v1/admin/training-jobs"
 
 
-@schema.parametrize()
+@schema.exclude(path=TRAINING).parametrize()
 @settings(
     max_examples=15,
     deadline=None,
@@ -50,6 +55,17 @@ schema = schemathesis.openapi.from_wsgi("/openapi.yaml", APP)
 )
 def test_api_conforms(case) -> None:  # type: ignore[no-untyped-def]
     """Each generated request is sent as an admin, as an analyst and with no key."""
+    _call_as_each_role(case)
+
+
+@schema.include(path=TRAINING).parametrize()
+@settings(
+    max_examples=4,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_training_route_conforms(case) -> None:  # type: ignore[no-untyped-def]
+    """The same checks on the training route, with 4 examples (about 3 s each to plan)."""
     _call_as_each_role(case)
 
 

@@ -22,9 +22,9 @@ import pytest
 
 from mechanisms.ledger import Budget
 from service.auth import create_principal, issue_key
-from service.db import init_db, make_engine
 from service.gunicorn_worker import recycle_after, stagger_recycling
-from service.ledger.sql import SqlLedger
+from service.store.db import init_db, make_engine
+from service.store.ledger import SqlLedger
 
 
 def _free_port() -> int:

@@ -31,7 +31,7 @@ from service.queries.answer import build_answer
 from service.queries.kinds import base
 from service.queries.plan import build_plan
 from service.queries.pricing import price
-from service.queries.schemas import QuerySchema
+from service.schemas.query import QuerySchema
 
 pytestmark = pytest.mark.spark
 

@@ -29,8 +29,8 @@ from mechanisms.ledger import Budget
 from service.app import create_app
 from service.auth import create_principal, issue_key
 from service.charging import get_ledger
-from service.db import make_engine
-from service.ledger.tables import audit_log, ledger_entries
+from service.store.db import make_engine
+from service.store.ledger_tables import audit_log, ledger_entries
 from tests.procs import children
 from tests.service_scripts import start, stop
 
@@ -94,6 +94,7 @@ def silent_server() -> Iterator[int]:
         yield int(s.getsockname()[1])
 
 
+@pytest.mark.seconds
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_store_outage_during_auth_is_503(
     app: Flask, kind: str, request: pytest.FixtureRequest

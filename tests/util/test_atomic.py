@@ -134,6 +134,7 @@ def test_a_failed_pointer_write_keeps_the_old_value(
     assert [p.name for p in tmp_path.iterdir()] == ["LIVE"]
 
 
+@pytest.mark.seconds
 def test_a_reader_never_sees_a_half_written_pointer(tmp_path: Path) -> None:
     pointer = tmp_path / "LIVE"
     # long values, so that a non-atomic write would be seen part-way through

@@ -25,7 +25,7 @@ from service.queries.kinds.feature import (
     make_grid,
 )
 from service.queries.parts import Part, simulate_noise
-from service.schema_fields import FiniteFloat
+from service.schemas.fields import FiniteFloat
 
 MAX_BINS = 200
 QUANTILE_BINS = 32  # coarse enough that bins are not swamped by noise

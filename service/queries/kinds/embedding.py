@@ -63,7 +63,7 @@ from models.vocabulary import load_vocabulary
 from service.errors import APIError
 from service.queries.kinds.base import KindField, PlanFacts, QueryKind, Release, record_defaults
 from service.queries.parts import Part, noisy
-from service.schema_fields import StrictInteger
+from service.schemas.fields import StrictInteger
 
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 and the versions trained from it
 EMBEDDING_GRID_BITS = VECTOR_GRID_BITS  # coordinates are summed in integer units of 2**-12

@@ -16,8 +16,8 @@ from marshmallow import fields, validate
 
 from corpus.engine import Grid, Measure
 from service.errors import APIError
-from service.queries.fields import FEATURES, BoundsSchema
 from service.queries.kinds.base import KindField, QueryKind, record_defaults, refuse
+from service.schemas.query_fields import FEATURES, BoundsSchema
 
 #: Public default bounds per feature (an analyst can declare others).
 DEFAULT_BOUNDS = {

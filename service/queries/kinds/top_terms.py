@@ -29,7 +29,7 @@ from service.queries.kinds.base import (
     record_defaults,
 )
 from service.queries.parts import Part
-from service.schema_fields import StrictBoolean, StrictInteger
+from service.schemas.fields import StrictBoolean, StrictInteger
 
 MAX_TERMS = 1000
 

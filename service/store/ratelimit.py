@@ -19,7 +19,7 @@ accepted here (the limit bounds load and the growth of the audit log; it protect
 embeddings cost no budget, and every query is charged by the ledger whatever its rate).
 
 A count need not survive a crash, so a count in a transaction of its own does not wait for
-the disk (``service/ledger/writes.py``); inside a reservation it commits with the charge.
+the disk (``service/store/writes.py``); inside a reservation it commits with the charge.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from service.errors import APIError
-from service.ledger import writes
-from service.tables import metadata
+from service.store import writes
+from service.store.tables import metadata
 
 rate_windows = Table(
     "rate_windows",

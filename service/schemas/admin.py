@@ -11,7 +11,7 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from mechanisms.ledger import MAX_DELTA
-from service.schema_fields import FiniteFloat, PublicDateTime
+from service.schemas.fields import FiniteFloat, PublicDateTime
 
 _EPSILON = validate.Range(min=0, min_inclusive=False, error="epsilon must be > 0")
 _DELTA = validate.Range(

@@ -8,7 +8,7 @@ by ``privtext audit prune``. Rows of released, replayed and failed queries (ever
 names a charge) are never deleted.
 
 The audit log stays append-only for those rows in the database itself: the triggers
-(``service.ledger.tables``) refuse every UPDATE, and every DELETE of a row whose status is not
+(``service.store.ledger_tables``) refuse every UPDATE, and every DELETE of a row whose status is not
 ``refused`` (on PostgreSQL a row-level trigger, TRUNCATE refused too). Databases made before
 this rule have triggers that refuse every DELETE; :func:`ensure_guards` replaces them, once,
 under the write lock (SQLite) or an advisory lock (PostgreSQL), before the first prune.
@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, delete, select, text
 
-from service.ledger.tables import DELETABLE_STATUS, PG_GUARDS, SQLITE_GUARDS, audit_log
+from service.store.ledger_tables import DELETABLE_STATUS, PG_GUARDS, SQLITE_GUARDS, audit_log
 
 #: PostgreSQL advisory lock key for the guards' upgrade ("prva").
 _GUARDS_LOCK = 0x70727661

@@ -2,7 +2,7 @@
 
 Each row holds who asked, when, the normalised query (canonical JSON) and its hash, the corpus
 snapshot, the cost, and what was released. Rows are only ever inserted (triggers in
-``service.ledger.tables`` refuse UPDATE and DELETE). The log also answers replays: the last
+``service.store.ledger_tables`` refuse UPDATE and DELETE). The log also answers replays: the last
 released answer to the same normalised query by the same principal on the same snapshot.
 """
 
@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from service.ledger.tables import audit_log, query_claims
+from service.store.ledger_tables import audit_log, query_claims
 
 STATUSES = ("released", "replay", "failed", "refused")
 CSV_FIELDS = (

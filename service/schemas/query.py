@@ -14,7 +14,9 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from service.queries.fields import (
+from service.queries.kinds import KINDS, QueryKind, kind_fields, kind_named
+from service.schemas.fields import FiniteFloat, StrictBoolean
+from service.schemas.query_fields import (
     FEATURES,
     TIME_KEYS,
     FiltersSchema,
@@ -22,8 +24,6 @@ from service.queries.fields import (
     PrivacySchema,
     StrictSchema,
 )
-from service.queries.kinds import KINDS, QueryKind, kind_fields, kind_named
-from service.schema_fields import FiniteFloat, StrictBoolean
 
 __all__ = ["FEATURES", "KINDS", "TIME_KEYS", "QuerySchema"]
 

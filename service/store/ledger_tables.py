@@ -1,4 +1,4 @@
-"""Tables of the ledger and the audit log, added to ``service.tables.metadata``.
+"""Tables of the ledger and the audit log, added to ``service.store.tables.metadata``.
 
 ``budgets`` holds one row per analyst (the budget and the running spend), ``corpus_cap`` one
 row (id 1) for the corpus-wide cap and spend, ``ledger_entries`` one row per reservation,
@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-from service.tables import metadata
+from service.store.tables import metadata
 
 budgets = Table(
     "budgets",
@@ -87,7 +87,7 @@ audit_log = Table(
 
 #: One row per (analyst, snapshot, normalised query) being answered right now: its primary key
 #: lets exactly one of several identical concurrent requests reserve and compute; the others
-#: wait for its audit row and replay it (``service.ledger.audit.claim``).
+#: wait for its audit row and replay it (``service.store.audit.claim``).
 query_claims = Table(
     "query_claims",
     metadata,
@@ -99,8 +99,8 @@ query_claims = Table(
 
 #: The audit log is append-only, with one exception: rows of refused queries (nothing charged,
 #: nothing released) may be deleted, so that their retention can be bounded
-#: (``service.ledger.retention``). UPDATE is refused for every row, so a charged row can never
-#: be turned into a deletable one. ``service.ledger.retention`` upgrades databases made with
+#: (``service.store.retention``). UPDATE is refused for every row, so a charged row can never
+#: be turned into a deletable one. ``service.store.retention`` upgrades databases made with
 #: the older guards (which refused every DELETE).
 DELETABLE_STATUS = "refused"
 SQLITE_GUARDS = [

@@ -1,6 +1,6 @@
 """The state store: one SQLAlchemy engine per process over SQLite (WAL) or PostgreSQL.
 
-The tables are defined elsewhere, on one ``metadata`` (``service/tables.py``, which imports
+The tables are defined elsewhere, on one ``metadata`` (``service/store/tables.py``, which imports
 nothing of the service; the ledger's, the audit log's and the rate limiter's add themselves to
 it); this module makes the engine and, in ``init_db``, every table in one place.
 
@@ -20,6 +20,7 @@ Two promises hold on both backends (PRIVACY.md, "The ledger"):
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
 # The ledger's and audit log's tables and the rate limiter's add themselves to ``metadata``.
-import service.ledger.tables
-import service.ratelimit  # noqa: F401
+import service.store.ledger_tables
+import service.store.ratelimit  # noqa: F401
+import service.store.tables
 from jobs import table as job_tables  # the job tables have their own MetaData
 from service.config import Settings
-from service.tables import heartbeat, metadata
+from service.store.tables import heartbeat, metadata
+
+log = logging.getLogger(__name__)
 
 #: Defaults of ``Settings.db_connect_timeout_s`` and ``Settings.db_statement_timeout_ms``.
 CONNECT_TIMEOUT_S = 5
@@ -201,5 +205,9 @@ def init_db(engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         metadata.create_all(conn)
-        service.ledger.tables.upgrade(conn)
+        if not service.store.tables.upgrade(conn):
+            log.warning(
+                "two analysts share a name: the unique index on analysts' names was not made"
+            )
+        service.store.ledger_tables.upgrade(conn)
         job_tables.metadata.create_all(conn)

@@ -3,9 +3,9 @@ the budget page's sessions and the readiness heartbeat.
 
 This module imports nothing from the rest of the service, so every module may import it (the
 table definitions and ``metadata`` sit below auth, the ledger and the rate limiter; the engine
-lives in ``service/db.py``, which creates the tables). The ledger and the audit log
-(``service/ledger/tables.py``) and the rate limiter (``service/ratelimit.py``) add theirs to
-this same ``metadata``, so ``service.db.init_db`` makes every table in one place.
+lives in ``service/store/db.py``, which creates the tables). The ledger and the audit log
+(``service/store/ledger_tables.py``) and the rate limiter (``service/store/ratelimit.py``) add
+theirs to this same ``metadata``, so ``service.store.db.init_db`` makes every table in one place.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    text,
 )
+from sqlalchemy.engine import Connection
 
 metadata = MetaData()
 
@@ -32,6 +34,41 @@ principals = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+#: Analysts' names are unique (disabled analysts keep theirs); other roles' are not (every
+#: ``ensure-admin`` principal is named "admin"). A partial index, on SQLite and PostgreSQL
+#: alike; stores made before it get it from :func:`upgrade` when they hold no duplicate.
+ANALYST_NAME_INDEX = "principals_analyst_name"
+Index(
+    ANALYST_NAME_INDEX,
+    principals.c.name,
+    unique=True,
+    sqlite_where=principals.c.role == "analyst",
+    postgresql_where=principals.c.role == "analyst",
+)
+
+
+def upgrade(conn: Connection) -> bool:
+    """Give a store made before the unique index on analysts' names that index, in the
+    caller's schema transaction (idempotent). A store that already holds two analysts of one
+    name keeps working without it (new names are still checked before each insert, by
+    ``service.accounts``); returns whether the index exists afterwards."""
+    duplicate = conn.execute(
+        text(
+            "SELECT name FROM principals WHERE role = 'analyst' "
+            "GROUP BY name HAVING count(*) > 1 LIMIT 1"
+        )
+    ).first()
+    if duplicate is not None:
+        return False
+    conn.execute(
+        text(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {ANALYST_NAME_INDEX} "
+            "ON principals (name) WHERE role = 'analyst'"
+        )
+    )
+    return True
+
 
 api_keys = Table(
     "api_keys",

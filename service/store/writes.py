@@ -1,6 +1,6 @@
 """Write transactions of the state store, durable or not.
 
-The charge itself is always durable (``service/db.py``: SQLite ``synchronous=FULL``,
+The charge itself is always durable (``service/store/db.py``: SQLite ``synchronous=FULL``,
 PostgreSQL ``synchronous_commit=on``). Some writes need not survive an OS crash: a rate-limit
 count, the audit row of a refusal or of a replay, and the settlement of a charge that is
 already durable (its entry stays ``reserved``, which is charged all the same, when the

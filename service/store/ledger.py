@@ -27,8 +27,8 @@ from sqlalchemy.exc import IntegrityError
 
 from mechanisms.events import PrivacyEvent
 from mechanisms.ledger import Budget, Ledger, LedgerEntry, Spend, now
-from service.ledger import writes
-from service.ledger.tables import budgets, corpus_cap, ledger_entries
+from service.store import writes
+from service.store.ledger_tables import budgets, corpus_cap, ledger_entries
 
 CAP_ID = 1
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from service.schema_fields import FiniteFloat, StrictBoolean, StrictInteger
+from service.schemas.fields import FiniteFloat, StrictBoolean, StrictInteger
 
 MAX_TEXT_CHARS = 2000
 MAX_SYNC_TEXTS = 64

@@ -11,7 +11,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from service.schema_fields import FiniteFloat, PublicDateTime
+from service.schemas.fields import FiniteFloat, PublicDateTime
 
 FEATURES = (
     "chars",

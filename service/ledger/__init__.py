@@ -1,1 +1,0 @@
-"""The ledger's database backend (``service.ledger.sql.SqlLedger``), tables and audit log."""
