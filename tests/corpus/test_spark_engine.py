@@ -70,7 +70,8 @@ def _spark_rows(spark: SparkConnect, select: str, texts: list[str], **more: str)
 @pytest.mark.parametrize("points", POINTS)
 def test_lower_is_duckdbs_on_every_code_point(spark: SparkConnect, points: list[int]) -> None:
     texts = _texts(points) + ["ΟΔΟΣ ΣΑΣ. Σ ΑΣ-Α İi"]  # the final sigma, in words and alone
-    want = [duckdb.execute("SELECT lower(?)", [t]).fetchone()[0] for t in texts]
+    with duckdb.connect() as con:  # its own connection: the module's default keeps results
+        want = [con.execute("SELECT lower(?)", [t]).fetchone()[0] for t in texts]
     got = [r[1] for r in _spark_rows(spark, f"{lower_sql('text')}", texts)]
     bad = [
         (hex(ord(c)), a, b)
@@ -89,10 +90,11 @@ def test_tokens_are_duckdbs_on_every_code_point(spark: SparkConnect, points: lis
     texts = [
         "\n".join(f"x{chr(c)}" for c in points[i : i + CHUNK]) for i in range(0, len(points), CHUNK)
     ] + ["don't don’t x'' 'x' a'b'c 12'3 x`y Ab’CD"]
+    con = duckdb.connect()  # its own connection: the module's default keeps results
     want = [
         [
             t
-            for t in duckdb.execute(
+            for t in con.execute(
                 "SELECT regexp_extract_all(lower(?), ?)", [text, TOKEN_SQL_RE]
             ).fetchone()[0]
             if t != "x"
