@@ -16,10 +16,11 @@ COPY corpus ./corpus
 COPY util ./util
 COPY jobs ./jobs
 # service/openapi.yaml is a link to ../openapi.yaml in the repository; make it a file here.
+# The [spark] extra is the Spark Connect client (PRIVTEXT_ENGINE_URL; docker-compose sets it).
 # Note: torch==2.13.0 from the default index on x86_64 Linux is the CUDA build (several GB);
 # for a CPU-only image, pre-install torch 2.13.0 from a CPU wheel index before this step.
 RUN rm -f service/openapi.yaml && cp openapi.yaml service/openapi.yaml \
- && pip install --upgrade pip && pip install .
+ && pip install --upgrade pip && pip install '.[spark]'
 
 FROM python:3.11-slim-bookworm AS runtime
 RUN groupadd --system privtext && useradd --system --gid privtext --home-dir /var/lib/privtext \

@@ -40,13 +40,13 @@ test: install-test
 
 ## The inner loop (under a minute on 2 idle cores): the suite without the tests marked slow,
 ## browser (headless Chromium), gunicorn, torch, seconds (statistical checks, noise
-## calibration, timeouts), postgres and redis (markers in pyproject.toml), stopping at the
+## calibration, timeouts), postgres, redis and spark (markers in pyproject.toml), stopping at the
 ## first failure; no lint. `make test` runs them all. Bytecode is cached even where the
 ## environment says not to (PYTHONDONTWRITEBYTECODE): pytest's assertion rewriting of every
 ## test module is otherwise redone on each run.
 test-fast: $(VENV)/.test-installed
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -x -q \
-	  -m "not slow and not browser and not gunicorn and not torch and not seconds and not postgres and not redis"
+	  -m "not slow and not browser and not gunicorn and not torch and not seconds and not postgres and not redis and not spark"
 
 ## tests/mechanisms alone, in a fresh virtual environment holding only numpy, scipy,
 ## dp-accounting, pytest, hypothesis and mpmath (scripts/test-mechanisms.sh): proof that

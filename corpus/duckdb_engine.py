@@ -80,13 +80,18 @@ class DuckDBEngine:
     #: row number for aggregate-embedding queries).
     source = "messages"
 
-    def __init__(self, cursor: duckdb.DuckDBPyConnection, scan: Scan) -> None:
+    def __init__(
+        self, cursor: duckdb.DuckDBPyConnection, scan: Scan, *, salt: str | None = None
+    ) -> None:
         self.cur = cursor
         self.scan = scan
         self.measure = scan.measure
         self._where, self._params = self._filters()
         self.group = _group_expr(scan)
         self._key = _key_decoder(scan)
+        #: Breaks ties among a sender's most used terms (a fresh random one per query unless
+        #: given: the Spark engine, given the same, breaks them the same way).
+        self.salt = salt if salt is not None else secrets.token_hex(8)
 
     # -- building blocks -------------------------------------------------------------
     def _filters(self) -> tuple[list[str], list[Any]]:
@@ -303,16 +308,18 @@ class DuckDBEngine:
                 "AND NOT regexp_full_match(term, '[0-9]+')"
             )
             extra += list(STOPWORDS)
-        salt = secrets.token_hex(8)
-        # Each sender keeps its K most used terms (ties broken at random). The choice depends
-        # only on that sender's own messages, so one sender still touches at most K terms.
+        # Each sender keeps its K most used terms, ties broken at random by the md5 of the term,
+        # the sender and the salt (md5, not DuckDB's hash, so that the Spark engine can break
+        # them the same way). The choice depends only on that sender's own messages, so one
+        # sender still touches at most K terms.
         rows = self.cur.execute(
             f"WITH m AS ({sql}), t AS (SELECT sender_id, term, count(*) AS n FROM "
             f"({terms_sql}) WHERE {term_filter} GROUP BY sender_id, term), "
             "r AS (SELECT term, row_number() OVER (PARTITION BY sender_id "
-            "ORDER BY n DESC, hash(term, sender_id, ?)) AS _r FROM t) "
+            "ORDER BY n DESC, md5(term || ' ' || CAST(sender_id AS VARCHAR) || ' ' || ?)) "
+            "AS _r FROM t) "
             "SELECT term, count(*) FROM r WHERE _r <= ? GROUP BY term",
-            [*params, *extra, salt, p.max_terms_per_sender],
+            [*params, *extra, self.salt, p.max_terms_per_sender],
         ).fetchall()
         return {r[0]: int(r[1]) for r in rows}
 

@@ -19,6 +19,9 @@ each engine must keep, because sensitivities are computed from it before anythin
   the hour 0-23, the weekday 0-6 with Monday 0, or the ISO date of the day, week (Monday) or
   month start, in UTC); a group no selected message falls in is absent. Without one, the only
   key is ``None``.
+- **Text is lower-cased** by Unicode's simple case mapping, one code point at a time (DuckDB's
+  ``lower``; no final-sigma rule, İ becomes i): keywords and declared terms are lower-cased the
+  same way before they are compared (:func:`lower_text`).
 - **Work independent of matches** where a method says so (the side channel of issue 10): the
   per-sender counts read every message the same way whether it matches a filter or not.
 
@@ -45,6 +48,7 @@ __all__ = [
     "Groups",
     "Measure",
     "Scan",
+    "lower_text",
     "quantise",
 ]
 
@@ -57,6 +61,14 @@ NEGATIVE_AT = -0.05
 #: Message vectors are summed in integer units of 2**-12 per coordinate (``quantise``).
 VECTOR_GRID_BITS = 12
 VECTOR_UNITS = 2**VECTOR_GRID_BITS
+
+
+def lower_text(text: str) -> str:
+    """``text`` lower-cased as the engines lower-case messages (DuckDB's ``lower``): each code
+    point by its simple lowercase mapping. Python's ``str.lower`` differs in two places, which
+    made such keywords match nothing: a final capital sigma becomes ς (the engines: σ), and
+    İ becomes i plus a combining dot (the engines: i)."""
+    return "".join("i" if ch == "\u0130" else ch.lower() for ch in text)
 
 #: A group key: an hour or weekday number, an ISO date, a metadata value; None without groups.
 Key = Any

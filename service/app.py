@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask
 
+from corpus.spark_session import SparkConnect
 from corpus.store import SnapshotStore
 from service import body, errors, hardening, json_out, observability
 from service.accounts import Accounts
@@ -35,6 +36,17 @@ from service.config import Settings
 from service.services import Services
 from service.store.db import engine_for, init_db
 from service.store.ledger import SqlLedger
+
+
+def _spark(settings: Settings) -> SparkConnect | None:
+    """The Spark Connect client when ``engine_url`` asks for one (connects on first use)."""
+    if not settings.engine_url:
+        return None
+    return SparkConnect(
+        settings.engine_url,
+        query_timeout_s=float(settings.engine_query_timeout_s),
+        corpus_uri=settings.spark_corpus_uri,
+    )
 
 
 def create_app(
@@ -66,6 +78,7 @@ def create_app(
         accounts=Accounts(engine, ledger),
         metrics=observability.Metrics(),
         key_cache=KeyCache(ttl) if ttl > 0 else None,
+        spark=_spark(settings),
     )
     app.extensions["privtext"] = svc
 

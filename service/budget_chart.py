@@ -101,6 +101,45 @@ def fmt_epsilon(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _time_span(
+    points: Sequence[Point], start: datetime | None, end: datetime
+) -> tuple[datetime, datetime]:
+    """The time axis: from ``start`` (default: the first point; moved back to a point before
+    it) to ``end`` (moved on to a later point), at least a minute long."""
+    if start is None:
+        start = points[0].at if points else end - timedelta(hours=1)
+    elif points:
+        start = min(start, points[0].at)
+    if points:  # another worker's clock may run ahead of this one's
+        end = max(end, points[-1].at)
+    if end <= start:
+        end = start + timedelta(minutes=1)
+    return start, end
+
+
+def _y_scale(points: Sequence[Point], budget_epsilon: float | None) -> tuple[float, float]:
+    """(tick step, top of the axis) for the points and the budget line."""
+    finite = [p.epsilon for p in points if math.isfinite(p.epsilon)]
+    if budget_epsilon is not None and math.isfinite(budget_epsilon):
+        finite.append(budget_epsilon)
+    top_value = max([*finite, 0.0])
+    # 10% headroom, kept within floats whose quarter is still a normal positive number.
+    span = min(max(top_value * 1.1, 1e-300), 1e300) if top_value > 0 else 1.0
+    step = nice_step(span)
+    return step, step * math.ceil(span / step)
+
+
+def _x_labels(start: datetime, end: datetime) -> tuple[list[tuple[datetime, str]], str]:
+    """Three labelled instants (start, middle, end) and the axis caption."""
+    long = (end - start).total_seconds() >= 2 * 86400
+    fmt = "%Y-%m-%d" if long else "%H:%M:%S"
+    instants = [start + (end - start) * f for f in (0.0, 0.5, 1.0)]
+    caption = "time (UTC)" if long else f"time (UTC) on {start:%Y-%m-%d}"
+    if not long and start.date() != end.date():
+        caption = f"time (UTC), {start:%Y-%m-%d} to {end:%Y-%m-%d}"
+    return [(at, at.strftime(fmt)) for at in instants], caption
+
+
 def build_chart(
     points: Sequence[Point],
     *,
@@ -113,23 +152,8 @@ def build_chart(
     """Lay out ``points`` (oldest first) between ``start`` and ``end``: charts laid out with the
     same ``start`` and ``end`` share their time axis. Without ``start``, the first point's time;
     a point before ``start`` moves it back."""
-    if start is None:
-        start = points[0].at if points else end - timedelta(hours=1)
-    elif points:
-        start = min(start, points[0].at)
-    if points:  # another worker's clock may run ahead of this one's
-        end = max(end, points[-1].at)
-    if end <= start:
-        end = start + timedelta(minutes=1)
-    finite = [p.epsilon for p in points if math.isfinite(p.epsilon)]
-    if budget_epsilon is not None and math.isfinite(budget_epsilon):
-        finite.append(budget_epsilon)
-    top_value = max([*finite, 0.0])
-    # 10% headroom, kept within floats whose quarter is still a normal positive number.
-    span = min(max(top_value * 1.1, 1e-300), 1e300) if top_value > 0 else 1.0
-    step = nice_step(span)
-    y_max = step * math.ceil(span / step)
-
+    start, end = _time_span(points, start, end)
+    step, y_max = _y_scale(points, budget_epsilon)
     x0, x1 = float(LEFT), float(width - RIGHT)
     y0, y1 = float(height - BOTTOM), float(TOP)  # y0: the x axis (epsilon 0)
     span = (end - start).total_seconds()
@@ -151,15 +175,8 @@ def build_chart(
     y_ticks = tuple(
         Tick(y(k * step), fmt_epsilon(k * step)) for k in range(round(y_max / step) + 1)
     )
-    long = span >= 2 * 86400
-    fmt = "%Y-%m-%d" if long else "%H:%M:%S"
-    x_ticks = tuple(
-        Tick(x(start + (end - start) * f), (start + (end - start) * f).strftime(fmt))
-        for f in (0.0, 0.5, 1.0)
-    )
-    caption = "time (UTC)" if long else f"time (UTC) on {start:%Y-%m-%d}"
-    if not long and start.date() != end.date():
-        caption = f"time (UTC), {start:%Y-%m-%d} to {end:%Y-%m-%d}"
+    labels, caption = _x_labels(start, end)
+    x_ticks = tuple(Tick(x(at), text) for at, text in labels)
     return Chart(
         width=width,
         height=height,

@@ -62,6 +62,13 @@ class Settings:
     embedding_precision: str = "auto"
     embedding_runtime: str = ""
     embedding_cache_dir: str = ""  # ONNX exports; "": <data_dir>/cache/onnx
+    # The scan engine: empty, DuckDB embedded in each worker; an sc://host:port URL, Spark
+    # through Spark Connect (corpus/spark_session.py; needs the [spark] extra). Each Spark
+    # statement is interrupted after engine_query_timeout_s (the query then fails, charged);
+    # spark_corpus_uri is where Spark reads <data_dir>/corpus ("": the same local path).
+    engine_url: str = ""
+    engine_query_timeout_s: int = 60
+    spark_corpus_uri: str = ""
     log_level: str = "INFO"
     testing: bool = False
     # When a charged query writes its audit row and commits its (already durable)

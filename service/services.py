@@ -14,6 +14,8 @@ worker builds its own app, and two apps in one process (tests) share nothing.
 * ``metrics``: the Prometheus counters of this process;
 * ``key_cache``: successful key lookups, kept ``settings.key_cache_seconds`` (None when 0);
 * ``vocabularies``: public vocabularies of model versions, by model id, loaded on first use;
+* ``spark``: the Spark Connect client when ``engine_url`` names one (None: DuckDB, embedded);
+  it imports pyspark only when it first connects;
 * ``queue`` and ``job_context``: the job queue and the context jobs run in, made on first use
   (``service/job_queue.py``), so an app that never queues a job opens no queue.
 """
@@ -27,6 +29,7 @@ from flask import current_app
 from flask.sansio.app import App
 from sqlalchemy import Engine
 
+from corpus.spark_session import SparkConnect
 from corpus.store import SnapshotStore
 from service.accounts import Accounts
 from service.auth import KeyCache
@@ -49,6 +52,7 @@ class Services:
     accounts: Accounts
     metrics: Metrics
     key_cache: KeyCache | None = None
+    spark: SparkConnect | None = None
     vocabularies: dict[str, Vocabulary] = field(default_factory=dict)
     queue: Queue | None = None
     job_context: ModelJobContext | None = None

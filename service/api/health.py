@@ -34,7 +34,8 @@ def readyz() -> Response:
       full, read-only or failed disk, a frozen or unreachable database all fail it, within
       the statement timeout);
     * ``corpus``: a snapshot is live and its file can be read;
-    * ``disk``: the data directory's filesystem is writable and has ``min_free_disk_mb`` left.
+    * ``disk``: the data directory's filesystem is writable and has ``min_free_disk_mb`` left;
+    * ``engine`` (only with the Spark engine): Spark Connect answers a round trip.
     """
     svc = services()
     checks = {"state_store": False, "corpus": False, "disk": False}
@@ -45,6 +46,8 @@ def readyz() -> Response:
         current_app.logger.warning("readiness: the state store does not accept a write")
     checks["corpus"] = _corpus_readable(svc.corpus)
     checks["disk"] = _disk_writable(svc.settings.data_dir, svc.settings.min_free_disk_mb)
+    if svc.spark is not None:
+        checks["engine"] = svc.spark.probe()
     if all(checks.values()):
         return jsonify({"status": "ready", "checks": checks})
     return error_response(503, "not_ready", "The service is not ready.", {"checks": checks})

@@ -6,6 +6,10 @@ limit (every worker and host counted together: 429 ``rate_limited`` with Retry-A
 ``query_rate_per_minute``) is counted inside the reservation's transaction. No data is read
 before the reservation, and nothing is charged, read or audited for a request over the rate
 limit; requests refused by the schema, the plan or the price (422) are not counted.
+
+With the Spark engine (``engine_url``), a kind Spark does not compute is refused (422
+``unsupported_by_engine``) and an unreachable Spark answers 503 ``engine_unavailable``, both
+before the reservation: nothing charged, read or audited.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 
 from corpus.duckdb_engine import DuckDBEngine as CorpusQuery
+from corpus.engine import Engine
+from corpus.spark_engine import SparkEngine
+from corpus.spark_session import SparkConnect, SparkUnavailable
 from service.auth import current_principal, require
 from service.body import json_body
 from service.charging import run_charged
@@ -43,6 +50,15 @@ def create_query() -> Response:
     if snapshot is None:
         raise APIError(503, "no_snapshot", "No corpus snapshot is live yet.")
     plan = build_plan(req, metadata_columns=list(snapshot.metadata_columns))
+    spark = svc.spark
+    if spark is not None and plan.kind in EMBEDDING_KINDS:
+        raise APIError(
+            422,
+            "unsupported_by_engine",
+            "This kind of query reads message embeddings, which the Spark engine does not; "
+            "it is answered only by the embedded DuckDB engine.",
+            {"kind": [f"{plan.kind} is not available with the Spark engine."]},
+        )
     embedding = None
     if plan.kind in EMBEDDING_KINDS:
         # 409 when the embeddings are not built: decided before anything is charged
@@ -58,6 +74,8 @@ def create_query() -> Response:
         predicted["note"] = "with the automatic cap, half-widths are known only after it is chosen"
 
     def compute() -> dict[str, Any]:
+        if spark is not None:
+            return {"kind": plan.kind, **build_answer(plan, priced, _spark_engine(spark))}
         info, cur = store.cursor(snapshot.id)
         try:
             q = CorpusQuery(cur, plan) if embedding is None else embedding.query(cur, plan)
@@ -65,6 +83,14 @@ def create_query() -> Response:
         finally:
             cur.close()
         return {"kind": plan.kind, **answer}
+
+    def _spark_engine(spark: SparkConnect) -> Engine:
+        store.reads += 1
+        uri = spark.snapshot_uri(snapshot.messages_path, svc.settings.data_dir)
+        return SparkEngine(spark, uri, plan)
+
+    if spark is not None and not plan.dry_run:
+        _require(spark)
 
     result = run_charged(
         principal,
@@ -77,3 +103,16 @@ def create_query() -> Response:
         rate=ratelimit.queries_counter(principal.id, svc.settings.query_rate_per_minute),
     )
     return jsonify(result)
+
+
+def _require(spark: SparkConnect) -> None:
+    """503 ``engine_unavailable`` unless Spark Connect answers now (before the reservation)."""
+    try:
+        spark.require()
+    except SparkUnavailable:
+        raise APIError(
+            503,
+            "engine_unavailable",
+            "The scan engine (Spark) cannot be reached; nothing was charged.",
+            headers={"Retry-After": "5"},
+        ) from None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from corpus.engine import AUTO_CAP_BUCKETS, Grid, Groups, Measure
+from corpus.engine import AUTO_CAP_BUCKETS, Grid, Groups, Measure, lower_text
 from service.errors import APIError
 from service.queries.groups import build_groups, check_metadata_column
 from service.queries.kinds import KINDS, QueryKind, kind_named
@@ -142,7 +142,7 @@ def build_plan(req: dict[str, Any], *, metadata_columns: list[str]) -> Plan:
         spec=spec,
         groups=groups,
         time_range=(tr["start"], tr["end"]) if tr else None,
-        keywords=tuple(sorted({t.lower() for t in kw.get("terms", ())})),
+        keywords=tuple(sorted({lower_text(t) for t in kw.get("terms", ())})),
         keywords_match=kw.get("match", "any"),
         metadata_filter=meta_filter,
         mechanism=privacy.get("mechanism", "laplace"),

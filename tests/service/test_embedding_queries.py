@@ -115,7 +115,7 @@ def test_cache_is_row_aligned_float16_and_atomic(app: Flask, data_dir: Path) -> 
     import duckdb
 
     path = corpus_embeddings.messages_path(data_dir, snap)
-    texts = [r[0] for r in duckdb.sql(
+    texts = [r[0] for r in duckdb.connect().sql(
         f"SELECT text FROM read_parquet('{path}', file_row_number=true) ORDER BY file_row_number"
     ).fetchall()]
     assert vecs.shape[0] == len(texts)

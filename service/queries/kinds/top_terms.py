@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from marshmallow import fields, validate
 
-from corpus.engine import Measure
+from corpus.engine import Measure, lower_text
 from mechanisms.estimators import interval
 from service.errors import APIError
 from service.queries.kinds.base import (
@@ -67,7 +67,7 @@ class TopTerms(QueryKind):
     def from_request(cls, req: dict[str, Any]) -> TopTerms:
         return cls(
             k=req.get("k", DEFAULT_TOP_K),
-            terms=tuple(dict.fromkeys(t.lower() for t in req.get("terms") or ())),
+            terms=tuple(dict.fromkeys(lower_text(t) for t in req.get("terms") or ())),
             bigrams=bool(req.get("bigrams")),
             max_terms_per_sender=req.get("max_terms_per_sender", DEFAULT_TERMS_PER_SENDER),
         )
