@@ -59,8 +59,8 @@ test-slow: install-test
 	bash scripts/test.sh -m slow
 
 lint: install-test
-	$(BIN)/ruff check service mechanisms models corpus util jobs tests bench client
-	$(BIN)/mypy service mechanisms models corpus util jobs client/src
+	$(BIN)/ruff check service mechanisms models federation corpus util jobs tests bench client
+	$(BIN)/mypy service mechanisms models federation corpus util jobs client/src
 
 bench: install-test
 	@echo "see BENCHMARKS.md for each benchmark's command"

@@ -11,14 +11,15 @@ the command groups, one module each; they import ``service/cli/context.py``, nev
 * ``audit``: ``ledger``, ``audit``;
 * ``embeddings``: ``embed-corpus``;
 * ``worker``: ``worker``;
-* ``serve``: ``serve``.
+* ``serve``: ``serve``;
+* ``federation``: ``federation serve``, ``federation join`` (Flower, imported when a run starts).
 """
 
 from __future__ import annotations
 
 import click
 
-from service.cli import accounts, audit, corpus, embeddings, keys, serve, worker
+from service.cli import accounts, audit, corpus, embeddings, federation, keys, serve, worker
 from service.cli.context import Context
 from service.hardening import restrict_umask
 
@@ -32,7 +33,7 @@ def main(ctx: click.Context, data_dir: str | None) -> None:
     ctx.obj = Context(data_dir)
 
 
-for _group in (corpus, keys, accounts, audit, embeddings, worker, serve):
+for _group in (corpus, keys, accounts, audit, embeddings, worker, serve, federation):
     for _command in _group.COMMANDS:
         main.add_command(_command)
 
