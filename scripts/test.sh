@@ -31,8 +31,8 @@ fi
 args=("$@")
 if [ ${#args[@]} -eq 0 ]; then
   # The default run also lints and type-checks (STYLE.md: a linter and a type checker in CI).
-  "$BIN/ruff" check service mechanisms models corpus util jobs tests bench client
-  "$BIN/mypy" service mechanisms models corpus util jobs client/src
+  "$BIN/ruff" check service mechanisms models federation corpus util jobs tests bench client
+  "$BIN/mypy" service mechanisms models federation corpus util jobs client/src
   args=(-m "not slow")
 fi
 exec "$BIN/python" -m pytest "${args[@]}"

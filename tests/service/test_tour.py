@@ -24,7 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_tour(served: Served, blocks: str = "") -> list[dict[str, Any]]:
-    env = {**os.environ, "PRIVTEXT_TOUR_URL": served.address, "PRIVTEXT_TOUR_BLOCKS": blocks}
+    # A reader's fresh shell at the repository root: no PRIVTEXT_* settings of the test run
+    # (`make test` exports PRIVTEXT_DATA_DIR, which sent the tour's CLI to another database).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRIVTEXT_")}
+    env |= {"PRIVTEXT_TOUR_URL": served.address, "PRIVTEXT_TOUR_BLOCKS": blocks}
     done = subprocess.run(
         ["bash", str(ROOT / "scripts" / "tour.sh")],
         cwd=served.root,
