@@ -26,6 +26,7 @@ A failure at any step leaves nothing published and the live snapshot untouched.
 
 from __future__ import annotations
 
+import csv
 import secrets
 import shutil
 from datetime import UTC, datetime
@@ -36,6 +37,9 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyspark import cloudpickle
+from pyspark.sql import functions as F  # noqa: N812 - pyspark's own convention
+from pyspark.sql import types as T  # noqa: N812 - pyspark's own convention
 
 from corpus import features, readers, spark_rows
 from corpus.features import SENTIMENT_COLUMNS, TOKEN_RE
@@ -76,8 +80,6 @@ def _check_local(path: str) -> None:
 
 def _csv_frame(spark: Any, path: str) -> Any:
     """The CSV's rows, all strings; the header checked by the embedded reader's rules."""
-    import csv  # noqa: PLC0415 - lazy: CSV sources only
-
     first = spark.read.text(path).limit(1).collect()
     if not first:
         raise IngestError(path, 0, "empty file")
@@ -93,9 +95,6 @@ def _csv_frame(spark: Any, path: str) -> Any:
 def _parquet_frame(spark: Any, path: str) -> Any:
     """The Parquet rows with the required string columns checked from the schema; timestamps
     typed as such become ISO-8601 text, other metadata becomes strings (JSON for nested)."""
-    from pyspark.sql import functions as F  # noqa: N812 - lazy: the [spark] extra
-    from pyspark.sql import types as T  # noqa: N812 - lazy: the [spark] extra
-
     frame = spark.read.parquet(path)
     fields = {f.name: f.dataType for f in frame.schema.fields}
     for col in readers.REQUIRED_COLUMNS:
@@ -161,8 +160,6 @@ def _validate(frame: Any, source: str, path: str) -> list[str]:
 def _ship_by_value() -> None:
     """Send the row code to the executors with the job, so that they need only its
     dependencies (vaderSentiment), not this version of privtext."""
-    from pyspark import cloudpickle  # lazy: the [spark] extra
-
     for module in (readers, features, spark_rows):
         cloudpickle.register_pickle_by_value(module)
 

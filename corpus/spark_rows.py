@@ -8,7 +8,7 @@ features whichever ingest reads it: :func:`corpus.readers._required`,
 ``corpus.features`` to the executors by value (cloudpickle), so they need only
 ``vaderSentiment`` (and pandas and pyarrow, which PySpark needs anyway), not privtext.
 
-No pyspark import here: these functions run in Spark's Python workers.
+Imports pyspark and pandas (the ``[spark]`` extra): load it only for a Spark ingest.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
+from pyspark import TaskContext
 
 from corpus import readers
 from corpus.features import SENTIMENT_COLUMNS, score_texts
@@ -83,8 +84,6 @@ def _validate(row: dict[str, Any]) -> tuple[str, str, int, str]:
 def check_batches(batches: Iterator[pd.DataFrame], source: str) -> Iterator[pd.DataFrame]:
     """Validation pass: per batch, ``(kind, value, n, first)`` for ``kind`` in ``rows`` (valid
     messages), ``error`` (a reason, never message text) and ``key`` (a metadata column)."""
-    from pyspark import TaskContext  # lazy: only inside Spark's Python workers
-
     ctx = TaskContext.get()
     base = (ctx.partitionId() if ctx is not None else 0) << _ROW_BITS
     seen: dict[tuple[str, str], list[int]] = {}

@@ -10,20 +10,27 @@ reference).
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
+import socket
 from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner
 
 from corpus.duckdb_engine import DuckDBEngine
-from corpus.readers import IngestError
+from corpus.ingest import ingest_file
 from corpus.spark_engine import SparkEngine
-from corpus.spark_ingest import ingest_spark
 from corpus.spark_session import SparkConnect
 from corpus.store import MANIFEST_FILE, SnapshotInfo, SnapshotStore
+from service.cli import main
 from service.queries.answer import build_answer
 from service.queries.plan import build_plan
 from service.queries.pricing import price
@@ -41,14 +48,22 @@ CONTENT = (
 )  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def ingest(spark: SparkConnect) -> Callable[..., SnapshotInfo]:
+    """``ingest_spark``, imported once the server is known to run (pyspark is installed)."""
+    from corpus.spark_ingest import ingest_spark  # lazy: loads pyspark, the [spark] extra
+
+    return functools.partial(ingest_spark, spark=spark)
+
+
 @pytest.fixture(scope="module")
 def spark_ingested(
-    spark: SparkConnect, tmp_path_factory: pytest.TempPathFactory
+    ingest: Callable[..., SnapshotInfo], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, SnapshotInfo]:
     base = tmp_path_factory.mktemp("spark-ingest")
     source = write_jsonl(base / "c.jsonl", spark_corpus_rows())
     data_dir = base / "data"
-    info = ingest_spark(str(source), str(data_dir), spark=spark)
+    info = ingest(str(source), str(data_dir))
     return data_dir, info
 
 
@@ -94,7 +109,9 @@ def test_ranks_and_ids(spark_ingested: tuple[Path, SnapshotInfo]) -> None:
     assert max(len(v) for v in ranks.values()) == 70  # the heavy sender
 
 
-def test_heavy_senders_rank_order_is_random(spark: SparkConnect, tmp_path: Path) -> None:
+def test_heavy_senders_rank_order_is_random(
+    ingest: Callable[..., SnapshotInfo], tmp_path: Path
+) -> None:
     """Two ingests of the same file order a sender's messages differently (the seed comes
     from the OS CSPRNG, not the data): 70 messages in the same order twice has odds 1/70!."""
     rows = [r for r in spark_corpus_rows() if r["sender"] == "user0"]
@@ -103,7 +120,7 @@ def test_heavy_senders_rank_order_is_random(spark: SparkConnect, tmp_path: Path)
     source = write_jsonl(tmp_path / "h.jsonl", rows)
     orders = []
     for run in ("a", "b"):
-        info = ingest_spark(str(source), str(tmp_path / run), spark=spark)
+        info = ingest(str(source), str(tmp_path / run))
         by_rank = sorted(_rows(info), key=lambda r: r["msg_rank"])
         orders.append([r["text"] for r in by_rank])
     assert sorted(orders[0]) == sorted(orders[1]) and orders[0] != orders[1]
@@ -136,14 +153,78 @@ def test_kinds_read_the_same_aggregates(
     assert duck.calls and sparked.calls == duck.calls
 
 
-def test_a_bad_source_publishes_nothing(spark: SparkConnect, tmp_path: Path) -> None:
+def test_a_bad_source_publishes_nothing(spark_url: str, tmp_path: Path) -> None:
+    """Through ``privtext ingest --engine spark``: a row without a timestamp fails the
+    validation pass with the embedded reader's reason, quoting no text; nothing is published
+    and no working directory is left."""
     rows = spark_corpus_rows()[:20]
     del rows[7]["timestamp"]
+    rows[7]["text"] = "SECRET"
     source = write_jsonl(tmp_path / "bad.jsonl", rows)
     data_dir = tmp_path / "data"
-    with pytest.raises(IngestError) as err:
-        ingest_spark(str(source), str(data_dir), spark=spark)
-    assert err.value.reason.startswith("missing column 'timestamp' (1 rows")
+    res = _cli(data_dir, spark_url, str(source))
+    assert res.exit_code == 1
+    assert "bad.jsonl:0: missing column 'timestamp' (1 rows" in res.output
+    assert "SECRET" not in res.output
     store = SnapshotStore(data_dir)
     assert store.live() is None and store.list() == []
     assert not store.tmp_dir.exists() or list(store.tmp_dir.iterdir()) == []
+
+
+def test_unreachable_spark_reads_nothing(tmp_path: Path, corpus_file: Path) -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    res = _cli(tmp_path / "data", f"sc://127.0.0.1:{port}", str(corpus_file))
+    assert res.exit_code == 1 and "does not answer" in res.output
+    assert SnapshotStore(tmp_path / "data").live() is None
+
+
+def _cli(data_dir: Path, url: str, path: str) -> Any:
+    args = ["--data-dir", str(data_dir), "ingest", "--engine", "spark", path]
+    return CliRunner().invoke(main, args, env={"PRIVTEXT_ENGINE_URL": url})
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _write_parquet(path: Path, rows: list[dict[str, str]]) -> Path:
+    table = pa.Table.from_pylist(rows)
+    ts = pa.array([datetime.fromisoformat(r["timestamp"]) for r in rows], pa.timestamp("us", "UTC"))
+    pq.write_table(table.set_column(2, "timestamp", ts), path)
+    return path
+
+
+@pytest.mark.slow
+def test_csv_source(ingest: Callable[..., SnapshotInfo], tmp_path: Path) -> None:
+    """A CSV with quotes, a quoted newline, an empty text and an empty metadata cell: the
+    same rows and features as the embedded ingest of the same file."""
+    rows = spark_corpus_rows()[:40]
+    rows[0]["text"] = 'she said "great",\nthen left'
+    rows[1]["text"] = ""
+    rows[2]["channel"] = ""
+    source = _write_csv(tmp_path / "c.csv", rows)
+    info = ingest(str(source), str(tmp_path / "a"))
+    ref = ingest_file(source, tmp_path / "b", workers=1)
+    key = lambda r: tuple(r[c] for c in CONTENT)  # noqa: E731
+    assert sorted(map(key, _rows(info)), key=repr) == sorted(map(key, _rows(ref)), key=repr)
+    assert any(r["channel"] is None for r in _rows(info))
+
+
+@pytest.mark.slow
+def test_parquet_source(
+    ingest: Callable[..., SnapshotInfo], spark_corpus: tuple[Path, SnapshotInfo], tmp_path: Path
+) -> None:
+    """The corpus rows as Parquet with typed timestamps: the same features as the embedded
+    ingest of the JSONL."""
+    source = _write_parquet(tmp_path / "c.parquet", spark_corpus_rows())
+    info = ingest(str(source), str(tmp_path / "data"))
+    key = lambda r: tuple(r[c] for c in CONTENT)  # noqa: E731
+    ours, ref = _rows(info), _rows(spark_corpus[1])
+    assert sorted(map(key, ours), key=repr) == sorted(map(key, ref), key=repr)
