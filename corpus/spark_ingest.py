@@ -48,7 +48,7 @@ from corpus.readers import IngestError
 from corpus.spark_session import SparkConnect
 from corpus.store import MESSAGES_FILE, SnapshotInfo, SnapshotStore
 
-__all__ = ["ingest_spark", "PARQUET_SUFFIXES"]
+__all__ = ["PARQUET_SUFFIXES", "SparkIngestFailed", "ingest_spark"]
 
 PARQUET_SUFFIXES = (".parquet",)
 ROW_GROUP_SIZE = 16384
@@ -57,6 +57,14 @@ _FEATURE_TYPES = (
     + ", ".join(f"{name} double" for name in SENTIMENT_COLUMNS)
 )
 _READ_FAILED = "Spark could not read the source (is the path reachable from the Spark server?)"
+
+
+class SparkIngestFailed(RuntimeError):
+    """A Spark job of the ingest failed after validation; nothing was published. Spark's own
+    message (which can quote the data) is dropped: see the Spark server's log."""
+
+    def __init__(self) -> None:
+        super().__init__("the Spark ingest failed; nothing was published")
 
 
 def _source_kind(path: str) -> str:
@@ -223,7 +231,8 @@ def ingest_spark(
 
     Raises :class:`IngestError` before anything is written for a source the embedded ingest
     would refuse (same reasons, line 0), and ``SparkUnavailable`` when the server does not
-    answer. Nothing is published unless every step succeeds.
+    answer, and :class:`SparkIngestFailed` when a Spark job fails after validation. Nothing is
+    published unless every step succeeds.
     """
     kind = _source_kind(path)
     _check_local(path)
@@ -235,8 +244,11 @@ def ingest_spark(
     metadata = _validate(frame, source, path)
     store = SnapshotStore(data_dir)
     with store.staging() as tmp:
-        _write_features(frame, source, metadata, str(tmp / "_features"))
-        _ranked(session, str(tmp / "_features"), metadata).write.parquet(str(tmp / "_parts"))
+        try:
+            _write_features(frame, source, metadata, str(tmp / "_features"))
+            _ranked(session, str(tmp / "_features"), metadata).write.parquet(str(tmp / "_parts"))
+        except Exception:  # noqa: BLE001 - Spark's message may quote the data
+            raise SparkIngestFailed() from None
         schema = _merge_parts(tmp / "_parts", tmp / MESSAGES_FILE)
         for work in ("_features", "_parts"):
             shutil.rmtree(tmp / work)

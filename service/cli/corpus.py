@@ -86,7 +86,10 @@ def _run_ingest(
             raise click.BadParameter("a directory: give a JSONL or CSV file", param_hint="PATH")
         return ingest_file(path, data_dir, progress=progress, workers=workers)
     try:
-        from corpus.spark_ingest import ingest_spark  # lazy: loads pyspark and pandas ([spark])
+        from corpus.spark_ingest import (  # lazy: loads pyspark and pandas ([spark])
+            SparkIngestFailed,
+            ingest_spark,
+        )
     except ImportError:
         raise click.UsageError("--engine spark needs pip install 'privtext[spark]'") from None
     try:
@@ -94,6 +97,8 @@ def _run_ingest(
     except SparkUnavailable:
         url = ctx.settings.engine_url
         raise click.ClickException(f"Spark Connect at {url} does not answer") from None
+    except SparkIngestFailed as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         spark.close()
 

@@ -181,6 +181,26 @@ def test_unreachable_spark_reads_nothing(tmp_path: Path, corpus_file: Path) -> N
     assert SnapshotStore(tmp_path / "data").live() is None
 
 
+def test_a_failed_spark_job_publishes_nothing(
+    ingest: Callable[..., SnapshotInfo], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that fails after validation (here the ranking step raises, quoting a value):
+    one fixed error, nothing published, the staging directory (and Spark's output in it)
+    removed."""
+    from corpus import spark_ingest  # lazy: loads pyspark, the [spark] extra
+
+    def failing(session: Any, uri: str, metadata: list[str]) -> Any:
+        return session.sql("SELECT raise_error('SECRET') AS x")
+
+    monkeypatch.setattr(spark_ingest, "_ranked", failing)
+    source = write_jsonl(tmp_path / "c.jsonl", spark_corpus_rows()[:20])
+    with pytest.raises(spark_ingest.SparkIngestFailed) as err:
+        ingest(str(source), str(tmp_path / "data"))
+    assert "SECRET" not in str(err.value) and err.value.__cause__ is None
+    store = SnapshotStore(tmp_path / "data")
+    assert store.live() is None and store.list() == [] and list(store.tmp_dir.iterdir()) == []
+
+
 def _cli(data_dir: Path, url: str, path: str) -> Any:
     args = ["--data-dir", str(data_dir), "ingest", "--engine", "spark", path]
     return CliRunner().invoke(main, args, env={"PRIVTEXT_ENGINE_URL": url})
