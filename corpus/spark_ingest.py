@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import secrets
 import shutil
+import socket
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -45,7 +46,7 @@ from corpus import features, readers, spark_rows
 from corpus.features import SENTIMENT_COLUMNS, TOKEN_RE
 from corpus.ingest import FORMAT_VERSION, _sha256
 from corpus.readers import IngestError
-from corpus.spark_session import SparkConnect
+from corpus.spark_session import SparkConnect, SparkUnavailable
 from corpus.store import MESSAGES_FILE, SnapshotInfo, SnapshotStore
 
 __all__ = ["PARQUET_SUFFIXES", "SparkIngestFailed", "ingest_spark"]
@@ -65,6 +66,16 @@ class SparkIngestFailed(RuntimeError):
 
     def __init__(self) -> None:
         super().__init__("the Spark ingest failed; nothing was published")
+
+
+def _require_listening(spark: SparkConnect) -> None:
+    """Raise ``SparkUnavailable`` unless the server accepts a connection. Not
+    :meth:`SparkConnect.require`: its round trip is bounded by a query's probe time, and a
+    server's first job after a start takes longer (an operator's ingest may wait for it)."""
+    try:
+        socket.create_connection((spark.host, spark.port), spark.probe_timeout_s).close()
+    except OSError:
+        raise SparkUnavailable(spark.url) from None
 
 
 def _source_kind(path: str) -> str:
@@ -236,7 +247,7 @@ def ingest_spark(
     """
     kind = _source_kind(path)
     _check_local(path)
-    spark.require()
+    _require_listening(spark)
     session = spark.session()
     session.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
     _ship_by_value()
