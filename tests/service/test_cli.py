@@ -59,6 +59,22 @@ def test_path_and_demo_are_exclusive(runner: CliRunner, data_dir: Path, corpus_f
     assert res.exit_code == 2
 
 
+def test_spark_ingest_needs_an_engine_url(
+    runner: CliRunner, data_dir: Path, corpus_file: Path
+) -> None:
+    """Refused from the settings alone, before the file is read (issue 14)."""
+    args = ["--data-dir", str(data_dir), "ingest", "--engine", "spark"]
+    res = runner.invoke(main, [*args, str(corpus_file)], env={"PRIVTEXT_ENGINE_URL": None})
+    assert res.exit_code == 2 and "needs PRIVTEXT_ENGINE_URL" in res.output
+    env = {"PRIVTEXT_ENGINE_URL": "sc://127.0.0.1:1"}
+    res = runner.invoke(main, [*args, "--demo"], env=env)
+    assert res.exit_code == 2 and "not --demo" in res.output
+    env["PRIVTEXT_SPARK_CORPUS_URI"] = "s3a://bucket/corpus"
+    res = runner.invoke(main, [*args, str(corpus_file)], env=env)
+    assert res.exit_code == 2 and "PRIVTEXT_SPARK_CORPUS_URI" in res.output
+    assert SnapshotStore(data_dir).live() is None
+
+
 def test_snapshots_list_and_activate(runner: CliRunner, data_dir: Path, tmp_path: Path) -> None:
     a = write_jsonl(tmp_path / "a.jsonl", make_messages(seed=1))
     b = write_jsonl(tmp_path / "b.jsonl", make_messages(seed=2))
