@@ -39,8 +39,11 @@ ENVELOPE = {"code", "status", "message", "errors"}
 BIN = Path(sys.executable).parent
 
 
-def _umask_022() -> None:
-    os.umask(0o022)  # the usual default: the service must not rely on the caller's umask
+#: Runs a command with umask 022, the usual default: the service must not rely on the caller's
+#: umask. A shell sets it, not ``preexec_fn``: that forces a plain fork of this process, whose
+#: gRPC threads (pyspark's and Flower's clients, loaded by earlier tests) can abort the child
+#: ("epoll_wait error: Bad file descriptor", SIGABRT; seen in a fresh-clone CI run).
+UMASK_022 = ["/bin/sh", "-c", 'umask 022 && exec "$@"', "sh"]
 
 
 @dataclass
@@ -114,11 +117,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
     def cli(*args: str) -> str:
         done = subprocess.run(
-            [str(BIN / "privtext"), *args],
+            [*UMASK_022, str(BIN / "privtext"), *args],
             env=env,
             capture_output=True,
             text=True,
-            preexec_fn=_umask_022,
             timeout=300,
         )
         assert done.returncode == 0, done.stderr
@@ -139,12 +141,11 @@ def _gunicorn(env: dict[str, str], log: Path, *args: str) -> Iterator[int]:
     port = _free_port()
     with open(log, "wb") as err:  # gunicorn has its own descriptor
         proc = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--config", "python:service.gunicorn_conf", *args]
+            [*UMASK_022, str(BIN / "gunicorn"), "--config", "python:service.gunicorn_conf", *args]
             + ["--bind", f"127.0.0.1:{port}", "--workers", "1", "service.wsgi:app"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
-            preexec_fn=_umask_022,
         )
     try:
         deadline = time.monotonic() + 60
