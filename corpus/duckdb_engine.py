@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any
 
 import duckdb
 
 from corpus.engine import AUTO_CAP_BUCKETS, NEGATIVE_AT, POSITIVE_AT, Scan
+from corpus.engine import DAY_US as _DAY_US
+from corpus.engine import EPOCH as _EPOCH
+from corpus.engine import HOUR_US as _HOUR_US
+from corpus.engine import SHIFT_DAYS as _SHIFT_DAYS
+from corpus.engine import WEEKDAY_OFFSET as _WEEKDAY_OFFSET
 
 #: Tokens as in corpus.features.tokenize (letters/digits with inner apostrophes).
 TOKEN_SQL_RE = r"[\p{L}\p{N}]+(?:['\x{2019}][\p{L}\p{N}]+)*"
@@ -35,18 +40,8 @@ def _quote(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
-#: Time buckets are integers computed from the timestamp's microseconds since the epoch (UTC),
-#: not calendar functions: the same buckets, about twice as fast to group by (issue 11). The
-#: shift (2**20 days, a whole number of weeks' worth of hours) keeps every division a floor
-#: for any timestamp after the year -900, before 1970 included.
-_HOUR_US = 3_600_000_000
-_DAY_US = 86_400_000_000
-_SHIFT_DAYS = 2**20
+#: The shifted day number of ``ts`` (``corpus.engine``'s integer time buckets).
 _SHIFTED_DAYS = f"((epoch_us(ts) + {_SHIFT_DAYS * _DAY_US}) // {_DAY_US})"
-#: Added to a shifted day number, mod 7, gives the ISO weekday - 1 (Monday 0): 1970-01-01
-#: was a Thursday (3).
-_WEEKDAY_OFFSET = (3 - _SHIFT_DAYS) % 7
-_EPOCH = date(1970, 1, 1)
 
 
 def _group_expr(scan: Scan) -> str | None:

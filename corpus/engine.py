@@ -31,7 +31,7 @@ The embedding side (:class:`EmbeddingEngine`) sums message vectors bounded by :f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Protocol
 
 import numpy as np
@@ -61,6 +61,19 @@ NEGATIVE_AT = -0.05
 #: Message vectors are summed in integer units of 2**-12 per coordinate (``quantise``).
 VECTOR_GRID_BITS = 12
 VECTOR_UNITS = 2**VECTOR_GRID_BITS
+
+
+#: Time buckets are integers computed from a timestamp's microseconds since the epoch (UTC),
+#: not calendar functions: the same buckets, about twice as fast to group by (issue 11), and the
+#: same arithmetic in every engine's dialect. The shift (2**20 days, a whole number of weeks)
+#: keeps every division a floor for any timestamp after the year -900, before 1970 included.
+HOUR_US = 3_600_000_000
+DAY_US = 86_400_000_000
+SHIFT_DAYS = 2**20
+#: Added to a shifted day number, mod 7, gives the ISO weekday - 1 (Monday 0): 1970-01-01
+#: was a Thursday (3).
+WEEKDAY_OFFSET = (3 - SHIFT_DAYS) % 7
+EPOCH = date(1970, 1, 1)
 
 
 def lower_text(text: str) -> str:

@@ -27,20 +27,21 @@ from __future__ import annotations
 
 import secrets
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from corpus.duckdb_engine import STOPWORDS, TOKEN_SQL_RE
 from corpus.engine import AUTO_CAP_BUCKETS, NEGATIVE_AT, POSITIVE_AT, Scan
+from corpus.engine import DAY_US as _DAY_US
+from corpus.engine import EPOCH as _EPOCH
+from corpus.engine import HOUR_US as _HOUR_US
+from corpus.engine import SHIFT_DAYS as _SHIFT_DAYS
+from corpus.engine import WEEKDAY_OFFSET as _WEEKDAY_OFFSET
 
 __all__ = ["TOKEN_JAVA_RE", "SparkEngine", "SqlRunner", "lower_sql", "quote_path"]
 
-_HOUR_US = 3_600_000_000
-_DAY_US = 86_400_000_000
-_SHIFT_DAYS = 2**20
+#: The shifted day number of ``ts`` (``corpus.engine``'s integer time buckets).
 _SHIFTED_DAYS = f"((unix_micros(ts) + {_SHIFT_DAYS * _DAY_US}) DIV {_DAY_US})"
-_WEEKDAY_OFFSET = (3 - _SHIFT_DAYS) % 7
-_EPOCH = date(1970, 1, 1)
 _EPOCH_DT = datetime(1970, 1, 1, tzinfo=UTC)
 #: A rank added to messages that do not match (as in the DuckDB engine).
 _UNMATCHED = 2**31

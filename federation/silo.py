@@ -50,6 +50,7 @@ from models.training import (
     TrainingRun,
     plan_training,
     planned_delta,
+    read_examples,
 )
 from util import atomic
 
@@ -99,7 +100,6 @@ def local_train(
     """One local round: ``models.training.train`` without publishing, starting from the global
     weights. ``run`` says when the corpus is first read (for the charge's settlement)."""
     from federation.weights import load_arrays, trainable_arrays  # lazy: torch
-    from models.data import load_sender_examples, load_sender_pair_examples  # lazy: torch
     from models.trainer import Trainer  # lazy: torch, opacus
 
     run.corpus_read = False
@@ -112,16 +112,7 @@ def local_train(
     seed = config.seed if config.seed is not None else secrets.randbits(62)
     trainer = Trainer(config, base_model_path(), seed=seed, event=event)
     load_arrays(trainer.model, global_arrays)  # a wrong shape raises here: nothing read yet
-    contrastive = config.objective == "contrastive"
-    loader = load_sender_pair_examples if contrastive else load_sender_examples
-    run.corpus_read = True  # from here on, whatever happens is charged
-    data = loader(
-        data_dir,
-        trainer.tokenizer,
-        snapshot_id=info.id,
-        max_messages_per_sender=config.max_messages_per_sender,
-        max_seq_len=config.max_seq_len,
-    )
+    data = read_examples(config, data_dir, trainer.tokenizer, info.id, run)  # charged from here
     trainer.fit(data.examples, run=run)
     return LocalResult(trainable_arrays(trainer.model), info.id)
 

@@ -158,6 +158,29 @@ def planned_delta(config: TrainingConfig) -> float:
     return default_delta(config.population_size)
 
 
+def read_examples(
+    config: TrainingConfig,
+    data_dir: Any,
+    tokenizer: Any,
+    snapshot_id: str,
+    run: TrainingRun,
+) -> Any:
+    """The examples of ``config``'s objective from snapshot ``snapshot_id`` (the loaders of
+    ``models.data``), marking ``run`` first: from here on, whatever happens is charged."""
+    from models.data import load_sender_examples, load_sender_pair_examples  # lazy: torch
+
+    contrastive = config.objective == "contrastive"
+    loader = load_sender_pair_examples if contrastive else load_sender_examples
+    run.corpus_read = True
+    return loader(
+        data_dir,
+        tokenizer,
+        snapshot_id=snapshot_id,
+        max_messages_per_sender=config.max_messages_per_sender,
+        max_seq_len=config.max_seq_len,
+    )
+
+
 def train(
     config: TrainingConfig,
     *,
@@ -181,7 +204,6 @@ def train(
     :class:`~models.registry.ModelVersion`.
     """
     # torch is loaded only here, by a training: planning and validating need none of it
-    from models.data import load_sender_examples, load_sender_pair_examples  # lazy: torch
     from models.trainer import Trainer, save_version  # lazy: torch, opacus
 
     run = run if run is not None else TrainingRun()
@@ -200,17 +222,7 @@ def train(
         trainer = Trainer(config, base_model_path(), seed=seed, event=planned)
         if should_stop is not None and should_stop():
             raise TrainingCancelled("training cancelled before the corpus was read")
-        loader = (
-            load_sender_pair_examples if config.objective == "contrastive" else load_sender_examples
-        )
-        run.corpus_read = True  # from here on, whatever happens is charged
-        data = loader(
-            data_dir,
-            trainer.tokenizer,
-            snapshot_id=info.id,
-            max_messages_per_sender=config.max_messages_per_sender,
-            max_seq_len=config.max_seq_len,
-        )
+        data = read_examples(config, data_dir, trainer.tokenizer, info.id, run)
         trainer.fit(data.examples, progress=progress, should_stop=should_stop, run=run)
         delta = planned_delta(config) if config.private else None
         manifest = save_version(trainer, staging, snapshot_id=info.id, event=planned, delta=delta)
