@@ -38,14 +38,16 @@ run: install
 test: install-test
 	bash scripts/test.sh
 
-## The inner loop (under a minute on 2 idle cores): the suite without the tests marked slow,
+## The inner loop (about a minute on 2 idle cores): the suite without the tests marked slow,
 ## browser (headless Chromium), gunicorn, torch, seconds (statistical checks, noise
 ## calibration, timeouts), postgres, redis and spark (markers in pyproject.toml), stopping at the
-## first failure; no lint. `make test` runs them all. Bytecode is cached even where the
+## first failure; no lint; test files on tmpfs where there is one (their fsyncs cost nothing).
+## `make test` runs them all. Bytecode is cached even where the
 ## environment says not to (PYTHONDONTWRITEBYTECODE): pytest's assertion rewriting of every
 ## test module is otherwise redone on each run.
 test-fast: $(VENV)/.test-installed
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -x -q \
+	  $(if $(wildcard /dev/shm),--basetemp=/dev/shm/privtext-test-fast) \
 	  -m "not slow and not browser and not gunicorn and not torch and not seconds and not postgres and not redis and not spark"
 
 ## tests/mechanisms alone, in a fresh virtual environment holding only numpy, scipy,

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CLIENT = Path(__file__).resolve().parents[2] / "client"
 BLOCKED = [
     "torch", "flask", "marshmallow", "sqlalchemy", "gunicorn", "duckdb", "huey", "opacus",
@@ -36,6 +38,7 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in {blocked!r} and sys.mo
 """
 
 
+@pytest.mark.seconds  # pip builds and installs the client
 def test_the_client_installs_and_imports_without_the_server_or_torch(tmp_path: Path) -> None:
     source, target = tmp_path / "client", tmp_path / "installed"
     shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))

@@ -91,6 +91,7 @@ def test_training_is_refused_without_a_cap(client: FlaskClient, admin: dict[str,
     assert client.get("/v1/jobs", headers=admin).json["jobs"] == []
 
 
+@pytest.mark.seconds  # plans the training: noise calibrated on the PLD accountant
 def test_training_is_refused_when_the_cap_cannot_afford_it(
     client: FlaskClient, admin: dict[str, str], ledger: SqlLedger
 ) -> None:

@@ -59,6 +59,7 @@ def _sequential_capacity(event: PrivacyEvent, budget: Budget) -> int:
         n += 1
 
 
+@pytest.mark.seconds  # threads race on the store for the whole budget
 @pytest.mark.parametrize(
     ("event", "budget"),
     [
