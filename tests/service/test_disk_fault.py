@@ -48,7 +48,7 @@ from service.config import Settings
 from service.store.db import init_db, make_engine
 from service.store.ledger import SqlLedger
 from service.store.ledger_tables import audit_log, ledger_entries
-from tests.procs import children
+from tests.procs import children, start_gunicorn
 
 FS_MB = 64
 TOOLS = ("truncate", "mkfs.ext4", "e2fsck", "mount", "umount", "findmnt")
@@ -199,17 +199,8 @@ def test_answers_survive_a_disk_fault(loop_fs: LoopFs, disk_data_dir: Path, tmp_
         "PRIVTEXT_MIN_FREE_DISK_MB": "1",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
     }
-    gunicorn = Path(sys.executable).with_name("gunicorn")
     log = tmp_path / "gunicorn.log"
-    with open(log, "wb") as err:  # gunicorn has its own descriptor
-        proc = subprocess.Popen(
-            [str(gunicorn), "--config", "python:service.gunicorn_conf"]
-            + ["--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)]
-            + ["--log-level", "warning", "service.wsgi:app"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc = start_gunicorn(env, port, WORKERS, log)
     try:
         deadline = time.monotonic() + 60
         while _request(port, "GET", "/readyz")[0] != 200 or len(children(proc.pid)) < WORKERS:

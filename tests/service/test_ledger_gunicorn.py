@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from service.auth import create_principal, issue_key
 from service.store.db import init_db, make_engine
 from service.store.ledger import SqlLedger
 from service.store.ledger_tables import audit_log, budgets, ledger_entries
-from tests.procs import children
+from tests.procs import children, start_gunicorn
 
 pytestmark = pytest.mark.gunicorn  # every test runs a gunicorn service
 
@@ -71,16 +70,7 @@ def server(state_url: str, data_dir: Path, ingested, tmp_path: Path) -> Iterator
         "PRIVTEXT_LOG_LEVEL": "WARNING",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
     }
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    with open(tmp_path / "gunicorn.log", "wb") as err:  # gunicorn has its own descriptor
-        proc = subprocess.Popen(
-            [str(gunicorn), "--config", "python:service.gunicorn_conf"]
-            + ["--bind", f"127.0.0.1:{port}", "--workers", str(WORKERS)]
-            + ["--log-level", "warning", "service.wsgi:app"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
+    proc = start_gunicorn(env, port, WORKERS, tmp_path / "gunicorn.log")
     srv = Server(port, proc, engine)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
