@@ -17,12 +17,9 @@ from typing import Any
 
 import duckdb
 
-from corpus.engine import AUTO_CAP_BUCKETS, NEGATIVE_AT, POSITIVE_AT, Scan
-from corpus.engine import DAY_US as _DAY_US
+from corpus.engine import AUTO_CAP_BUCKETS, NEGATIVE_AT, POSITIVE_AT, Scan, time_bucket_sql
 from corpus.engine import EPOCH as _EPOCH
-from corpus.engine import HOUR_US as _HOUR_US
 from corpus.engine import SHIFT_DAYS as _SHIFT_DAYS
-from corpus.engine import WEEKDAY_OFFSET as _WEEKDAY_OFFSET
 
 #: Tokens as in corpus.features.tokenize (letters/digits with inner apostrophes).
 TOKEN_SQL_RE = r"[\p{L}\p{N}]+(?:['\x{2019}][\p{L}\p{N}]+)*"
@@ -40,8 +37,8 @@ def _quote(column: str) -> str:
     return '"' + column.replace('"', '""') + '"'
 
 
-#: The shifted day number of ``ts`` (``corpus.engine``'s integer time buckets).
-_SHIFTED_DAYS = f"((epoch_us(ts) + {_SHIFT_DAYS * _DAY_US}) // {_DAY_US})"
+#: ``corpus.engine``'s integer time buckets of ``ts`` in DuckDB's SQL.
+_BUCKETS = time_bucket_sql("epoch_us(ts)", "//")
 
 
 def _group_expr(scan: Scan) -> str | None:
@@ -51,10 +48,7 @@ def _group_expr(scan: Scan) -> str | None:
     if g.kind == "metadata":
         return _quote(g.column)
     return {
-        "hour_of_day": f"(((epoch_us(ts) + {_SHIFT_DAYS * _DAY_US}) // {_HOUR_US}) % 24)",
-        "weekday": f"(({_SHIFTED_DAYS} + {_WEEKDAY_OFFSET}) % 7)",
-        "day": _SHIFTED_DAYS,
-        "week": f"({_SHIFTED_DAYS} - ({_SHIFTED_DAYS} + {_WEEKDAY_OFFSET}) % 7)",
+        **_BUCKETS,
         "month": "strftime(date_trunc('month', ts), '%Y-%m-%d')",
     }[g.column]
 

@@ -76,6 +76,19 @@ WEEKDAY_OFFSET = (3 - SHIFT_DAYS) % 7
 EPOCH = date(1970, 1, 1)
 
 
+def time_bucket_sql(micros: str, div: str) -> dict[str, str]:
+    """The integer time buckets (hour of day, weekday, day, week) in one SQL dialect:
+    ``micros`` is the timestamp's microseconds since the epoch, ``div`` integer division."""
+    shifted = f"({micros} + {SHIFT_DAYS * DAY_US})"
+    days = f"({shifted} {div} {DAY_US})"
+    return {
+        "hour_of_day": f"(({shifted} {div} {HOUR_US}) % 24)",
+        "weekday": f"(({days} + {WEEKDAY_OFFSET}) % 7)",
+        "day": days,
+        "week": f"({days} - ({days} + {WEEKDAY_OFFSET}) % 7)",
+    }
+
+
 def lower_text(text: str) -> str:
     """``text`` lower-cased as the engines lower-case messages (DuckDB's ``lower``): each code
     point by its simple lowercase mapping. Python's ``str.lower`` differs in two places, which

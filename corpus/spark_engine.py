@@ -31,17 +31,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from corpus.duckdb_engine import STOPWORDS, TOKEN_SQL_RE
-from corpus.engine import AUTO_CAP_BUCKETS, NEGATIVE_AT, POSITIVE_AT, Scan
-from corpus.engine import DAY_US as _DAY_US
+from corpus.engine import AUTO_CAP_BUCKETS, NEGATIVE_AT, POSITIVE_AT, Scan, time_bucket_sql
 from corpus.engine import EPOCH as _EPOCH
-from corpus.engine import HOUR_US as _HOUR_US
 from corpus.engine import SHIFT_DAYS as _SHIFT_DAYS
-from corpus.engine import WEEKDAY_OFFSET as _WEEKDAY_OFFSET
 
 __all__ = ["TOKEN_JAVA_RE", "SparkEngine", "SqlRunner", "lower_sql", "quote_path"]
 
-#: The shifted day number of ``ts`` (``corpus.engine``'s integer time buckets).
-_SHIFTED_DAYS = f"((unix_micros(ts) + {_SHIFT_DAYS * _DAY_US}) DIV {_DAY_US})"
+#: ``corpus.engine``'s integer time buckets of ``ts`` in Spark's SQL.
+_BUCKETS = time_bucket_sql("unix_micros(ts)", "DIV")
+_SHIFTED_DAYS = _BUCKETS["day"]
 _EPOCH_DT = datetime(1970, 1, 1, tzinfo=UTC)
 #: A rank added to messages that do not match (as in the DuckDB engine).
 _UNMATCHED = 2**31
@@ -162,13 +160,7 @@ def _group_expr(scan: Scan) -> str | None:
         f"CAST(trunc(date_from_unix_date(CAST({_SHIFTED_DAYS} - {_SHIFT_DAYS} AS INT)), 'MM') "
         "AS STRING)"
     )
-    return {
-        "hour_of_day": f"(((unix_micros(ts) + {_SHIFT_DAYS * _DAY_US}) DIV {_HOUR_US}) % 24)",
-        "weekday": f"(({_SHIFTED_DAYS} + {_WEEKDAY_OFFSET}) % 7)",
-        "day": _SHIFTED_DAYS,
-        "week": f"({_SHIFTED_DAYS} - ({_SHIFTED_DAYS} + {_WEEKDAY_OFFSET}) % 7)",
-        "month": month,
-    }[g.column]
+    return {**_BUCKETS, "month": month}[g.column]
 
 
 def _key_decoder(scan: Scan) -> Any:
