@@ -25,19 +25,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from corpus.duckdb_engine import DuckDBEngine
 from corpus.ingest import ingest_file
-from corpus.spark_engine import SparkEngine
 from corpus.spark_session import SparkConnect
 from corpus.store import MANIFEST_FILE, SnapshotInfo, SnapshotStore
 from service.cli import main
-from service.queries.answer import build_answer
-from service.queries.plan import build_plan
-from service.queries.pricing import price
-from service.schemas.query import QuerySchema
 from tests.factories import write_jsonl
 from tests.fixtures.spark import spark_corpus_rows
-from tests.service.test_spark_kinds import REQUESTS, Recorder, no_noise  # noqa: F401
+from tests.service.test_spark_kinds import REQUESTS, engine_calls, no_noise  # noqa: F401
 
 pytestmark = pytest.mark.spark
 
@@ -139,20 +133,8 @@ def test_kinds_read_the_same_aggregates(
     spark_ingested: tuple[Path, SnapshotInfo],
     no_noise: None,  # noqa: F811
 ) -> None:
-    data_dir, info = spark_ingested
-    req = QuerySchema().load(request_)
-    plan = build_plan(req, metadata_columns=list(info.metadata_columns))
-    priced = price(plan, max_messages=plan.max_messages)
-    _, cur = SnapshotStore(data_dir).cursor(info.id)
-    try:
-        duck = Recorder(DuckDBEngine(cur, plan, salt="t"))
-        build_answer(plan, priced, duck)  # type: ignore[arg-type]
-    finally:
-        cur.close()
-    uri = spark.snapshot_uri(info.messages_path, data_dir)
-    sparked = Recorder(SparkEngine(spark, uri, plan, salt="t"))
-    build_answer(plan, priced, sparked)  # type: ignore[arg-type]
-    assert duck.calls and sparked.calls == duck.calls
+    duck, sparked = engine_calls(spark, *spark_ingested, request_)
+    assert duck and sparked == duck
 
 
 def test_a_bad_source_publishes_nothing(spark_url: str, tmp_path: Path) -> None:

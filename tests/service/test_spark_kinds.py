@@ -114,7 +114,17 @@ def test_every_kind_reads_the_same_aggregates(
     spark_corpus: tuple[Path, SnapshotInfo],
     no_noise: None,
 ) -> None:
-    data_dir, info = spark_corpus
+    duck, sparked = engine_calls(spark, *spark_corpus, request_)
+    assert duck, "the kind read nothing"
+    assert any(_nonzero(result) for _, _, result in duck)
+    assert sparked == duck
+
+
+def engine_calls(
+    spark: SparkConnect, data_dir: Path, info: SnapshotInfo, request_: dict[str, Any]
+) -> tuple[list[Any], list[Any]]:
+    """The engine calls (and exact results) that answering ``request_`` over snapshot ``info``
+    makes on DuckDB, then on Spark, through the service's own plan, price and answer."""
     req = QuerySchema().load(request_)
     plan = build_plan(req, metadata_columns=list(info.metadata_columns))
     priced = price(plan, max_messages=plan.max_messages)
@@ -127,9 +137,7 @@ def test_every_kind_reads_the_same_aggregates(
     uri = spark.snapshot_uri(info.messages_path, data_dir)
     sparked = Recorder(SparkEngine(spark, uri, plan, salt="t"))
     build_answer(plan, priced, sparked)  # type: ignore[arg-type]
-    assert duck.calls, "the kind read nothing"
-    assert any(_nonzero(result) for _, _, result in duck.calls)
-    assert sparked.calls == duck.calls
+    return duck.calls, sparked.calls
 
 
 def _nonzero(result: Any) -> bool:
