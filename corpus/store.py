@@ -223,7 +223,7 @@ class SnapshotStore:
         try:
             conn.execute("SET TimeZone = 'UTC'")
             # A snapshot's file never changes once published: its footer is parsed once per
-            # process, not on every query (about 2 ms a query on 1M messages, BENCHMARKS.md).
+            # process, not on every query (BENCHMARKS.md, "Charged hot path").
             conn.execute("SET parquet_metadata_cache = true")
             conn.execute(f"CREATE VIEW messages AS SELECT * FROM read_parquet('{quoted}')")
             conn.execute(f"SET allowed_paths = ['{quoted}']")
